@@ -1,0 +1,22 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="agent",
+    version="0.1.0",
+    description="IP-over-AMQP tunnel agent for ioppytest interoperability sessions",
+    packages=find_packages(include=["agent", "agent.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "scapy>=2.5",
+        "pika>=1.3",
+        "click>=8.1",
+        "pyserial>=3.5",
+        "sliplib>=0.6",
+        "pyroute2>=0.9",
+        "orjson>=3.9",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5"],
+    },
+    entry_points={"console_scripts": ["agent=agent.cli:main"]},
+)
