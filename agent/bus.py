@@ -1,0 +1,340 @@
+"""The AMQP edge: one connection, one channel, one queue, driven by the asyncio loop.
+
+`Bus` connects, declares its queue and bindings, consumes, publishes, and after a
+connection loss reconnects with capped exponential backoff. The first connection is
+different: if it fails, the reason is reported as fatal (a user typo should not spin
+forever).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+import pika.exceptions as pex
+from pika.adapters.asyncio_connection import AsyncioConnection
+from pika.adapters.utils.connection_workflow import AMQPConnectionWorkflowFailed
+
+from agent.url import AmqpUrl
+from agent.wire import CONTENT_ENCODING, CONTENT_TYPE
+
+log = logging.getLogger(__name__)
+
+WRITE_BUFFER_LIMIT = 4 * 1024 * 1024  # bytes pending to the broker before we drop
+DEFAULT_HEARTBEAT = 30
+
+Handler = Callable[[str, bytes, Any], None]
+
+
+class BusFatal(Exception):
+    """The bus cannot be used at all (bad credentials, duplicate name...)."""
+
+
+@dataclass
+class QueueSpec:
+    name: str
+    bindings: list[str]
+    exclusive: bool = True
+    auto_delete: bool = True
+    arguments: dict[str, Any] = field(default_factory=dict)
+    prefetch: int = 256
+    in_use_message: str = "queue {queue} is in use by another process"
+
+
+def queue_arguments(ttl_ms: int = 5000, max_length: int = 1000) -> dict[str, Any]:
+    """Stale packets are worthless: bounded length (drop oldest) and a short TTL."""
+    return {"x-message-ttl": ttl_ms, "x-max-length": max_length, "x-overflow": "drop-head"}
+
+
+def connection_parameters(url: AmqpUrl, ca_file: str | None = None) -> pika.ConnectionParameters:
+    ssl_options = None
+    if url.tls:
+        context = ssl.create_default_context(cafile=ca_file)
+        ssl_options = pika.SSLOptions(context, server_hostname=url.host)
+    p = url.params
+    return pika.ConnectionParameters(
+        host=url.host,
+        port=url.port,
+        virtual_host=url.vhost,
+        credentials=pika.PlainCredentials(url.user, url.password, erase_on_connect=False),
+        heartbeat=int(p.get("heartbeat", DEFAULT_HEARTBEAT)),
+        connection_attempts=int(p.get("connection_attempts", 1)),
+        retry_delay=float(p.get("retry_delay", 1.0)),
+        socket_timeout=float(p.get("socket_timeout", 5.0)),
+        stack_timeout=float(p.get("stack_timeout", 10.0)),
+        blocked_connection_timeout=p.get("blocked_connection_timeout"),
+        channel_max=int(p.get("channel_max", 16)),
+        frame_max=int(p.get("frame_max", 131072)),
+        ssl_options=ssl_options,
+        client_properties={"connection_name": "ioppytest-agent"},
+    )
+
+
+def describe_error(exc: BaseException, url: AmqpUrl) -> str:
+    """One line for a user, naming host:port, user or vhost, never the password."""
+    if isinstance(exc, AMQPConnectionWorkflowFailed) and exc.exceptions:
+        exc = exc.exceptions[-1]
+    where = url.where
+    if isinstance(exc, (pex.ProbableAuthenticationError, pex.AuthenticationError)):
+        return f"broker at {where} refused the login of user {url.user!r} (wrong user or password)"
+    if isinstance(exc, pex.ProbableAccessDeniedError):
+        return (
+            f"broker at {where} refused access to vhost {url.vhost!r} "
+            "(unknown vhost or no permission)"
+        )
+    if isinstance(exc, pex.ConnectionClosedByBroker):
+        if exc.reply_code == 530:
+            return f"broker at {where} refused vhost {url.vhost!r}: {exc.reply_text}"
+        if exc.reply_code == 403:
+            return f"broker at {where} refused user {url.user!r}: {exc.reply_text}"
+        return f"broker at {where} closed the connection: {exc.reply_code} {exc.reply_text}"
+    if isinstance(exc, pex.IncompatibleProtocolError):
+        return f"{where} does not speak AMQP 0-9-1 (wrong port, or TLS expected?)"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate of {where} not trusted: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS with {where} failed: {exc.reason or exc}"
+    text = str(exc) or type(exc).__name__
+    if url.password and url.password in text:
+        text = text.replace(url.password, "***")
+    low = text.lower()
+    if "refused" in low:
+        return f"cannot reach broker at {where}: connection refused"
+    if "timed out" in low or "timeout" in low:
+        return f"cannot reach broker at {where}: timed out"
+    if "name or service not known" in low or "getaddrinfo" in low or "nodename" in low:
+        return f"cannot resolve broker host {url.host!r}"
+    return f"connection to broker at {where} failed: {text}"
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter."""
+
+    def __init__(self, base: float = 0.5, cap: float = 10.0, rng: random.Random | None = None):
+        self.base, self.cap, self.attempt = base, cap, 0
+        self._rng = rng or random.Random()  # noqa: S311 (jitter, not crypto)
+
+    def next(self) -> float:
+        ceiling = min(self.cap, self.base * (2**self.attempt))
+        self.attempt += 1
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Bus:
+    """One AMQP connection and channel; publishes on an exchange, consumes one queue."""
+
+    def __init__(
+        self,
+        url: AmqpUrl,
+        exchange: str,
+        queue: QueueSpec,
+        on_message: Handler,
+        on_up: Callable[[], None],
+        on_fatal: Callable[[str], None],
+        ca_file: str | None = None,
+    ) -> None:
+        self.url = url
+        self.exchange = exchange
+        self.queue = queue
+        self._on_message = on_message
+        self._on_up = on_up
+        self._on_fatal = on_fatal
+        self._params = connection_parameters(url, ca_file)
+        self._props = pika.BasicProperties(
+            content_type=CONTENT_TYPE, content_encoding=CONTENT_ENCODING
+        )
+        self._conn: AsyncioConnection | None = None
+        self._channel: Any = None
+        self._ever_up = False
+        self._closing = False
+        self._closed = asyncio.Event()
+        self._backoff = Backoff()
+        self._retry: asyncio.TimerHandle | None = None
+        self._ack_tag = 0
+        self._ack_scheduled = False
+        self.up = False
+        self.reconnects = 0
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._closed.clear()
+        self._connect()
+
+    def _connect(self) -> None:
+        self._retry = None
+        if self._closing:
+            return
+        log.debug("connecting to %s", self.url.redacted())
+        self._conn = AsyncioConnection(
+            self._params,
+            on_open_callback=self._on_open,
+            on_open_error_callback=self._on_open_error,
+            on_close_callback=self._on_closed,
+            custom_ioloop=asyncio.get_running_loop(),
+        )
+
+    async def close(self, timeout: float = 1.0) -> None:
+        """Close the channel and connection cleanly; give up after timeout seconds."""
+        self._closing = True
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        conn = self._conn
+        if conn is None or conn.is_closed:
+            return
+        if not conn.is_closing:
+            self._flush_ack()
+            try:
+                conn.close()
+            except pex.ConnectionWrongStateError:
+                return
+        try:
+            await asyncio.wait_for(self._closed.wait(), timeout)
+        except TimeoutError:
+            log.debug("broker did not confirm the close in %.1f s", timeout)
+
+    # -- connection callbacks ---------------------------------------------------------------
+
+    def _on_open(self, conn: AsyncioConnection) -> None:
+        conn.channel(on_open_callback=self._on_channel)
+
+    def _on_open_error(self, conn: AsyncioConnection, exc: BaseException) -> None:
+        self._closed.set()
+        self._lost(describe_error(exc, self.url), exc)
+
+    def _on_closed(self, conn: AsyncioConnection, exc: BaseException) -> None:
+        self._closed.set()
+        was_up = self.up
+        self.up = False
+        self._channel = None
+        if self._closing:
+            return
+        if was_up:
+            log.debug("connection closed: %s", exc)
+        self._lost(describe_error(exc, self.url), exc)
+
+    def _lost(self, reason: str, exc: BaseException) -> None:
+        if self._closing:
+            return
+        fatal_now = not self._ever_up or isinstance(exc, BusFatal)
+        if fatal_now:
+            self._closing = True
+            self._on_fatal(reason)
+            return
+        delay = self._backoff.next()
+        if self._backoff.attempt == 1:
+            log.warning("lost the broker: %s; reconnecting", reason)
+        else:
+            log.info("still no broker (%s); next try in %.1f s", reason, delay)
+        self._retry = asyncio.get_running_loop().call_later(delay, self._connect)
+
+    def _on_channel(self, channel: Any) -> None:
+        self._channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        if self.exchange.startswith("amq."):
+            self._declare_queue()
+        else:
+            channel.exchange_declare(
+                self.exchange,
+                exchange_type="topic",
+                durable=True,
+                auto_delete=False,
+                callback=lambda _f: self._declare_queue(),
+            )
+
+    def _on_channel_closed(self, channel: Any, exc: BaseException) -> None:
+        if self._closing or self._conn is None:
+            return
+        reason = f"channel closed: {exc}"
+        if isinstance(exc, pex.ChannelClosedByBroker):
+            if exc.reply_code == 405:
+                reason = self.queue.in_use_message.format(queue=self.queue.name)
+                if not self._ever_up:
+                    self._closing = True
+                    self._on_fatal(reason)
+                    self._safe_close()
+                    return
+            elif exc.reply_code in (403, 404, 406) and not self._ever_up:
+                self._closing = True
+                self._on_fatal(f"broker refused a declaration: {exc.reply_text}")
+                self._safe_close()
+                return
+        log.warning("%s; reconnecting", reason)
+        self._safe_close()
+
+    def _safe_close(self) -> None:
+        conn = self._conn
+        if conn is not None and not (conn.is_closed or conn.is_closing):
+            conn.close()
+
+    def _declare_queue(self) -> None:
+        q = self.queue
+        self._channel.queue_declare(
+            q.name,
+            exclusive=q.exclusive,
+            auto_delete=q.auto_delete,
+            arguments=q.arguments,
+            callback=lambda _f: self._bind(list(q.bindings)),
+        )
+
+    def _bind(self, remaining: list[str]) -> None:
+        if not remaining:
+            self._channel.basic_qos(prefetch_count=self.queue.prefetch, callback=self._consume)
+            return
+        key = remaining.pop(0)
+        self._channel.queue_bind(
+            self.queue.name,
+            self.exchange,
+            routing_key=key,
+            callback=lambda _f: self._bind(remaining),
+        )
+
+    def _consume(self, _frame: Any) -> None:
+        self._channel.basic_consume(self.queue.name, self._deliver, auto_ack=False)
+        self.up = True
+        if self._ever_up:
+            self.reconnects += 1
+            log.warning("broker connection restored")
+        self._ever_up = True
+        self._backoff.reset()
+        self._on_up()
+
+    # -- data ---------------------------------------------------------------------------
+
+    def _deliver(self, channel: Any, method: Any, props: Any, body: bytes) -> None:
+        self._ack_tag = method.delivery_tag
+        if not self._ack_scheduled:
+            self._ack_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_ack)
+        self._on_message(method.routing_key, body, props)
+
+    def _flush_ack(self) -> None:
+        self._ack_scheduled = False
+        channel = self._channel
+        if self._ack_tag and channel is not None and channel.is_open:
+            channel.basic_ack(self._ack_tag, multiple=True)
+        self._ack_tag = 0
+
+    def publish(self, routing_key: str, body: bytes, props: Any = None) -> bool:
+        """Publish if connected and not backlogged; False means the message was dropped."""
+        channel = self._channel
+        if not self.up or channel is None:
+            return False
+        transport = getattr(self._conn, "_transport", None)
+        if transport is not None and transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
+            return False
+        try:
+            channel.basic_publish(self.exchange, routing_key, body, props or self._props)
+        except (pex.AMQPError, pex.ChannelError):
+            return False
+        return True

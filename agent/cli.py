@@ -1,0 +1,265 @@
+"""Command line: `agent connect`, `agent router`. Parse, validate, build, run."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import sys
+
+import click
+
+from agent.config import ConfigError, check_ifname, check_name, default_plan
+from agent.url import AmqpUrl, UrlError, parse_url, resolve_url
+
+log = logging.getLogger("agent")
+_EXCHANGE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,127}")
+
+
+def setup_logging(verbose: int, quiet: int) -> None:
+    level = logging.INFO
+    if quiet:
+        level = logging.WARNING if quiet == 1 else logging.ERROR
+    if verbose >= 2:
+        level = logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s", "%H:%M:%S")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("agent.packets").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    for noisy in ("pika", "pyroute2", "asyncio", "scapy"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL if verbose < 3 else logging.DEBUG)
+
+
+def _url(url: str | None, url_file: str | None) -> AmqpUrl:
+    if url_file:
+        try:
+            with open(url_file) as f:
+                url = f.read().strip()
+        except OSError as exc:
+            raise click.BadParameter(
+                f"cannot read {url_file}: {exc.strerror}", param_hint="--url-file"
+            ) from None
+    try:
+        return parse_url(resolve_url(url))
+    except UrlError as exc:
+        raise click.BadParameter(str(exc), param_hint="--url") from None
+
+
+def _name(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return check_name(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _exchange(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    if not _EXCHANGE_RE.fullmatch(value):
+        raise click.BadParameter(f"invalid exchange name {value!r}")
+    return value
+
+
+def _ifname(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return check_ifname(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _run(coro_factory) -> None:  # type: ignore[no-untyped-def]
+    try:
+        code = asyncio.run(coro_factory())
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+url_options = [
+    click.option(
+        "--url",
+        envvar=None,
+        default=None,
+        help="AMQP URL amqp[s]://user:password@host[:port]/vhost "
+        "(default: env AMQP_URL, else amqp://guest:guest@localhost/).",
+    ),
+    click.option(
+        "--url-file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Read the AMQP URL from this file (keeps the password out of ps).",
+    ),
+    click.option("--exchange", default="amq.topic", show_default=True, callback=_exchange),
+    click.option(
+        "--ca-file",
+        type=click.Path(exists=True, dir_okay=False),
+        default=None,
+        help="CA certificates for amqps:// (default: the system's).",
+    ),
+    click.option(
+        "--stats",
+        "stats",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        help="Log a counters line every N seconds (0: off).",
+    ),
+    click.option("-v", "--verbose", count=True, help="-v: one line per packet; -vv: debug."),
+    click.option("-q", "--quiet", count=True, help="Only warnings (-qq: only errors)."),
+]
+
+
+def with_options(options):  # type: ignore[no-untyped-def]
+    def deco(f):  # type: ignore[no-untyped-def]
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+
+    return deco
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """IP-over-AMQP tunnel for ioppytest interoperability sessions."""
+
+
+@cli.command()
+@click.option(
+    "--name",
+    required=True,
+    callback=_name,
+    help="Agent name on the bus (letters, digits, _ and -), e.g. agent_1.",
+)
+@click.option("--ipv6-prefix", default=None, help="Session /64 prefix, e.g. bbbb (default).")
+@click.option("--ipv6-host", default=None, help="Interface id within the prefix, e.g. 2.")
+@click.option(
+    "--ipv4-address", default=None, help="IPv4 address (/24 unless given), e.g. 10.2.0.2."
+)
+@click.option(
+    "--force-bootstrap/--wait-bootstrap",
+    "bootstrap",
+    default=None,
+    help="Create the TUN now (default when the address plan is known) "
+    "or wait for a tun.start from the bus.",
+)
+@click.option(
+    "--tun-name",
+    default=None,
+    callback=_ifname,
+    help="TUN interface name (default: the kernel picks tunN).",
+)
+@click.option("--mtu", type=click.IntRange(1280, 65535), default=1500, show_default=True)
+@click.option("--netns", default=None, help="Put the TUN into this existing network namespace.")
+@with_options(url_options)
+def connect(
+    name: str,
+    ipv6_prefix: str | None,
+    ipv6_host: str | None,
+    ipv4_address: str | None,
+    bootstrap: bool | None,
+    tun_name: str | None,
+    mtu: int,
+    netns: str | None,
+    url: str | None,
+    url_file: str | None,
+    exchange: str,
+    ca_file: str | None,
+    stats: float,
+    verbose: int,
+    quiet: int,
+) -> None:
+    """Create a TUN and carry its packets over the AMQP bus."""
+    setup_logging(verbose, quiet)
+    amqp = _url(url, url_file)
+    try:
+        plan = default_plan(name, ipv6_prefix, ipv6_host, ipv4_address)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if bootstrap is None:
+        bootstrap = plan is not None
+    if bootstrap and plan is None:
+        raise click.UsageError(
+            f"no address plan for {name!r}: give --ipv6-host and/or --ipv4-address, "
+            "or use --wait-bootstrap to take them from a tun.start"
+        )
+    if netns is not None:
+        from agent.netns import netns_path
+
+        try:
+            netns_path(netns)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="--netns") from None
+    from agent.node import Agent, AgentOptions
+
+    opts = AgentOptions(
+        name=name,
+        url=amqp,
+        exchange=exchange,
+        plan=plan,
+        bootstrap=bootstrap,
+        tun_name=tun_name,
+        mtu=mtu,
+        netns=netns,
+        ca_file=ca_file,
+        stats_interval=stats,
+    )
+    _run(lambda: Agent(opts).run())
+
+
+def _links(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> list[list[str]]:
+    groups = []
+    for value in values:
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        if len(names) < 2:
+            raise click.BadParameter(f"{value!r}: a link names at least two agents, a,b")
+        for n in names:
+            _name(_ctx, _param, n)
+        groups.append(names)
+    return groups
+
+
+@cli.command()
+@click.option(
+    "--mirror",
+    multiple=True,
+    callback=lambda c, p, v: [_name(c, p, n) for n in v],
+    help="Also copy every packet to this agent (repeatable), e.g. agent_TT.",
+)
+@click.option(
+    "--links",
+    multiple=True,
+    callback=_links,
+    help="Static links a,b (repeatable): forward only between linked agents.",
+)
+@with_options(url_options)
+def router(
+    mirror: list[str],
+    links: list[list[str]],
+    url: str | None,
+    url_file: str | None,
+    exchange: str,
+    ca_file: str | None,
+    stats: float,
+    verbose: int,
+    quiet: int,
+) -> None:
+    """Forward packets between the agents of a session."""
+    setup_logging(verbose, quiet)
+    amqp = _url(url, url_file)
+    from agent.router import Router, RoutingTable
+
+    table = RoutingTable.with_links(links, mirror) if links else RoutingTable(mirrors=tuple(mirror))
+    _run(lambda: Router(amqp, exchange, table, ca_file=ca_file, stats_interval=stats).run())
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    cli(prog_name="agent")

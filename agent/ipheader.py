@@ -1,0 +1,128 @@
+"""Cheap reads of IP headers and a longest-prefix-match table. Pure, no Scapy.
+
+This is the per-packet decision input: the version nibble and the address bytes at
+fixed offsets are all a switch needs. Extension headers and fragments do not move
+the IPv6 destination, so no dissection is needed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def destination(packet: bytes) -> tuple[int, bytes] | None:
+    """(version, destination address bytes), or None for anything that is not IP."""
+    if not packet:
+        return None
+    version = packet[0] >> 4
+    if version == 6 and len(packet) >= 40:
+        return 6, packet[24:40]
+    if version == 4 and len(packet) >= 20 and packet[0] & 0x0F >= 5:
+        return 4, packet[16:20]
+    return None
+
+
+def source(packet: bytes) -> tuple[int, bytes] | None:
+    """(version, source address bytes), or None for anything that is not IP."""
+    if not packet:
+        return None
+    version = packet[0] >> 4
+    if version == 6 and len(packet) >= 40:
+        return 6, packet[8:24]
+    if version == 4 and len(packet) >= 20 and packet[0] & 0x0F >= 5:
+        return 4, packet[12:16]
+    return None
+
+
+def is_group(version: int, addr: bytes) -> bool:
+    """Multicast or limited broadcast: delivered to everyone."""
+    if version == 6:
+        return addr[0] == 0xFF
+    return 224 <= addr[0] <= 239 or addr == b"\xff\xff\xff\xff"
+
+
+def is_link_local_or_unspecified(version: int, addr: bytes) -> bool:
+    if version == 6:
+        return (addr[0] == 0xFE and addr[1] & 0xC0 == 0x80) or addr == bytes(16)
+    return addr[:2] == b"\xa9\xfe" or addr == bytes(4)
+
+
+def to_address(version: int, addr: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.IPv6Address(addr) if version == 6 else ipaddress.IPv4Address(addr)
+
+
+class PrefixTable(Generic[V]):
+    """Longest-prefix match from (version, address bytes) to a value."""
+
+    def __init__(self) -> None:
+        # per version: list of (prefixlen, {network int: value}), longest first
+        self._by_version: dict[int, list[tuple[int, dict[int, V]]]] = {4: [], 6: []}
+
+    @staticmethod
+    def _bits(version: int) -> int:
+        return 128 if version == 6 else 32
+
+    def add(self, network: Net | str, value: V) -> None:
+        net = ipaddress.ip_network(network, strict=False) if isinstance(network, str) else network
+        levels = self._by_version[net.version]
+        key = int(net.network_address) >> (self._bits(net.version) - net.prefixlen)
+        for plen, entries in levels:
+            if plen == net.prefixlen:
+                entries[key] = value
+                return
+        levels.append((net.prefixlen, {key: value}))
+        levels.sort(key=lambda level: -level[0])
+
+    def remove(self, network: Net | str) -> V | None:
+        net = ipaddress.ip_network(network, strict=False) if isinstance(network, str) else network
+        levels = self._by_version[net.version]
+        key = int(net.network_address) >> (self._bits(net.version) - net.prefixlen)
+        for i, (plen, entries) in enumerate(levels):
+            if plen == net.prefixlen:
+                value = entries.pop(key, None)
+                if not entries:
+                    del levels[i]
+                return value
+        return None
+
+    def lookup_exact(self, network: Net) -> V | None:
+        key = int(network.network_address) >> (self._bits(network.version) - network.prefixlen)
+        for plen, entries in self._by_version[network.version]:
+            if plen == network.prefixlen:
+                return entries.get(key)
+        return None
+
+    def lookup(self, version: int, addr: bytes) -> V | None:
+        levels = self._by_version.get(version)
+        if not levels:
+            return None
+        as_int = int.from_bytes(addr, "big")
+        bits = self._bits(version)
+        for plen, entries in levels:
+            value = entries.get(as_int >> (bits - plen))
+            if value is not None:
+                return value
+        return None
+
+    def items(self) -> Iterator[tuple[Net, V]]:
+        for version, levels in self._by_version.items():
+            bits = self._bits(version)
+            for plen, entries in levels:
+                for key, value in entries.items():
+                    addr = key << (bits - plen) if plen else 0
+                    cls = ipaddress.IPv6Network if version == 6 else ipaddress.IPv4Network
+                    yield cls((addr, plen)), value
+
+    def remove_value(self, value: V) -> None:
+        """Forget every entry that maps to value."""
+        for net, v in list(self.items()):
+            if v == value:
+                self.remove(net)
+
+    def __len__(self) -> int:
+        return sum(len(e) for levels in self._by_version.values() for _, e in levels)

@@ -1,0 +1,275 @@
+"""The agent: TUN and bus ports, the per-packet path, control messages, clean stop.
+
+Per-packet path, both directions, in one place:
+    TUN readable -> read_batch -> encode -> publish fromAgent.<name>.ip.tun.packet.raw
+    toAgent.<name>.ip.tun.packet.raw -> decode -> write into the TUN
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent import wire
+from agent.bus import Bus, QueueSpec, queue_arguments
+from agent.config import AddressPlan, ConfigError, IPNetwork, plan_from_bus
+from agent.counters import Counters
+from agent.tun import Tun, TunError
+from agent.url import AmqpUrl
+
+log = logging.getLogger(__name__)
+trace = logging.getLogger("agent.packets")
+
+MAX_ANNOUNCED_ROUTES = 32
+
+
+@dataclass
+class AgentOptions:
+    name: str
+    url: AmqpUrl
+    exchange: str = "amq.topic"
+    plan: AddressPlan | None = None
+    bootstrap: bool = True
+    tun_name: str | None = None
+    mtu: int = 1500
+    netns: str | None = None
+    ca_file: str | None = None
+    stats_interval: float = 0.0
+    extra_started: dict[str, Any] = field(default_factory=dict)
+
+
+class Agent:
+    def __init__(self, opts: AgentOptions) -> None:
+        self.opts = opts
+        self.name = opts.name
+        self.plan = opts.plan
+        self.tun: Tun | None = None
+        self.counters = Counters()
+        self._uplink_key = wire.uplink_key(self.name)
+        self._downlink_key = wire.downlink_key(self.name)
+        self._start_key = wire.start_key(self.name)
+        self._started_key = wire.started_key(self.name)
+        self._announced: dict[str, set[IPNetwork]] = {}
+        self._stop = asyncio.Event()
+        self._fatal: str | None = None
+        self._bootstrapping = False
+        self.bus = Bus(
+            opts.url,
+            opts.exchange,
+            QueueSpec(
+                name=f"{self.name}@agent",
+                bindings=[
+                    self._downlink_key,
+                    self._start_key,
+                    "fromAgent.*.ip.tun.started",
+                    wire.READY_KEY,
+                ],
+                arguments=queue_arguments(),
+                in_use_message=(
+                    f"an agent named {self.name!r} is already connected to this bus "
+                    "(pick another --name, or stop the other one)"
+                ),
+            ),
+            on_message=self._on_message,
+            on_up=self._on_bus_up,
+            on_fatal=self._on_fatal,
+            ca_file=opts.ca_file,
+        )
+
+    # -- run / stop ---------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGUSR1, self._print_status)
+        try:
+            if self.plan is not None and self.opts.bootstrap:
+                await self._bring_up_tun(self.plan)
+            else:
+                log.info("waiting for a tun.start on %s", self._start_key)
+            log.info("connecting to %s as %s", self.opts.url.redacted(), self.name)
+            self.bus.start()
+            stats = asyncio.create_task(self._stats_loop()) if self.opts.stats_interval else None
+            await self._stop.wait()
+            if stats:
+                stats.cancel()
+        except TunError as exc:
+            self._fatal = str(exc)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+                loop.remove_signal_handler(sig)
+            await self._shutdown()
+        if self._fatal:
+            log.error("%s", self._fatal)
+            return 1
+        return 0
+
+    def stop(self) -> None:
+        if not self._stop.is_set():
+            log.info("stopping")
+            self._stop.set()
+
+    def _on_fatal(self, reason: str) -> None:
+        self._fatal = reason
+        self._stop.set()
+
+    async def _shutdown(self) -> None:
+        await self.bus.close(timeout=1.0)
+        if self.tun is not None:
+            tun, self.tun = self.tun, None
+            if tun.fd >= 0:
+                asyncio.get_running_loop().remove_reader(tun.fd)
+            name = tun.name
+            await tun.close()
+            log.info("removed %s and its routes", name)
+        if self.counters.packets or self.counters.drops:
+            log.info("counters:\n%s", self.counters.table())
+
+    def _print_status(self) -> None:
+        log.warning("status: %s", self.counters.status_line())
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.opts.stats_interval)
+            log.warning("status: %s", self.counters.status_line())
+
+    # -- TUN ----------------------------------------------------------------------------
+
+    async def _bring_up_tun(self, plan: AddressPlan) -> None:
+        tun = Tun.create(self.opts.tun_name, self.opts.netns)
+        self.tun = tun
+        await tun.configure(plan, self.opts.mtu)
+        self.plan = plan
+        addrs = ", ".join(str(i) for i in plan.interfaces())
+        where = f" in namespace {self.opts.netns}" if self.opts.netns else ""
+        log.info("TUN %s up%s: %s, mtu %d", tun.name, where, addrs, self.opts.mtu)
+        asyncio.get_running_loop().add_reader(tun.fd, self._on_tun_readable)
+        for nets in list(self._announced.values()):
+            for net in nets:
+                await tun.add_route(net)
+
+    def _on_tun_readable(self) -> None:
+        tun = self.tun
+        if tun is None:
+            return
+        publish, key, ifname = self.bus.publish, self._uplink_key, tun.name
+        counters = self.counters
+        for packet in tun.read_batch():
+            if trace.isEnabledFor(logging.INFO):
+                trace.info("up   %s>bus  %d B", ifname, len(packet))
+            if publish(key, wire.encode_packet(packet, ifname)):
+                counters.count("tun>bus", len(packet))
+            else:
+                counters.drop("bus down")
+
+    # -- bus ----------------------------------------------------------------------------
+
+    def _on_bus_up(self) -> None:
+        self.bus.publish(wire.READY_KEY, wire.encode_ready(self.name))
+        log.info("connected to %s; published ready", self.opts.url.where)
+        self._publish_started()
+
+    def _publish_started(self) -> None:
+        if self.plan is not None and self.tun is not None:
+            body = wire.encode_tun_started(self.name, self.plan, **self.opts.extra_started)
+            self.bus.publish(self._started_key, body)
+
+    def _on_message(self, key: str, body: bytes, props: Any) -> None:
+        try:
+            if key == self._downlink_key:
+                self._downlink(body)
+            elif key == self._start_key:
+                self._on_tun_start(body)
+            elif key == wire.READY_KEY:
+                msg = wire.decode_control(body)
+                if msg.get("component") == wire.ROUTER_COMPONENT:
+                    log.info("packet router announced itself; re-publishing tun.started")
+                    self._publish_started()
+            elif key.endswith(".ip.tun.started"):
+                peer = wire.agent_of(key)
+                if peer and peer != self.name:
+                    self._on_peer_started(peer, wire.decode_control(body))
+        except wire.WireError as exc:
+            self.counters.drop("malformed")
+            log.warning("dropped a malformed message on %s: %s", key, exc)
+        except Exception:  # a handler bug must not kill the agent
+            self.counters.drop("error")
+            log.exception("error handling a message on %s", key)
+
+    def _downlink(self, body: bytes) -> None:
+        packet = wire.decode_packet(body)
+        tun = self.tun
+        if tun is None:
+            self.counters.drop("no tun")
+            return
+        if trace.isEnabledFor(logging.INFO):
+            trace.info("down bus>%s  %d B", tun.name, len(packet))
+        if tun.write(packet):
+            self.counters.count("bus>tun", len(packet))
+        else:
+            self.counters.drop("tun write")
+
+    def _on_tun_start(self, body: bytes) -> None:
+        msg = wire.decode_control(body)
+        try:
+            plan = plan_from_bus(msg)
+        except ConfigError as exc:
+            self.counters.drop("bad tun.start")
+            log.warning("refused tun.start: %s", exc)
+            return
+        if self.tun is not None or self._bootstrapping:
+            log.info("tun.start received; already started, answering with current configuration")
+            self._publish_started()
+            return
+        self._bootstrapping = True
+        asyncio.get_running_loop().create_task(self._bootstrap(plan))
+
+    async def _bootstrap(self, plan: AddressPlan) -> None:
+        try:
+            await self._bring_up_tun(plan)
+        except TunError as exc:
+            self._on_fatal(str(exc))
+            return
+        finally:
+            self._bootstrapping = False
+        self._publish_started()
+
+    def _on_peer_started(self, peer: str, msg: dict[str, Any]) -> None:
+        """Route the networks another agent announces into our TUN."""
+        try:
+            plan = plan_from_bus(msg)
+        except ConfigError as exc:
+            log.warning("ignored tun.started of %s: %s", peer, exc)
+            return
+        wanted = set(plan.reroute_prefixes)
+        mine = set(self.plan.owns()) if self.plan else set()
+        wanted = {
+            n for n in wanted if not any(n.overlaps(m) for m in mine if m.version == n.version)
+        }
+        old = self._announced.get(peer, set())
+        if wanted == old:
+            return
+        total = sum(len(v) for p, v in self._announced.items() if p != peer) + len(wanted)
+        if total > MAX_ANNOUNCED_ROUTES:
+            log.warning(
+                "ignored networks of %s: more than %d announced routes", peer, MAX_ANNOUNCED_ROUTES
+            )
+            return
+        self._announced[peer] = wanted
+        if self.tun is not None:
+            asyncio.get_running_loop().create_task(self._sync_routes(old, wanted))
+
+    async def _sync_routes(self, old: set[IPNetwork], new: set[IPNetwork]) -> None:
+        tun = self.tun
+        if tun is None:
+            return
+        still = set().union(*self._announced.values()) if self._announced else set()
+        for net in old - new:
+            if net not in still:
+                await tun.remove_route(net)
+        for net in new - old:
+            await tun.add_route(net)

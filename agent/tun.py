@@ -1,0 +1,188 @@
+"""The TUN edge: create the device (optionally inside a namespace), configure it by
+netlink, read and write packets, and remove everything on close.
+
+The device is not persistent: closing its file descriptor deletes it, with its
+addresses and routes, so even a killed agent leaves nothing behind. Routes we add
+are still deleted explicitly on a clean stop.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import socket
+import struct
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from agent.config import AddressPlan, IPNetwork
+from agent.netns import entered, netns_path
+
+log = logging.getLogger(__name__)
+
+TUNSETIFF = 0x400454CA
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+IFA_F_NODAD = 0x02
+READ_SIZE = 65536
+MAX_BATCH = 64
+
+
+class TunError(Exception):
+    """The TUN cannot be created or configured; str() is one line for the user."""
+
+
+def _write_sysctl(path: str, value: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as exc:
+        log.debug("cannot set %s: %s", path, exc)
+
+
+def open_tun(name: str | None, netns: str | None) -> tuple[int, str, int, str | None]:
+    """Create a TUN device (in netns if given).
+
+    Returns (tun fd, ifname, netlink socket fd bound to the same namespace, netns). The netlink
+    socket is made here, on this thread, so that no child process is forked for it.
+    """
+    if os.geteuid() != 0:
+        raise TunError("the agent must run as root to create a TUN device (try sudo -E)")
+    if netns is not None:
+        netns_path(netns)  # clear error if missing
+    with entered(netns):
+        if name is not None:
+            try:
+                socket.if_nametoindex(name)
+            except OSError:
+                pass
+            else:
+                where = f" in namespace {netns}" if netns else ""
+                raise TunError(f"interface name {name!r} is already taken{where}")
+        try:
+            fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise TunError("/dev/net/tun is missing: load the tun module (modprobe tun)") from None
+        except PermissionError:
+            raise TunError("permission denied on /dev/net/tun (need CAP_NET_ADMIN)") from None
+        try:
+            ifr = struct.pack("16sH", (name or "").encode(), IFF_TUN | IFF_NO_PI)
+            ifr = fcntl.ioctl(fd, TUNSETIFF, ifr)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno == errno.EPERM:
+                raise TunError("not permitted to create a TUN (need CAP_NET_ADMIN)") from None
+            raise TunError(f"cannot create TUN {name or ''}: {exc.strerror}") from None
+        ifname = ifr[:16].rstrip(b"\0").decode()
+        # Per-interface settings only: never process-wide sysctls.
+        _write_sysctl(f"/proc/sys/net/ipv4/conf/{ifname}/send_redirects", "0")
+        _write_sysctl(f"/proc/sys/net/ipv6/conf/{ifname}/addr_gen_mode", "1")
+        nl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0)
+    return fd, ifname, nl.detach(), netns
+
+
+class Tun:
+    """A configured TUN device. `read_batch`/`write` are the per-packet calls."""
+
+    def __init__(self, fd: int, name: str, netlink_fd: int, netns: str | None) -> None:
+        self.fd = fd
+        self.name = name
+        self.netns = netns
+        self._netlink_fd = netlink_fd
+        self.index = 0
+        self._ipr: AsyncIPRoute | None = None
+        self._routes: list[IPNetwork] = []
+
+    @classmethod
+    def create(cls, name: str | None, netns: str | None) -> Tun:
+        return cls(*open_tun(name, netns))
+
+    async def _netlink(self) -> AsyncIPRoute:
+        if self._ipr is None:
+            ipr = AsyncIPRoute(fileno=self._netlink_fd)
+            await ipr.setup_endpoint()
+            self._ipr = ipr
+        return self._ipr
+
+    async def configure(self, plan: AddressPlan, mtu: int) -> None:
+        ipr = await self._netlink()
+        try:
+            found = await ipr.link_lookup(ifname=self.name)
+            if not found:
+                raise TunError(f"TUN {self.name} vanished before it could be configured")
+            self.index = found[0]
+            await ipr.link("set", index=self.index, mtu=mtu)
+            await ipr.link("set", index=self.index, state="up")
+            for iface in plan.interfaces():
+                await ipr.addr(
+                    "add",
+                    index=self.index,
+                    address=str(iface.ip),
+                    prefixlen=iface.network.prefixlen,
+                    flags=IFA_F_NODAD if iface.version == 6 else 0,
+                )
+        except NetlinkError as exc:
+            raise TunError(f"cannot configure {self.name}: {os.strerror(exc.code)}") from None
+
+    async def add_route(self, network: IPNetwork) -> bool:
+        """Route network into the TUN; False if it could not be added."""
+        if network in self._routes:
+            return True
+        ipr = await self._netlink()
+        try:
+            await ipr.route("add", dst=str(network), oif=self.index)
+        except NetlinkError as exc:
+            log.warning("cannot add route %s dev %s: %s", network, self.name, os.strerror(exc.code))
+            return False
+        self._routes.append(network)
+        log.info("route %s dev %s added", network, self.name)
+        return True
+
+    async def remove_route(self, network: IPNetwork) -> None:
+        if network not in self._routes:
+            return
+        self._routes.remove(network)
+        ipr = await self._netlink()
+        try:
+            await ipr.route("del", dst=str(network), oif=self.index)
+        except NetlinkError as exc:
+            log.debug("route %s already gone: %s", network, os.strerror(exc.code))
+
+    @property
+    def routes(self) -> list[IPNetwork]:
+        return list(self._routes)
+
+    def read_batch(self) -> list[bytes]:
+        """Up to MAX_BATCH packets that are waiting; never blocks."""
+        out: list[bytes] = []
+        read, fd = os.read, self.fd
+        try:
+            for _ in range(MAX_BATCH):
+                out.append(read(fd, READ_SIZE))
+        except BlockingIOError:
+            pass
+        return out
+
+    def write(self, packet: bytes) -> bool:
+        try:
+            os.write(self.fd, packet)
+        except OSError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Delete our routes, then the device (by closing its descriptor)."""
+        for network in list(self._routes):
+            await self.remove_route(network)
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+        elif self._netlink_fd >= 0:
+            os.close(self._netlink_fd)
+        self._netlink_fd = -1
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

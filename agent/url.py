@@ -1,0 +1,123 @@
+"""AMQP URL parsing (pure) and its redacted form for logs and errors."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+DEFAULT_URL = "amqp://guest:guest@localhost/"
+
+_INT_PARAMS = {
+    "heartbeat": (0, 3600),
+    "connection_attempts": (1, 100),
+    "channel_max": (1, 65535),
+    "frame_max": (4096, 1 << 20),
+}
+_FLOAT_PARAMS = {
+    "retry_delay": (0.0, 300.0),
+    "socket_timeout": (0.1, 300.0),
+    "blocked_connection_timeout": (0.1, 3600.0),
+    "stack_timeout": (0.1, 300.0),
+}
+
+
+class UrlError(ValueError):
+    """The URL cannot be used; the message never contains the password."""
+
+
+@dataclass(frozen=True)
+class AmqpUrl:
+    scheme: str
+    host: str
+    port: int
+    vhost: str
+    user: str
+    password: str = field(repr=False)
+    params: dict[str, float | int] = field(default_factory=dict)
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "amqps"
+
+    @property
+    def where(self) -> str:
+        """host:port, with brackets for IPv6 literals."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def redacted(self) -> str:
+        """The URL as it may appear in a log line: no password."""
+        vhost = "%2F" if self.vhost == "/" else self.vhost
+        return f"{self.scheme}://{self.user}:***@{self.where}/{vhost}"
+
+
+def resolve_url(cli_value: str | None, env: dict[str, str] | None = None) -> str:
+    """--url, else env AMQP_URL, else the local default."""
+    env = os.environ if env is None else env
+    return cli_value or env.get("AMQP_URL") or DEFAULT_URL
+
+
+def parse_url(url: str) -> AmqpUrl:
+    if not isinstance(url, str) or not url.strip():
+        raise UrlError("empty AMQP URL")
+    url = url.strip()
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        host = parts.hostname
+    except ValueError as exc:
+        raise UrlError(f"malformed AMQP URL: {_hide(str(exc), url)}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("amqp", "amqps"):
+        raise UrlError(f"AMQP URL must start with amqp:// or amqps://, not {scheme or '?'}://")
+    if not host:
+        raise UrlError("AMQP URL has no host")
+    if port is None:
+        port = 5671 if scheme == "amqps" else 5672
+    path = parts.path
+    if path in ("", "/"):
+        vhost = "/"
+    else:
+        raw = path[1:]
+        if "/" in raw:
+            raise UrlError("AMQP URL path must be one vhost name (write '/' inside it as %2F)")
+        vhost = unquote(raw)
+    user = unquote(parts.username) if parts.username is not None else "guest"
+    password = unquote(parts.password) if parts.password is not None else "guest"
+    params: dict[str, float | int] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        params[key] = _param(key, value)
+    return AmqpUrl(scheme, host, port, vhost, user, password, params)
+
+
+def _param(key: str, value: str) -> float | int:
+    if key in _INT_PARAMS:
+        lo, hi = _INT_PARAMS[key]
+        try:
+            number: float | int = int(value)
+        except ValueError:
+            raise UrlError(f"URL parameter {key}={value!r} is not an integer") from None
+    elif key in _FLOAT_PARAMS:
+        lo, hi = _FLOAT_PARAMS[key]
+        try:
+            number = float(value)
+        except ValueError:
+            raise UrlError(f"URL parameter {key}={value!r} is not a number") from None
+    else:
+        known = ", ".join(sorted([*_INT_PARAMS, *_FLOAT_PARAMS]))
+        raise UrlError(f"unknown URL parameter {key!r} (known: {known})")
+    if not lo <= number <= hi:
+        raise UrlError(f"URL parameter {key}={value} out of range {lo}..{hi}")
+    return number
+
+
+def _hide(message: str, url: str) -> str:
+    """Strip anything that looks like the userinfo of url from message."""
+    at = url.find("@")
+    if at > 0:
+        start = url.find("//") + 2
+        secret = url[start:at]
+        if secret:
+            message = message.replace(secret, "***")
+    return message

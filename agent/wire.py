@@ -1,0 +1,155 @@
+"""ioppytest message bodies and routing keys, both ways. Pure: bytes in, bytes out."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from typing import Any
+
+import orjson
+
+from agent.config import AddressPlan, prefix_wire_form
+
+API_VERSION = "1.2.15"
+CONTENT_TYPE = "application/json"
+CONTENT_ENCODING = "utf-8"
+MAX_BODY = 256 * 1024  # a 65535-byte packet as JSON ints is at most ~256 KiB
+
+READY_KEY = "testingtool.component.ready"
+TERMINATE_KEY = "testingtool.terminate"
+ROUTER_COMPONENT = "packetrouting"
+
+
+class WireError(ValueError):
+    """A bus message that cannot be used; str() is a short reason for the log line."""
+
+
+# -- routing keys ----------------------------------------------------------------------
+
+
+def uplink_key(name: str) -> str:
+    return f"fromAgent.{name}.ip.tun.packet.raw"
+
+
+def downlink_key(name: str) -> str:
+    return f"toAgent.{name}.ip.tun.packet.raw"
+
+
+def start_key(name: str) -> str:
+    return f"toAgent.{name}.ip.tun.start"
+
+
+def started_key(name: str) -> str:
+    return f"fromAgent.{name}.ip.tun.started"
+
+
+def agent_of(routing_key: str) -> str | None:
+    """'fromAgent.agent_1.ip.tun.packet.raw' -> 'agent_1'."""
+    parts = routing_key.split(".", 2)
+    if len(parts) < 3 or parts[0] not in ("fromAgent", "toAgent") or not parts[1]:
+        return None
+    return parts[1]
+
+
+# -- packets ---------------------------------------------------------------------------
+
+
+def encode_packet(packet: bytes, interface_name: str, timestamp: float | None = None) -> bytes:
+    """The ioppytest packet body: data as a JSON array of ints."""
+    return orjson.dumps(
+        {
+            "_api_version": API_VERSION,
+            "data": list(packet),
+            "interface_name": interface_name,
+            "timestamp": time.time() if timestamp is None else timestamp,
+        }
+    )
+
+
+def decode_packet(body: bytes) -> bytes:
+    """The packet bytes of a packet body; WireError if it is not a usable packet."""
+    obj = _json_object(body)
+    data = obj.get("data")
+    if not isinstance(data, list):
+        raise WireError("packet message without a 'data' list")
+    try:
+        packet = bytes(data)
+    except (TypeError, ValueError):
+        raise WireError("packet 'data' is not a list of ints 0-255") from None
+    check_ip(packet)
+    return packet
+
+
+def check_ip(packet: bytes) -> None:
+    """Raise WireError unless packet starts like an IPv4 or IPv6 packet."""
+    if not packet:
+        raise WireError("empty packet")
+    version = packet[0] >> 4
+    if version == 6:
+        if len(packet) < 40:
+            raise WireError(f"truncated IPv6 packet ({len(packet)} B)")
+    elif version == 4:
+        if len(packet) < 20 or packet[0] & 0x0F < 5:
+            raise WireError(f"truncated IPv4 packet ({len(packet)} B)")
+    else:
+        raise WireError(f"not an IP packet (version nibble {version})")
+
+
+# -- control messages --------------------------------------------------------------------
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    if len(body) > MAX_BODY:
+        raise WireError(f"message too big ({len(body)} B)")
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise WireError("body is not JSON") from None
+    if not isinstance(obj, dict):
+        raise WireError("body is not a JSON object")
+    return obj
+
+
+def decode_control(body: bytes) -> dict[str, Any]:
+    return _json_object(body)
+
+
+def encode_ready(component: str) -> bytes:
+    return orjson.dumps(
+        {
+            "_api_version": API_VERSION,
+            "component": component,
+            "description": "Component READY to start test suite.",
+        }
+    )
+
+
+def encode_tun_started(name: str, plan: AddressPlan, **extra: Any) -> bytes:
+    """tun.started: the agent's current configuration, ipv4 written both ways."""
+    ipv4 = plan.ipv4
+    prefixes = [prefix_wire_form(p) for p in plan.reroute_prefixes]
+    body: dict[str, Any] = {
+        "_api_version": API_VERSION,
+        "name": name,
+        "ipv6_prefix": prefix_wire_form(plan.ipv6_prefix)
+        if plan.ipv6_prefix.prefixlen == 64
+        else str(plan.ipv6_prefix),
+        "ipv6_host": plan.ipv6_host,
+        "ipv6_no_forwarding": False,
+        "ipv4_host": str(ipv4.ip) if ipv4 else None,
+        "ipv4_address": str(ipv4.ip) if ipv4 else None,
+        "ipv4_network": str(ipv4.network.network_address) if ipv4 else None,
+        "ipv4_netmask": str(ipv4.network.netmask) if ipv4 else None,
+        "re_route_packets_if": plan.reroute_if,
+        "re_route_packets_prefix": (prefixes[0] if len(prefixes) == 1 else prefixes)
+        if prefixes
+        else None,
+        "re_route_packets_host": plan.reroute_host,
+    }
+    body.update(extra)
+    return orjson.dumps(body)
+
+
+def addresses_of(plan: AddressPlan) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Host addresses an agent owns, for a router's table."""
+    return [iface.ip for iface in plan.interfaces()]
