@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Prepare a Debian machine for the agent, its demo and its tests (idempotent, run as root):
+# system packages, a virtualenv in .venv with the project, and a local RabbitMQ if none answers.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+command -v ping >/dev/null || need+=(iputils-ping)
+command -v socat >/dev/null || need+=(socat)
+command -v iperf3 >/dev/null || need+=(iperf3)
+command -v tshark >/dev/null || need+=(tshark)
+command -v openssl >/dev/null || need+=(openssl)
+command -v rabbitmq-server >/dev/null || need+=(rabbitmq-server)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "setup: installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+venv="$top/.venv"
+if [ ! -x "$venv/bin/python" ]; then
+    echo "setup: creating $venv"
+    python3 -m venv "$venv"
+fi
+stamp="$venv/.installed"
+if [ ! -f "$stamp" ] || [ "$top/setup.py" -nt "$stamp" ]; then
+    echo "setup: installing the project into $venv"
+    if ! "$venv/bin/pip" install -q -e "$top[test]" >"$venv/pip.log" 2>&1; then
+        cat "$venv/pip.log" >&2
+        exit 1
+    fi
+    touch "$stamp"
+fi
+
+broker_up() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
+if ! broker_up; then
+    echo "setup: starting a local RabbitMQ"
+    rabbitmq-server -detached >/dev/null 2>&1 || true
+    timeout 120 rabbitmqctl await_startup >/dev/null 2>&1 || true
+    for _ in $(seq 1 60); do broker_up && break; sleep 1; done
+    broker_up || { echo "setup: RabbitMQ did not start on 127.0.0.1:5672" >&2; exit 1; }
+fi

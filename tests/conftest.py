@@ -1,0 +1,290 @@
+"""Fixtures for tests against the real RabbitMQ, real TUNs and real namespaces.
+
+Everything made here has a name unique to the run and is removed at teardown, also when
+the test fails. Processes are ended by the PID we started.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pika
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_ID = uuid.uuid4().hex[:6]
+_counter = 0
+
+
+def _unique(prefix: str) -> str:
+    global _counter
+    _counter += 1
+    return f"{prefix}{RUN_ID}{_counter}"
+
+
+def broker_up(host: str = "127.0.0.1", port: int = 5672) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 10.0, interval: float = 0.05) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (TUN, namespaces)")
+needs_broker = pytest.mark.skipif(not broker_up(), reason="no RabbitMQ on 127.0.0.1:5672")
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def vhost() -> Iterator[str]:
+    """A fresh vhost on the local broker; yields its amqp URL."""
+    if not broker_up():
+        pytest.skip("no RabbitMQ on 127.0.0.1:5672")
+    name = _unique("t")
+    rabbitmqctl("add_vhost", name)
+    try:
+        rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        yield f"amqp://guest:guest@127.0.0.1:5672/{name}"
+    finally:
+        rabbitmqctl("delete_vhost", name)
+
+
+@pytest.fixture
+def netns() -> Iterator[Callable[[], str]]:
+    """Factory of network namespaces, all deleted at teardown."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = _unique("ag")
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        made.append(name)
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        return name
+
+    yield make
+    for name in made:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def ns_run(ns: str, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def ping(ns: str, dst: str, count: int = 3, version: int = 6, interval: float = 0.2) -> bool:
+    out = ns_run(ns, "ping", f"-{version}", "-c", str(count), "-i", str(interval), "-W", "2", dst)
+    return out.returncode == 0
+
+
+def tun_links(ns: str) -> list[str]:
+    out = subprocess.run(
+        ["ip", "-n", ns, "-o", "link", "show", "type", "tun"], capture_output=True, text=True
+    )
+    return [line.split(": ")[1].split("@")[0] for line in out.stdout.splitlines() if ": " in line]
+
+
+class Proc:
+    """A `python -m agent ...` process with its output in a file."""
+
+    def __init__(self, args: list[str], log_dir: Path, label: str) -> None:
+        self.args = args
+        self.label = label
+        self.log_path = log_dir / f"{label}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.pop("AMQP_URL", None)
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "agent", *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+        )
+        self.pid = self.popen.pid
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, timeout: float = 15.0) -> bool:
+        rx = re.compile(pattern)
+        return bool(
+            wait_for(lambda: rx.search(self.output) or self.popen.poll() is not None, timeout)
+        ) and bool(rx.search(self.output))
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def send(self, sig: int) -> None:
+        if self.running():
+            os.kill(self.pid, sig)
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 5.0) -> tuple[int | None, float]:
+        """Send sig; returns (exit code or None if it had to be killed, seconds taken)."""
+        start = time.monotonic()
+        self.send(sig)
+        try:
+            code: int | None = self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+            code = None
+        return code, time.monotonic() - start
+
+    def wait(self, timeout: float = 15.0) -> int | None:
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def close(self) -> None:
+        if self.running():
+            self.stop(signal.SIGINT, timeout=5)
+        self._log.close()
+
+
+@pytest.fixture
+def procs(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Proc]]:
+    """Start agent processes; all are stopped (by PID) at teardown. Logs shown on failure."""
+    started: list[Proc] = []
+
+    def start(*args: str, label: str | None = None) -> Proc:
+        proc = Proc(list(args), tmp_path, label or f"p{len(started)}")
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.close()
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        for proc in started:
+            sys.stderr.write(f"\n----- {proc.label}: {' '.join(proc.args)}\n{proc.output}\n")
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+class Session:
+    """A router and agents on one vhost, each agent's TUN in its own namespace."""
+
+    def __init__(self, url: str, netns: Callable[[], str], procs: Callable[..., Proc]) -> None:
+        self.url = url
+        self._netns = netns
+        self._procs = procs
+        self.router: Proc | None = None
+        self.agents: dict[str, Proc] = {}
+        self.ns: dict[str, str] = {}
+
+    def start_router(self, *extra: str) -> Proc:
+        self.router = self._procs("router", "--url", self.url, "-v", *extra, label="router")
+        assert self.router.wait_log("announced as packetrouting"), self.router.output
+        return self.router
+
+    def start_agent(self, name: str, *extra: str, wait: bool = True) -> Proc:
+        ns = self._netns()
+        self.ns[name] = ns
+        proc = self._procs(
+            "connect", "--url", self.url, "--name", name, "--netns", ns, *extra, label=name
+        )
+        self.agents[name] = proc
+        if wait:
+            assert proc.wait_log("published ready"), proc.output
+        return proc
+
+    def learned(self, *names: str, timeout: float = 10.0) -> bool:
+        assert self.router is not None
+        return all(self.router.wait_log(f"learned {n}\\b", timeout) for n in names)
+
+
+@pytest.fixture
+def session(vhost: str, netns: Callable[[], str], procs: Callable[..., Proc]) -> Session:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (TUN, namespaces)")
+    if shutil.which("ping") is None:
+        pytest.skip("ping is not installed")
+    return Session(vhost, netns, procs)
+
+
+def publish(url: str, routing_key: str, body: bytes, content_type: str | None = None) -> None:
+    """Publish one message on amq.topic with a blocking connection."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        ch = conn.channel()
+        props = pika.BasicProperties(content_type=content_type) if content_type else None
+        ch.basic_publish("amq.topic", routing_key, body, props)
+    finally:
+        conn.close()
+
+
+class Listener:
+    """An exclusive queue bound to some keys, read with a blocking connection."""
+
+    def __init__(self, url: str, keys: list[str]) -> None:
+        self.conn = pika.BlockingConnection(pika.URLParameters(url))
+        self.ch = self.conn.channel()
+        self.queue = self.ch.queue_declare("", exclusive=True).method.queue
+        for key in keys:
+            self.ch.queue_bind(self.queue, "amq.topic", routing_key=key)
+
+    def get(self, timeout: float = 2.0) -> tuple[str, bytes, object] | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            method, props, body = self.ch.basic_get(self.queue, auto_ack=True)
+            if method is not None:
+                return method.routing_key, body, props
+            self.conn.sleep(0.02)
+        return None
+
+    def publish(self, key: str, body: bytes, content_type: str | None = "application/json") -> None:
+        props = pika.BasicProperties(content_type=content_type) if content_type else None
+        self.ch.basic_publish("amq.topic", key, body, props)
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:  # noqa: S110
+            pass
+
+
+@pytest.fixture
+def listener(vhost: str) -> Iterator[Callable[[list[str]], Listener]]:
+    made: list[Listener] = []
+
+    def make(keys: list[str]) -> Listener:
+        lst = Listener(vhost, keys)
+        made.append(lst)
+        return lst
+
+    yield make
+    for lst in made:
+        lst.close()
