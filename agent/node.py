@@ -1,8 +1,11 @@
-"""The agent: TUN and bus ports, the per-packet path, control messages, clean stop.
+"""The agent: a switch between ports (TUN, bus, re-route ports), control messages, stop.
 
-Per-packet path, both directions, in one place:
-    TUN readable -> read_batch -> encode -> publish fromAgent.<name>.ip.tun.packet.raw
-    toAgent.<name>.ip.tun.packet.raw -> decode -> write into the TUN
+Per-packet path, every direction, in one place (`Agent.forward`):
+    a port hands in (packet, port it came from)
+    -> Switch.decide reads the destination -> the port it leaves by (or a drop reason)
+    -> taps (packet trace, capture) -> port.send -> counters
+TUN reads arrive from `_on_tun_readable`, bus packets from `_downlink`; re-route ports
+call `forward` themselves.
 """
 
 from __future__ import annotations
@@ -10,20 +13,46 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from agent import wire
 from agent.bus import Bus, QueueSpec, queue_arguments
 from agent.config import AddressPlan, ConfigError, IPNetwork, plan_from_bus
 from agent.counters import Counters
+from agent.reroute.decide import BUS, TUN, Switch, is_drop
 from agent.tun import Tun, TunError
 from agent.url import AmqpUrl
 
 log = logging.getLogger(__name__)
-trace = logging.getLogger("agent.packets")
 
 MAX_ANNOUNCED_ROUTES = 32
+
+
+class Port(Protocol):
+    """Where packets leave the agent. `name` is what logs and captures show."""
+
+    name: str
+
+    def send(self, packet: bytes) -> bool: ...
+
+
+Tap = Callable[[bytes, str, str], None]  # (packet, from port, to port)
+
+
+class BusPort:
+    """Packets to the session: ioppytest packet messages on fromAgent.<name>...raw."""
+
+    name = "bus"
+
+    def __init__(self, bus: Bus, key: str) -> None:
+        self.bus = bus
+        self.key = key
+        self.interface_name = "tun0"  # the TUN's name once it exists (peers classify by it)
+
+    def send(self, packet: bytes) -> bool:
+        return self.bus.publish(self.key, wire.encode_packet(packet, self.interface_name))
 
 
 @dataclass
@@ -38,6 +67,7 @@ class AgentOptions:
     netns: str | None = None
     ca_file: str | None = None
     stats_interval: float = 0.0
+    accept_any: bool = True
     extra_started: dict[str, Any] = field(default_factory=dict)
 
 
@@ -56,6 +86,9 @@ class Agent:
         self._stop = asyncio.Event()
         self._fatal: str | None = None
         self._bootstrapping = False
+        self.switch = Switch(accept_any=opts.accept_any)
+        self.ports: dict[str, Port] = {}
+        self.taps: list[Tap] = []
         self.bus = Bus(
             opts.url,
             opts.exchange,
@@ -78,6 +111,8 @@ class Agent:
             on_fatal=self._on_fatal,
             ca_file=opts.ca_file,
         )
+        self.bus_port = BusPort(self.bus, self._uplink_key)
+        self.ports[BUS] = self.bus_port
 
     # -- run / stop ---------------------------------------------------------------------
 
@@ -144,6 +179,9 @@ class Agent:
         self.tun = tun
         await tun.configure(plan, self.opts.mtu)
         self.plan = plan
+        self.switch.set_local(plan.owns())
+        self.ports[TUN] = tun
+        self.bus_port.interface_name = tun.name
         addrs = ", ".join(str(i) for i in plan.interfaces())
         where = f" in namespace {self.opts.netns}" if self.opts.netns else ""
         log.info("TUN %s up%s: %s, mtu %d", tun.name, where, addrs, self.opts.mtu)
@@ -156,15 +194,28 @@ class Agent:
         tun = self.tun
         if tun is None:
             return
-        publish, key, ifname = self.bus.publish, self._uplink_key, tun.name
-        counters = self.counters
+        forward = self.forward
         for packet in tun.read_batch():
-            if trace.isEnabledFor(logging.INFO):
-                trace.info("up   %s>bus  %d B", ifname, len(packet))
-            if publish(key, wire.encode_packet(packet, ifname)):
-                counters.count("tun>bus", len(packet))
-            else:
-                counters.drop("bus down")
+            forward(packet, TUN)
+
+    # -- the switch ----------------------------------------------------------------------
+
+    def forward(self, packet: bytes, came_from: str) -> None:
+        """One packet entering by port `came_from`: decide, tap, send, count."""
+        decision = self.switch.decide(packet, came_from)
+        if is_drop(decision):
+            self.counters.drop(decision[1:])
+            return
+        port = self.ports.get(decision)
+        if port is None:
+            self.counters.drop(f"no {decision}")
+            return
+        for tap in self.taps:
+            tap(packet, came_from, decision)
+        if port.send(packet):
+            self.counters.count(f"{came_from}>{decision}", len(packet))
+        else:
+            self.counters.drop(f"{decision} down")
 
     # -- bus ----------------------------------------------------------------------------
 
@@ -201,17 +252,7 @@ class Agent:
             log.exception("error handling a message on %s", key)
 
     def _downlink(self, body: bytes) -> None:
-        packet = wire.decode_packet(body)
-        tun = self.tun
-        if tun is None:
-            self.counters.drop("no tun")
-            return
-        if trace.isEnabledFor(logging.INFO):
-            trace.info("down bus>%s  %d B", tun.name, len(packet))
-        if tun.write(packet):
-            self.counters.count("bus>tun", len(packet))
-        else:
-            self.counters.drop("tun write")
+        self.forward(wire.decode_packet(body), BUS)
 
     def _on_tun_start(self, body: bytes) -> None:
         msg = wire.decode_control(body)

@@ -166,7 +166,7 @@ class Tun:
             pass
         return out
 
-    def write(self, packet: bytes) -> bool:
+    def send(self, packet: bytes) -> bool:
         try:
             os.write(self.fd, packet)
         except OSError:
