@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -78,8 +79,7 @@ def connection_parameters(url: AmqpUrl, ca_file: str | None = None) -> pika.Conn
 
 def describe_error(exc: BaseException, url: AmqpUrl) -> str:
     """One line for a user, naming host:port, user or vhost, never the password."""
-    if isinstance(exc, AMQPConnectionWorkflowFailed) and exc.exceptions:
-        exc = exc.exceptions[-1]
+    exc = _root_cause(exc)
     where = url.where
     if isinstance(exc, (pex.ProbableAuthenticationError, pex.AuthenticationError)):
         return f"broker at {where} refused the login of user {url.user!r} (wrong user or password)"
@@ -100,6 +100,12 @@ def describe_error(exc: BaseException, url: AmqpUrl) -> str:
         return f"TLS certificate of {where} not trusted: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError):
         return f"TLS with {where} failed: {exc.reason or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"cannot reach broker at {where}: connection refused"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve broker host {url.host!r}"
+    if isinstance(exc, TimeoutError):
+        return f"cannot reach broker at {where}: timed out"
     text = str(exc) or type(exc).__name__
     if url.password and url.password in text:
         text = text.replace(url.password, "***")
@@ -111,6 +117,20 @@ def describe_error(exc: BaseException, url: AmqpUrl) -> str:
     if "name or service not known" in low or "getaddrinfo" in low or "nodename" in low:
         return f"cannot resolve broker host {url.host!r}"
     return f"connection to broker at {where} failed: {text}"
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """pika wraps the interesting error in workflow and connector exceptions."""
+    for _ in range(8):
+        if isinstance(exc, AMQPConnectionWorkflowFailed) and exc.exceptions:
+            exc = exc.exceptions[-1]
+        elif isinstance(getattr(exc, "exception", None), BaseException):
+            exc = exc.exception  # type: ignore[attr-defined]
+        elif exc.args and isinstance(exc.args[0], BaseException):
+            exc = exc.args[0]
+        else:
+            break
+    return exc
 
 
 class Backoff:

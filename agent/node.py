@@ -161,7 +161,7 @@ class Agent:
             name = tun.name
             await tun.close()
             log.info("removed %s and its routes", name)
-        if self.counters.packets or self.counters.drops:
+        if not self._fatal and (self.counters.packets or self.counters.drops):
             log.info("counters:\n%s", self.counters.table())
 
     def _print_status(self) -> None:
