@@ -10,7 +10,16 @@ import sys
 
 import click
 
-from agent.config import ConfigError, check_ifname, check_name, default_plan
+from agent.config import (
+    ConfigError,
+    IPNetwork,
+    check_ifname,
+    check_name,
+    default_plan,
+    parse_reroute_host,
+    parse_reroute_prefix,
+)
+from agent.slip.options import serial_options
 from agent.url import AmqpUrl, UrlError, parse_url, resolve_url
 
 log = logging.getLogger("agent")
@@ -74,6 +83,24 @@ def _ifname(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
         raise click.BadParameter(str(exc)) from None
 
 
+def _reroute_prefixes(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> tuple[IPNetwork, ...]:
+    try:
+        return tuple(dict.fromkeys(parse_reroute_prefix(v) for v in values))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _reroute_host(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return parse_reroute_host(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _run(coro_factory) -> None:  # type: ignore[no-untyped-def]
     try:
         code = asyncio.run(coro_factory())
@@ -112,6 +139,38 @@ url_options = [
     ),
     click.option("-v", "--verbose", count=True, help="-v: one line per packet; -vv: debug."),
     click.option("-q", "--quiet", count=True, help="Only warnings (-qq: only errors)."),
+]
+
+
+# The network behind this agent; shared by every re-route port (interface, serial line).
+reroute_options = [
+    click.option(
+        "--re-route-if",
+        "--re-route-packets-if",
+        "reroute_if",
+        default=None,
+        callback=_ifname,
+        help="Network interface the --re-route-prefix networks are reached through "
+        "(e.g. eth1); packets between them and the session are forwarded by the agent.",
+    ),
+    click.option(
+        "--re-route-prefix",
+        "--re-route-packets-prefix",
+        "reroute_prefixes",
+        multiple=True,
+        callback=_reroute_prefixes,
+        help="A network behind this agent: 'cccc' (= cccc::/64) or an IPv6/IPv4 CIDR "
+        "such as 192.0.2.0/24 (repeatable). Announced in tun.started.",
+    ),
+    click.option(
+        "--re-route-host",
+        "--re-route-packets-host",
+        "reroute_host",
+        default=None,
+        callback=_reroute_host,
+        help="The device behind this agent: its address or its id in the prefix (e.g. 1). "
+        "Announced in tun.started.",
+    ),
 ]
 
 
@@ -156,8 +215,19 @@ def cli() -> None:
 )
 @click.option("--mtu", type=click.IntRange(1280, 65535), default=1500, show_default=True)
 @click.option("--netns", default=None, help="Put the TUN into this existing network namespace.")
+@click.option(
+    "--accept-any",
+    is_flag=True,
+    help="Write every packet from the bus into the TUN, not only those for this agent.",
+)
+@with_options(reroute_options)
+@with_options(serial_options)
 @with_options(url_options)
 def connect(
+    reroute_if: str | None,
+    reroute_prefixes: tuple[IPNetwork, ...],
+    reroute_host: str | None,
+    accept_any: bool,
     name: str,
     ipv6_prefix: str | None,
     ipv6_host: str | None,
@@ -173,10 +243,17 @@ def connect(
     stats: float,
     verbose: int,
     quiet: int,
+    **serial_opts: object,  # --serial-port & co, see agent.slip.options
 ) -> None:
     """Create a TUN and carry its packets over the AMQP bus."""
     setup_logging(verbose, quiet)
     amqp = _url(url, url_file)
+    from agent.slip.options import MODE_802154, probe_runner, serial_choice
+
+    serial = serial_choice(serial_opts, mtu)
+    if serial is not None and serial.mode == MODE_802154:  # no TUN: serial line <-> bus
+        _run(lambda: probe_runner(name, amqp, serial, exchange, ca_file, stats))
+        return
     try:
         plan = default_plan(name, ipv6_prefix, ipv6_host, ipv4_address)
     except ConfigError as exc:
@@ -195,6 +272,15 @@ def connect(
             netns_path(netns)
         except ConfigError as exc:
             raise click.BadParameter(str(exc), param_hint="--netns") from None
+    from agent.reroute.options import RerouteOptions
+
+    reroute = RerouteOptions(reroute_prefixes, reroute_host, reroute_if)
+    if reroute_if is not None and not reroute_prefixes and bootstrap:
+        raise click.UsageError(
+            "--re-route-if needs at least one --re-route-prefix (the network behind it)"
+        )
+    if plan is not None:
+        plan = reroute.apply(plan)
     from agent.node import Agent, AgentOptions
 
     opts = AgentOptions(
@@ -208,8 +294,15 @@ def connect(
         netns=netns,
         ca_file=ca_file,
         stats_interval=stats,
+        accept_any=accept_any,
+        reroute=reroute,
     )
-    _run(lambda: Agent(opts).run())
+    from agent.slip.link import run_agent
+    from agent.slip.options import attach_serial
+
+    agent = Agent(opts)
+    serial_link = attach_serial(agent, serial, reroute)  # None without --serial-port
+    _run(lambda: run_agent(agent, serial_link))
 
 
 def _links(

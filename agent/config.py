@@ -70,6 +70,8 @@ def parse_ipv6_prefix(text: Any) -> ipaddress.IPv6Network:
             raise ConfigError(f"invalid IPv6 prefix {text!r}: {exc}") from None
         if net.prefixlen > 64:
             raise ConfigError(f"invalid IPv6 prefix {text!r}: the session prefix is at most /64")
+        if net.prefixlen < 16:
+            raise ConfigError(f"invalid IPv6 prefix {text!r}: too wide (at least /16)")
         return net
     groups = _hextets(text.rstrip(":"), "IPv6 prefix", 4)
     return ipaddress.IPv6Network(":".join(groups) + "::/64")
@@ -117,12 +119,14 @@ def parse_reroute_prefix(text: Any) -> IPNetwork:
     if not isinstance(text, str):
         raise ConfigError(f"invalid re-route prefix {text!r}")
     text = text.strip()
+    net: IPNetwork
     if "/" not in text:
-        return parse_ipv6_prefix(text)
-    try:
-        net = ipaddress.ip_network(text, strict=False)
-    except ValueError as exc:
-        raise ConfigError(f"invalid re-route prefix {text!r}: {exc}") from None
+        net = parse_ipv6_prefix(text)
+    else:
+        try:
+            net = ipaddress.ip_network(text, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"invalid re-route prefix {text!r}: {exc}") from None
     minimum = 8 if net.version == 4 else 16
     if net.prefixlen < minimum or net.is_multicast or net.is_loopback or net.is_link_local:
         raise ConfigError(f"refused re-route prefix {text!r}: too wide or not routable")
@@ -176,6 +180,8 @@ class AddressPlan:
     def owns(self) -> list[IPNetwork]:
         """The addresses and networks downlink packets may be addressed to."""
         nets: list[IPNetwork] = [ipaddress.ip_network(i.ip) for i in self.interfaces()]
+        if self.ipv4 is not None:
+            nets.append(ipaddress.ip_network(self.ipv4.network.broadcast_address))
         nets.extend(self.reroute_prefixes)
         return nets
 
@@ -261,3 +267,8 @@ def _check_reroute_host(value: Any) -> str:
         return str(ipaddress.ip_address(value))
     except ValueError:
         return parse_ipv6_host(value)
+
+
+def parse_reroute_host(text: Any) -> str:
+    """--re-route-host: the device's address ('cccc::1', '192.0.2.1') or its id ('1')."""
+    return _check_reroute_host(text)

@@ -22,6 +22,7 @@ from agent.bus import Bus, QueueSpec, queue_arguments
 from agent.config import AddressPlan, ConfigError, IPNetwork, plan_from_bus
 from agent.counters import Counters
 from agent.reroute.decide import BUS, TUN, Switch, is_drop
+from agent.reroute.options import RerouteOptions
 from agent.tun import Tun, TunError
 from agent.url import AmqpUrl
 
@@ -67,8 +68,10 @@ class AgentOptions:
     netns: str | None = None
     ca_file: str | None = None
     stats_interval: float = 0.0
-    accept_any: bool = True
+    accept_any: bool = False
     extra_started: dict[str, Any] = field(default_factory=dict)
+    # --re-route-if/-prefix/-host: applied to every plan (CLI or tun.start), they win
+    reroute: RerouteOptions = field(default_factory=RerouteOptions)
 
 
 class Agent:
@@ -89,6 +92,8 @@ class Agent:
         self.switch = Switch(accept_any=opts.accept_any)
         self.ports: dict[str, Port] = {}
         self.taps: list[Tap] = []
+        # called with each plan before its TUN comes up; may amend it (re-route ports)
+        self.plan_hooks: list[Callable[[AddressPlan], AddressPlan]] = []
         self.bus = Bus(
             opts.url,
             opts.exchange,
@@ -175,6 +180,8 @@ class Agent:
     # -- TUN ----------------------------------------------------------------------------
 
     async def _bring_up_tun(self, plan: AddressPlan) -> None:
+        for hook in self.plan_hooks:
+            plan = hook(plan)
         tun = Tun.create(self.opts.tun_name, self.opts.netns)
         self.tun = tun
         await tun.configure(plan, self.opts.mtu)

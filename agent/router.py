@@ -21,6 +21,7 @@ from agent.ipheader import (
     PrefixTable,
     destination,
     is_group,
+    is_link_local_or_unspecified,
     source,
     to_address,
 )
@@ -84,19 +85,27 @@ class RoutingTable:
         for net in plan.reroute_prefixes:
             self._own(agent, net)
 
-    def learn_source(self, agent: str, packet: bytes) -> None:
-        """The source address of a packet an agent sent is that agent's."""
+    def check_source(self, agent: str, packet: bytes) -> bool:
+        """Learn packet's source address as agent's; False if it is another agent's (spoof).
+
+        Link-local and unspecified sources are always allowed; a multicast source never.
+        """
         src = source(packet)
         if src is None:
-            return
+            return False
         version, addr = src
-        if is_group(version, addr) or addr == bytes(len(addr)):
-            return
-        if self._table.lookup(version, addr) is not None:
-            return  # fast path: already owned (by this agent or one of its networks)
-        if not self.know(agent):
-            return
-        self._own(agent, ipaddress.ip_network(to_address(version, addr)))
+        if is_group(version, addr):
+            return False
+        if addr == bytes(len(addr)):
+            return True
+        owner = self._table.lookup(version, addr)
+        if owner == agent:
+            return True
+        if owner is not None:
+            return is_link_local_or_unspecified(version, addr)
+        if self.know(agent):
+            self._own(agent, ipaddress.ip_network(to_address(version, addr)))
+        return True
 
     def targets(self, agent: str, packet: bytes) -> list[str]:
         """Agents that get a copy of packet sent by agent (never agent itself)."""
@@ -215,8 +224,9 @@ class Router:
     def _forward(self, agent: str, body: bytes) -> None:
         packet = wire.decode_packet(body)
         table = self.table
-        if table.links is None:
-            table.learn_source(agent, packet)
+        if not table.check_source(agent, packet):
+            self.counters.drop(f"spoofed by {agent}")
+            return
         targets = table.targets(agent, packet)
         if trace.isEnabledFor(logging.INFO):
             trace.info("%s > %s  %d B", agent, ",".join(targets) or "-", len(packet))

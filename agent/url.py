@@ -12,7 +12,7 @@ _INT_PARAMS = {
     "heartbeat": (0, 3600),
     "connection_attempts": (1, 100),
     "channel_max": (1, 65535),
-    "frame_max": (4096, 1 << 20),
+    "frame_max": (4096, 131072),  # pika.spec.FRAME_MAX_SIZE
 }
 _FLOAT_PARAMS = {
     "retry_delay": (0.0, 300.0),
@@ -64,10 +64,19 @@ def parse_url(url: str) -> AmqpUrl:
     url = url.strip()
     try:
         parts = urlsplit(url)
-        port = parts.port
+    except ValueError as exc:
+        raise _split_error(url, exc) from None
+    if "@" in parts.path or "@" in parts.query or "@" in parts.fragment:
+        # a raw '/', '?' or '#' in the password: what follows it is not the host
+        raise UrlError(
+            "malformed AMQP URL: '@' after the host; percent-encode '/', '?', '#' and '@' "
+            "in the user name and password (%2F, %3F, %23, %40)"
+        )
+    try:
+        port = parts.port  # only the part after the last '@' is read: no userinfo in errors
         host = parts.hostname
     except ValueError as exc:
-        raise UrlError(f"malformed AMQP URL: {_hide(str(exc), url)}") from None
+        raise UrlError(f"malformed AMQP URL: {exc}") from None
     scheme = parts.scheme.lower()
     if scheme not in ("amqp", "amqps"):
         raise UrlError(f"AMQP URL must start with amqp:// or amqps://, not {scheme or '?'}://")
@@ -112,12 +121,16 @@ def _param(key: str, value: str) -> float | int:
     return number
 
 
-def _hide(message: str, url: str) -> str:
-    """Strip anything that looks like the userinfo of url from message."""
-    at = url.find("@")
-    if at > 0:
-        start = url.find("//") + 2
-        secret = url[start:at]
-        if secret:
-            message = message.replace(secret, "***")
-    return message
+def _split_error(url: str, exc: ValueError) -> UrlError:
+    """The urlsplit error of url without its userinfo (urllib quotes netloc pieces)."""
+    start = url.find("//") + 2
+    at = url.rfind("@")
+    if 2 <= start <= at:
+        try:
+            urlsplit(url[:start] + url[at + 1 :])
+        except ValueError as host_exc:
+            return UrlError(f"malformed AMQP URL: {host_exc}")
+        return UrlError(
+            "malformed AMQP URL: percent-encode special characters of the user name and password"
+        )
+    return UrlError(f"malformed AMQP URL: {exc}")

@@ -13,7 +13,7 @@ from agent.config import AddressPlan, prefix_wire_form
 API_VERSION = "1.2.15"
 CONTENT_TYPE = "application/json"
 CONTENT_ENCODING = "utf-8"
-MAX_BODY = 256 * 1024  # a 65535-byte packet as JSON ints is at most ~256 KiB
+MAX_BODY = 65535 * 5 + 4096  # a 65535-byte packet as JSON ints ("255, " each) + the rest
 
 READY_KEY = "testingtool.component.ready"
 TERMINATE_KEY = "testingtool.terminate"
@@ -21,7 +21,14 @@ ROUTER_COMPONENT = "packetrouting"
 
 
 class WireError(ValueError):
-    """A bus message that cannot be used; str() is a short reason for the log line."""
+    """A bus message that cannot be used; str() is a short reason for the log line.
+
+    `reason` names the drop counter: "malformed" unless said otherwise ("too big").
+    """
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 # -- routing keys ----------------------------------------------------------------------
@@ -41,6 +48,20 @@ def start_key(name: str) -> str:
 
 def started_key(name: str) -> str:
     return f"fromAgent.{name}.ip.tun.started"
+
+
+def serial_uplink_key(name: str) -> str:
+    """802.15.4 probe mode: frames read from the serial line."""
+    return f"fromAgent.{name}.802154.serial.packet.raw"
+
+
+def serial_downlink_key(name: str) -> str:
+    """802.15.4 probe mode: frames to write to the serial line."""
+    return f"toAgent.{name}.802154.serial.packet.raw"
+
+
+def serial_started_key(name: str) -> str:
+    return f"fromAgent.{name}.802154.serial.started"
 
 
 def agent_of(routing_key: str) -> str | None:
@@ -80,6 +101,42 @@ def decode_packet(body: bytes) -> bytes:
     return packet
 
 
+def encode_serial_packet(
+    frame: bytes, data_slip: bytes, interface_name: str = "serial", timestamp: float | None = None
+) -> bytes:
+    """802.15.4 probe mode uplink: a packet body plus `data_slip`, the frame as on the line."""
+    return orjson.dumps(
+        {
+            "_api_version": API_VERSION,
+            "data": list(frame),
+            "data_slip": list(data_slip),
+            "interface_name": interface_name,
+            "timestamp": time.time() if timestamp is None else timestamp,
+        }
+    )
+
+
+def decode_frame(body: bytes) -> bytes:
+    """The bytes of a packet body's `data`, whatever they carry (no IP check)."""
+    data = _json_object(body).get("data")
+    if not isinstance(data, list):
+        raise WireError("packet message without a 'data' list")
+    try:
+        frame = bytes(data)
+    except (TypeError, ValueError):
+        raise WireError("packet 'data' is not a list of ints 0-255") from None
+    if not frame:
+        raise WireError("empty frame")
+    return frame
+
+
+def encode_serial_started(name: str, port: str, baudrate: int) -> bytes:
+    """serial.started; `boudrate` (sic) is the wire name, a string as the original sent."""
+    return orjson.dumps(
+        {"_api_version": API_VERSION, "name": name, "port": port, "boudrate": str(baudrate)}
+    )
+
+
 def check_ip(packet: bytes) -> None:
     """Raise WireError unless packet starts like an IPv4 or IPv6 packet."""
     if not packet:
@@ -100,7 +157,7 @@ def check_ip(packet: bytes) -> None:
 
 def _json_object(body: bytes) -> dict[str, Any]:
     if len(body) > MAX_BODY:
-        raise WireError(f"message too big ({len(body)} B)")
+        raise WireError(f"message too big ({len(body)} B)", reason="too big")
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:

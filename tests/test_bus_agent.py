@@ -116,7 +116,7 @@ def test_hostile_tun_start_refused(session: Session, listener, field: str, value
     start = {"_api_version": "1.2.15", "name": "coap_server", "ipv6_prefix": "bbbb",
              "ipv6_host": "5", "ipv4_host": "10.2.0.5", field: value}
     lst.publish("toAgent.coap_server.ip.tun.start", orjson.dumps(start))
-    assert proc.wait_log("refused tun.start", 5)
+    assert proc.wait_log("refused tun.start", 10)
     assert lst.get(timeout=0.5) is None
     assert tun_links(session.ns["coap_server"]) == []
     assert proc.running()

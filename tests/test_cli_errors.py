@@ -115,7 +115,10 @@ def test_tls_to_plain_port(one_ns: str) -> None:
 
 @needs_root
 def test_interface_name_taken(one_ns: str, vhost: str) -> None:
-    subprocess.run(["ip", "-n", one_ns, "link", "add", "taken0", "type", "veth", "peer", "name", "taken1"], check=True)
+    subprocess.run(
+        ["ip", "-n", one_ns, "link", "add", "taken0", "type", "veth", "peer", "name", "taken1"],
+        check=True,
+    )
     out = _connect(one_ns, vhost, "--tun-name", "taken0")
     assert_one_line_error(out, "taken0", "taken")
     assert "taken0" in ns_run(one_ns, "ip", "link").stdout  # not deleted by us
