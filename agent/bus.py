@@ -39,6 +39,9 @@ class BusFatal(Exception):
 
 @dataclass
 class QueueSpec:
+    """The queue a Bus consumes. `name` "" asks the broker for a fresh server-named queue
+    (on every connection); use it with exclusive=True."""
+
     name: str
     bindings: list[str]
     exclusive: bool = True
@@ -97,9 +100,10 @@ def describe_error(exc: BaseException, url: AmqpUrl) -> str:
     if isinstance(exc, pex.IncompatibleProtocolError):
         return f"{where} does not speak AMQP 0-9-1 (wrong port, or TLS expected?)"
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate of {where} not trusted: {exc.verify_message}"
+        why = getattr(exc, "verify_message", None) or exc  # absent if not raised by _ssl
+        return f"TLS certificate of {where} not trusted: {why}"
     if isinstance(exc, ssl.SSLError):
-        return f"TLS with {where} failed: {exc.reason or exc}"
+        return f"TLS with {where} failed: {getattr(exc, 'reason', None) or exc}"
     if isinstance(exc, ConnectionRefusedError):
         return f"cannot reach broker at {where}: connection refused"
     if isinstance(exc, socket.gaierror):
@@ -136,12 +140,12 @@ def _root_cause(exc: BaseException) -> BaseException:
 class Backoff:
     """Capped exponential backoff with full jitter."""
 
-    def __init__(self, base: float = 0.5, cap: float = 10.0, rng: random.Random | None = None):
+    def __init__(self, base: float = 0.5, cap: float = 4.0, rng: random.Random | None = None):
         self.base, self.cap, self.attempt = base, cap, 0
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not crypto)
 
     def next(self) -> float:
-        ceiling = min(self.cap, self.base * (2**self.attempt))
+        ceiling = min(self.cap, self.base * (2 ** min(self.attempt, 64)))  # no float overflow
         self.attempt += 1
         return self._rng.uniform(ceiling / 2, ceiling)
 
@@ -181,8 +185,10 @@ class Bus:
         self._retry: asyncio.TimerHandle | None = None
         self._ack_tag = 0
         self._ack_scheduled = False
+        self.queue_name = queue.name  # the broker's name for a server-named queue, once declared
         self.up = False
         self.reconnects = 0
+        self.drop_reason = ""  # why the last publish() returned False
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -275,6 +281,8 @@ class Bus:
     def _on_channel_closed(self, channel: Any, exc: BaseException) -> None:
         if self._closing or self._conn is None:
             return
+        if not isinstance(exc, pex.ChannelClosedByBroker):
+            return  # the connection went: _on_closed reports and reconnects
         reason = f"channel closed: {exc}"
         if isinstance(exc, pex.ChannelClosedByBroker):
             if exc.reply_code == 405:
@@ -304,8 +312,12 @@ class Bus:
             exclusive=q.exclusive,
             auto_delete=q.auto_delete,
             arguments=q.arguments,
-            callback=lambda _f: self._bind(list(q.bindings)),
+            callback=self._declared,
         )
+
+    def _declared(self, frame: Any) -> None:
+        self.queue_name = frame.method.queue or self.queue.name
+        self._bind(list(self.queue.bindings))
 
     def _bind(self, remaining: list[str]) -> None:
         if not remaining:
@@ -313,14 +325,14 @@ class Bus:
             return
         key = remaining.pop(0)
         self._channel.queue_bind(
-            self.queue.name,
+            self.queue_name,
             self.exchange,
             routing_key=key,
             callback=lambda _f: self._bind(remaining),
         )
 
     def _consume(self, _frame: Any) -> None:
-        self._channel.basic_consume(self.queue.name, self._deliver, auto_ack=False)
+        self._channel.basic_consume(self.queue_name, self._deliver, auto_ack=False)
         self.up = True
         if self._ever_up:
             self.reconnects += 1
@@ -349,12 +361,15 @@ class Bus:
         """Publish if connected and not backlogged; False means the message was dropped."""
         channel = self._channel
         if not self.up or channel is None:
+            self.drop_reason = "bus down"
             return False
         transport = getattr(self._conn, "_transport", None)
         if transport is not None and transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
+            self.drop_reason = "queue full"
             return False
         try:
             channel.basic_publish(self.exchange, routing_key, body, props or self._props)
         except (pex.AMQPError, pex.ChannelError):
+            self.drop_reason = "bus error"
             return False
         return True
