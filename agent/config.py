@@ -27,6 +27,10 @@ _IFNAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,15}")
 class ConfigError(ValueError):
     """A user- or bus-supplied value is not acceptable; str() is a one-line reason."""
 
+    def __init__(self, message: str) -> None:
+        # hostile values can be huge: keep the log line short
+        super().__init__(message if len(message) <= 200 else message[:197] + "...")
+
 
 def check_name(name: str) -> str:
     """An agent name must be one routing-key word: letters, digits, '_' and '-'."""
@@ -79,8 +83,8 @@ def parse_ipv6_prefix(text: Any) -> ipaddress.IPv6Network:
 
 def parse_ipv6_host(text: Any) -> str:
     """The interface id, colons at the ends stripped ('1', ':1', '0:0:0:1')."""
-    if isinstance(text, int) and not isinstance(text, bool) and 0 <= text <= 0xFFFF:
-        text = format(text, "x")
+    if isinstance(text, int) and not isinstance(text, bool) and 0 <= text <= 9999:
+        text = str(text)  # as the original did: 12 -> "12" -> bbbb::12
     if not isinstance(text, str):
         raise ConfigError(f"invalid IPv6 host id {text!r}")
     groups = _hextets(text.strip().strip(":"), "IPv6 host id", 4)

@@ -202,6 +202,7 @@ def test_parse_ipv6_prefix_refuses(text: Any) -> None:
         (" 2 ", "2"),
         (1, "1"),
         (5, "5"),
+        (12, "12"),  # decimal digits as the original wrote them: bbbb::12
     ],
 )
 def test_parse_ipv6_host(value: Any, host: str) -> None:
