@@ -23,7 +23,7 @@ from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.adapters.utils.connection_workflow import AMQPConnectionWorkflowFailed
 
 from agent.url import AmqpUrl
-from agent.wire import CONTENT_ENCODING, CONTENT_TYPE
+from agent.wire import CONTENT_ENCODING, CONTENT_TYPE, FAST_CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,9 @@ WRITE_BUFFER_LIMIT = 4 * 1024 * 1024  # bytes pending to the broker before we dr
 DEFAULT_HEARTBEAT = 30
 
 Handler = Callable[[str, bytes, Any], None]
+
+JSON_PROPS = pika.BasicProperties(content_type=CONTENT_TYPE, content_encoding=CONTENT_ENCODING)
+FAST_PROPS = pika.BasicProperties(content_type=FAST_CONTENT_TYPE)
 
 
 class BusFatal(Exception):
@@ -173,9 +176,7 @@ class Bus:
         self._on_up = on_up
         self._on_fatal = on_fatal
         self._params = connection_parameters(url, ca_file)
-        self._props = pika.BasicProperties(
-            content_type=CONTENT_TYPE, content_encoding=CONTENT_ENCODING
-        )
+        self._props = JSON_PROPS
         self._conn: AsyncioConnection | None = None
         self._channel: Any = None
         self._ever_up = False

@@ -27,6 +27,8 @@ __all__ = [
     "LINKTYPE_ETHERNET",
     "LINKTYPE_IEEE802_15_4_NOFCS",
     "LINKTYPE_RAW",
+    "INBOUND",
+    "OUTBOUND",
     "PcapNgWriter",
     "dump",
     "summarize",
@@ -35,6 +37,10 @@ __all__ = [
 LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW = 101  # raw IPv4/IPv6, what the tunnel carries
 LINKTYPE_IEEE802_15_4_NOFCS = 230
+
+# epb_flags direction bits (pcapng spec): the packet was received / sent on its interface
+INBOUND = 1
+OUTBOUND = 2
 
 # --------------------------------------------------------------------------- pcapng writer
 
@@ -45,11 +51,13 @@ _BYTE_ORDER_MAGIC = 0x1A2B3C4D
 
 _OPT_ENDOFOPT = 0
 _OPT_COMMENT = 1
+_EPB_FLAGS = 2
 _SHB_USERAPPL = 4
 _IF_NAME = 2
 _IF_DESCRIPTION = 3
 
 _MAX_OPT_LEN = 0xFFFF
+_MAX_PENDING = 4096  # blocks buffered with autoflush=False before a forced write
 _PAD = b"\x00\x00\x00"
 
 
@@ -95,15 +103,24 @@ class PcapNgWriter:
     ``flush_every`` seconds after they were added (a background timer takes care
     of quiet periods).  Blocks are never split, so the file on disk is always a
     valid pcapng prefix either way.
+
+    With ``autoflush=False`` (and ``flush_every == 0``) packets stay buffered until the
+    caller calls :meth:`flush` (or :meth:`close`): for a caller with its own event loop
+    that flushes once per loop iteration, without any thread.  Interface blocks are
+    always written at once.
     """
 
     def __init__(
-        self, path_or_file: str | os.PathLike[str] | BinaryIO, flush_every: float = 0.0
+        self,
+        path_or_file: str | os.PathLike[str] | BinaryIO,
+        flush_every: float = 0.0,
+        autoflush: bool = True,
     ) -> None:
         self._lock = threading.RLock()
         self._pending: list[bytes] = []
         self._timer: threading.Timer | None = None
         self._flush_every = max(0.0, float(flush_every))
+        self._autoflush = autoflush
         self._linktypes: list[int] = []
         self._snaplens: list[int] = []
         self._closed = False
@@ -166,10 +183,12 @@ class PcapNgWriter:
         packet: bytes,
         timestamp: float | None = None,
         comment: str | None = None,
+        flags: int | None = None,
     ) -> None:
         """Write one packet as an Enhanced Packet Block.
 
-        ``timestamp`` is in seconds since the epoch (default: now).
+        ``timestamp`` is in seconds since the epoch (default: now). ``flags`` is the
+        epb_flags option (``INBOUND`` / ``OUTBOUND`` direction bits), omitted if None.
         """
         data = bytes(packet)
         if timestamp is None:
@@ -179,7 +198,12 @@ class PcapNgWriter:
             if ts < 0:
                 raise ValueError(f"negative timestamp {timestamp}")
         orig_len = len(data)
-        opts = _options([(_OPT_COMMENT, _text(comment))]) if comment is not None else b""
+        opt_list: list[tuple[int, bytes]] = []
+        if comment is not None:
+            opt_list.append((_OPT_COMMENT, _text(comment)))
+        if flags is not None:
+            opt_list.append((_EPB_FLAGS, struct.pack("<I", flags & 0xFFFFFFFF)))
+        opts = _options(opt_list)
         with self._lock:
             self._check_open()
             if not 0 <= iface_id < len(self._linktypes):
@@ -244,8 +268,11 @@ class PcapNgWriter:
 
     def _emit(self, block: bytes, force_flush: bool = False) -> None:
         self._pending.append(block)
-        if force_flush or not self._flush_every:
+        if force_flush or (not self._flush_every and self._autoflush):
             self._flush_locked()
+        elif not self._flush_every:
+            if len(self._pending) >= _MAX_PENDING:  # the caller's flush is late: bound memory
+                self._flush_locked()
         elif self._timer is None:
             timer = threading.Timer(self._flush_every, self._timer_flush)
             timer.daemon = True

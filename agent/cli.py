@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import re
+import signal
 import sys
 
 import click
@@ -39,7 +40,9 @@ def setup_logging(verbose: int, quiet: int) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    logging.getLogger("agent.packets").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # per-packet lines (agent.taps, router, sniff): INFO with -v, dumps (DEBUG) with -vv
+    packets = logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING
+    logging.getLogger("agent.packets").setLevel(packets)
     for noisy in ("pika", "pyroute2", "asyncio", "scapy"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL if verbose < 3 else logging.DEBUG)
 
@@ -220,6 +223,21 @@ def cli() -> None:
     is_flag=True,
     help="Write every packet from the bus into the TUN, not only those for this agent.",
 )
+@click.option(
+    "--wire",
+    type=click.Choice(["auto", "json", "fast"]),
+    default="auto",
+    show_default=True,
+    help="Packet wire on the bus: ioppytest's JSON, our fast binary batches, or auto "
+    "(fast once our router says it reads it; JSON otherwise).",
+)
+@click.option(
+    "--pcap",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write every packet crossing the agent to this pcapng file "
+    "(one interface per port; readable while the agent runs).",
+)
 @with_options(reroute_options)
 @with_options(serial_options)
 @with_options(url_options)
@@ -228,6 +246,8 @@ def connect(
     reroute_prefixes: tuple[IPNetwork, ...],
     reroute_host: str | None,
     accept_any: bool,
+    wire: str,
+    pcap: str | None,
     name: str,
     ipv6_prefix: str | None,
     ipv6_host: str | None,
@@ -252,6 +272,11 @@ def connect(
 
     serial = serial_choice(serial_opts, mtu)
     if serial is not None and serial.mode == MODE_802154:  # no TUN: serial line <-> bus
+        if pcap:
+            raise click.UsageError(
+                "--pcap is not available in 802.15.4 serial mode; capture from the bus "
+                "with: agent sniff --name NAME --pcap FILE"
+            )
         _run(lambda: probe_runner(name, amqp, serial, exchange, ca_file, stats))
         return
     try:
@@ -295,12 +320,17 @@ def connect(
         ca_file=ca_file,
         stats_interval=stats,
         accept_any=accept_any,
+        wire=wire,
         reroute=reroute,
     )
     from agent.slip.link import run_agent
     from agent.slip.options import attach_serial
 
     agent = Agent(opts)
+    if verbose or pcap:  # packet trace / capture taps (agent.taps); none: no per-packet cost
+        from agent.taps import install_cli
+
+        install_cli(agent, verbose, pcap)
     serial_link = attach_serial(agent, serial, reroute)  # None without --serial-port
     _run(lambda: run_agent(agent, serial_link))
 
@@ -332,10 +362,18 @@ def _links(
     callback=_links,
     help="Static links a,b (repeatable): forward only between linked agents.",
 )
+@click.option(
+    "--wire",
+    type=click.Choice(["auto", "json"]),
+    default="auto",
+    show_default=True,
+    help="auto: offer our fast wire to agents that announce it; json: JSON to everyone.",
+)
 @with_options(url_options)
 def router(
     mirror: list[str],
     links: list[list[str]],
+    wire: str,
     url: str | None,
     url_file: str | None,
     exchange: str,
@@ -350,9 +388,88 @@ def router(
     from agent.router import Router, RoutingTable
 
     table = RoutingTable.with_links(links, mirror) if links else RoutingTable(mirrors=tuple(mirror))
-    _run(lambda: Router(amqp, exchange, table, ca_file=ca_file, stats_interval=stats).run())
+    _run(
+        lambda: Router(
+            amqp, exchange, table, ca_file=ca_file, stats_interval=stats,
+            fast_wire=wire == "auto",
+        ).run()
+    )
+
+
+def _filter(_ctx: click.Context, _param: click.Parameter, value: str | None):  # type: ignore[no-untyped-def]
+    if value is None:
+        return None
+    from agent.pktfilter import Filter, FilterError
+
+    try:
+        return Filter(value)
+    except FilterError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@cli.command()
+@click.option(
+    "--name",
+    "names",
+    multiple=True,
+    callback=lambda c, p, v: tuple(_name(c, p, n) for n in v),
+    help="Only this agent's messages (repeatable; default: every agent).",
+)
+@click.option(
+    "--pcap",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the packets to this pcapng file (one interface per agent and direction).",
+)
+@click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after N packets.")
+@click.option(
+    "--filter",
+    "packet_filter",
+    default=None,
+    callback=_filter,
+    help="tcpdump-like filter on the packets, e.g. 'udp port 5683', 'icmp6 and host "
+    "bbbb::1', 'coap or (ip and not icmp)' (see docs/debugging.md).",
+)
+@with_options(url_options)
+def sniff(
+    names: tuple[str, ...],
+    pcap: str | None,
+    count: int | None,
+    packet_filter: object,
+    url: str | None,
+    url_file: str | None,
+    exchange: str,
+    ca_file: str | None,
+    stats: float,
+    verbose: int,
+    quiet: int,
+) -> None:
+    """Watch a session's packets on the bus (no root, no TUN): one line per packet."""
+    setup_logging(2 if verbose >= 2 else 0, quiet)  # -v: dump each packet; -vv: debug logs
+    amqp = _url(url, url_file)
+    from agent.sniff import Sniffer
+
+    try:
+        sniffer = Sniffer(
+            amqp,
+            exchange,
+            names=names,
+            pcap=pcap,
+            count=count,
+            packet_filter=packet_filter,  # type: ignore[arg-type]
+            ca_file=ca_file,
+            stats_interval=stats,
+            full_dump=verbose > 0,
+        )
+    except OSError as exc:
+        from agent.taps import file_error_hint
+
+        raise click.FileError(pcap or "", hint=file_error_hint(exc)) from None
+    _run(sniffer.run)
 
 
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    # SIGUSR1 prints the counters once the loop runs; before that it must not kill us
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     cli(prog_name="agent")

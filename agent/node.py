@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agent import wire
-from agent.bus import Bus, QueueSpec, queue_arguments
+from agent.bus import FAST_PROPS, Bus, QueueSpec, queue_arguments
 from agent.config import AddressPlan, ConfigError, IPNetwork, plan_from_bus
 from agent.counters import Counters
 from agent.reroute.decide import BUS, TUN, Switch, is_drop
+from agent.reroute.iface import IfaceError, IfacePort, open_for_plan
 from agent.reroute.options import RerouteOptions
 from agent.tun import Tun, TunError
 from agent.url import AmqpUrl
@@ -43,17 +44,51 @@ Tap = Callable[[bytes, str, str], None]  # (packet, from port, to port)
 
 
 class BusPort:
-    """Packets to the session: ioppytest packet messages on fromAgent.<name>...raw."""
+    """Packets to the session on fromAgent.<name>.ip.tun.packet.raw.
+
+    JSON (ioppytest's wire, one packet a message) unless `fast` is on: then the packets
+    handed in during one loop iteration leave as one fast-wire message (adaptive
+    batching: one packet when idle, many when they queue up; no timer, no added delay).
+    """
 
     name = "bus"
 
-    def __init__(self, bus: Bus, key: str) -> None:
+    def __init__(self, bus: Bus, key: str, counters: Counters) -> None:
         self.bus = bus
         self.key = key
+        self.counters = counters
         self.interface_name = "tun0"  # the TUN's name once it exists (peers classify by it)
+        self.fast = False
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._flush_handle: asyncio.Handle | None = None
 
     def send(self, packet: bytes) -> bool:
-        return self.bus.publish(self.key, wire.encode_packet(packet, self.interface_name))
+        if not self.fast:
+            return self.bus.publish(self.key, wire.encode_packet(packet, self.interface_name))
+        if not self.bus.up:
+            self.bus.drop_reason = "bus down"
+            return False
+        self._pending.append(packet)
+        self._pending_bytes += len(packet) + 2
+        if self._pending_bytes >= wire.MAX_BATCH_BYTES:
+            self.flush()
+        elif self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
+        return True
+
+    def flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        packets, self._pending, self._pending_bytes = self._pending, [], 0
+        if packets and not self.bus.publish(self.key, wire.encode_batch(packets), FAST_PROPS):
+            self.counters.drops[self.bus.drop_reason] += len(packets)
+
+    @property
+    def drop_reason(self) -> str:
+        """Why the last send() failed: "bus down", "queue full" (counted as a drop)."""
+        return self.bus.drop_reason
 
 
 @dataclass
@@ -69,6 +104,7 @@ class AgentOptions:
     ca_file: str | None = None
     stats_interval: float = 0.0
     accept_any: bool = False
+    wire: str = "auto"  # "json": ioppytest's only; "fast": always ours; "auto": negotiated
     extra_started: dict[str, Any] = field(default_factory=dict)
     # --re-route-if/-prefix/-host: applied to every plan (CLI or tun.start), they win
     reroute: RerouteOptions = field(default_factory=RerouteOptions)
@@ -94,6 +130,7 @@ class Agent:
         self.taps: list[Tap] = []
         # called with each plan before its TUN comes up; may amend it (re-route ports)
         self.plan_hooks: list[Callable[[AddressPlan], AddressPlan]] = []
+        self.iface: IfacePort | None = None  # the --re-route-if port (agent.reroute.iface)
         self.bus = Bus(
             opts.url,
             opts.exchange,
@@ -116,7 +153,8 @@ class Agent:
             on_fatal=self._on_fatal,
             ca_file=opts.ca_file,
         )
-        self.bus_port = BusPort(self.bus, self._uplink_key)
+        self.bus_port = BusPort(self.bus, self._uplink_key, self.counters)
+        self.bus_port.fast = opts.wire == "fast"
         self.ports[BUS] = self.bus_port
 
     # -- run / stop ---------------------------------------------------------------------
@@ -137,7 +175,7 @@ class Agent:
             await self._stop.wait()
             if stats:
                 stats.cancel()
-        except TunError as exc:
+        except (TunError, IfaceError) as exc:
             self._fatal = str(exc)
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
@@ -158,7 +196,11 @@ class Agent:
         self._stop.set()
 
     async def _shutdown(self) -> None:
+        self.bus_port.flush()
         await self.bus.close(timeout=1.0)
+        if self.iface is not None:
+            self.iface, iface = None, self.iface
+            iface.close()
         if self.tun is not None:
             tun, self.tun = self.tun, None
             if tun.fd >= 0:
@@ -166,6 +208,10 @@ class Agent:
             name = tun.name
             await tun.close()
             log.info("removed %s and its routes", name)
+        for tap in self.taps:  # taps with a close() (capture files): flush and close
+            close = getattr(tap, "close", None)
+            if close is not None:
+                close()
         if not self._fatal and (self.counters.packets or self.counters.drops):
             log.info("counters:\n%s", self.counters.table())
 
@@ -180,13 +226,17 @@ class Agent:
     # -- TUN ----------------------------------------------------------------------------
 
     async def _bring_up_tun(self, plan: AddressPlan) -> None:
+        plan = self.opts.reroute.apply(plan)
         for hook in self.plan_hooks:
             plan = hook(plan)
+        self.iface = self.iface or open_for_plan(plan, self.opts.netns, self.forward)
         tun = Tun.create(self.opts.tun_name, self.opts.netns)
         self.tun = tun
         await tun.configure(plan, self.opts.mtu)
         self.plan = plan
         self.switch.set_local(plan.owns())
+        if self.iface is not None:
+            await self.iface.start(self)
         self.ports[TUN] = tun
         self.bus_port.interface_name = tun.name
         addrs = ", ".join(str(i) for i in plan.interfaces())
@@ -222,7 +272,7 @@ class Agent:
         if port.send(packet):
             self.counters.count(f"{came_from}>{decision}", len(packet))
         else:
-            self.counters.drop(f"{decision} down")
+            self.counters.drop(getattr(port, "drop_reason", "") or f"{decision} down")
 
     # -- bus ----------------------------------------------------------------------------
 
@@ -233,18 +283,25 @@ class Agent:
 
     def _publish_started(self) -> None:
         if self.plan is not None and self.tun is not None:
-            body = wire.encode_tun_started(self.name, self.plan, **self.opts.extra_started)
+            extra = dict(self.opts.extra_started)
+            if self.opts.wire != "json":
+                extra[wire.WIRE_FIELD] = [wire.FAST_WIRE]
+            body = wire.encode_tun_started(self.name, self.plan, **extra)
             self.bus.publish(self._started_key, body)
 
     def _on_message(self, key: str, body: bytes, props: Any) -> None:
         try:
             if key == self._downlink_key:
-                self._downlink(body)
+                self._downlink(body, getattr(props, "content_type", None))
             elif key == self._start_key:
                 self._on_tun_start(body)
             elif key == wire.READY_KEY:
                 msg = wire.decode_control(body)
                 if msg.get("component") == wire.ROUTER_COMPONENT:
+                    if self.opts.wire == "auto" and self.bus_port.fast != wire.speaks_fast(msg):
+                        self.bus_port.flush()
+                        self.bus_port.fast = not self.bus_port.fast
+                        log.info("uplink wire: %s", "fast" if self.bus_port.fast else "json")
                     log.info("packet router announced itself; re-publishing tun.started")
                     self._publish_started()
             elif key.endswith(".ip.tun.started"):
@@ -252,14 +309,18 @@ class Agent:
                 if peer and peer != self.name:
                     self._on_peer_started(peer, wire.decode_control(body))
         except wire.WireError as exc:
-            self.counters.drop("malformed")
+            self.counters.drop(exc.reason)
             log.warning("dropped a malformed message on %s: %s", key, exc)
         except Exception:  # a handler bug must not kill the agent
             self.counters.drop("error")
             log.exception("error handling a message on %s", key)
 
-    def _downlink(self, body: bytes) -> None:
-        self.forward(wire.decode_packet(body), BUS)
+    def _downlink(self, body: bytes, content_type: str | None) -> None:
+        if content_type == wire.FAST_CONTENT_TYPE:
+            for packet in wire.decode_batch(body):
+                self.forward(packet, BUS)
+        else:
+            self.forward(wire.decode_packet(body), BUS)
 
     def _on_tun_start(self, body: bytes) -> None:
         msg = wire.decode_control(body)
@@ -279,7 +340,7 @@ class Agent:
     async def _bootstrap(self, plan: AddressPlan) -> None:
         try:
             await self._bring_up_tun(plan)
-        except TunError as exc:
+        except (TunError, IfaceError) as exc:
             self._on_fatal(str(exc))
             return
         finally:

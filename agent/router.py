@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent import wire
-from agent.bus import Bus, QueueSpec, queue_arguments
+from agent.bus import FAST_PROPS, Bus, QueueSpec, queue_arguments
 from agent.config import ConfigError, plan_from_bus
 from agent.counters import Counters
 from agent.ipheader import (
@@ -137,9 +137,14 @@ class Router:
         table: RoutingTable | None = None,
         ca_file: str | None = None,
         stats_interval: float = 0.0,
+        fast_wire: bool = True,
     ) -> None:
         self.url = url
         self.table = table or RoutingTable()
+        self.fast_wire = fast_wire  # offer our fast wire to agents that announce it
+        self.fast_agents: set[str] = set()
+        self._pending: dict[str, list[bytes]] = {}
+        self._flush_handle: asyncio.Handle | None = None
         self.counters = Counters()
         self.stats_interval = stats_interval
         self._stop = asyncio.Event()
@@ -167,6 +172,8 @@ class Router:
         loop.add_signal_handler(
             signal.SIGUSR1, lambda: log.warning("status: %s", self.counters.status_line())
         )
+        if trace.isEnabledFor(logging.INFO):
+            import agent.taps  # noqa: F401  (-v: load Scapy now, not on the first packet)
         log.info("connecting to %s", self.url.redacted())
         self.bus.start()
         stats = asyncio.create_task(self._stats_loop()) if self.stats_interval else None
@@ -197,8 +204,12 @@ class Router:
         self._fatal = reason
         self._stop.set()
 
+    def _announce(self) -> None:
+        extra = {wire.WIRE_FIELD: [wire.FAST_WIRE]} if self.fast_wire else {}
+        self.bus.publish(wire.READY_KEY, wire.encode_ready(wire.ROUTER_COMPONENT, **extra))
+
     def _on_up(self) -> None:
-        self.bus.publish(wire.READY_KEY, wire.encode_ready(wire.ROUTER_COMPONENT))
+        self._announce()
         log.info("connected to %s; announced as %s", self.url.where, wire.ROUTER_COMPONENT)
 
     def _on_message(self, key: str, body: bytes, props: Any) -> None:
@@ -207,35 +218,101 @@ class Router:
             if agent is None:
                 raise wire.WireError(f"unexpected routing key {key!r}")
             if key.endswith(".ip.tun.packet.raw"):
-                self._forward(agent, body)
+                ctype = getattr(props, "content_type", None)
+                if ctype == wire.FAST_CONTENT_TYPE:
+                    packets = wire.decode_batch(body)
+                    self.counters.count("rx fast", len(body))
+                    for packet in packets:
+                        self._forward(agent, packet, None)
+                else:
+                    self.counters.count("rx json", len(body))
+                    self._forward(agent, wire.decode_packet(body), body)
             elif key.endswith(".ip.tun.started"):
+                msg = wire.decode_control(body)
                 try:
-                    self.table.learn_started(agent, wire.decode_control(body))
+                    self.table.learn_started(agent, msg)
                 except ConfigError as exc:
                     raise wire.WireError(f"invalid tun.started: {exc}") from None
                 log.info("learned %s", agent)
+                self._learn_wire(agent, msg)
         except wire.WireError as exc:
-            self.counters.drop("malformed")
+            self.counters.drop(exc.reason)
             log.warning("dropped a message from %s: %s", agent or key, exc)
         except Exception:
             self.counters.drop("error")
             log.exception("error handling a message on %s", key)
 
-    def _forward(self, agent: str, body: bytes) -> None:
-        packet = wire.decode_packet(body)
+    def _learn_wire(self, agent: str, msg: dict[str, Any]) -> None:
+        """Which wire to send this agent; tell a newly fast agent that we read it too."""
+        if self.fast_wire and wire.speaks_fast(msg):
+            if agent not in self.fast_agents:
+                self.fast_agents.add(agent)
+                self._announce()  # its uplink switches to the fast wire on our ready
+        else:
+            self.fast_agents.discard(agent)
+
+    def _forward(self, agent: str, packet: bytes, json_body: bytes | None) -> None:
+        """One packet from agent: check, decide, send to each target on its own wire.
+
+        json_body is the message it came in, when that was a JSON packet message: JSON
+        targets get it unchanged. Fast targets get the packets of one loop iteration
+        batched (see _flush).
+        """
         table = self.table
         if not table.check_source(agent, packet):
             self.counters.drop(f"spoofed by {agent}")
+            if trace.isEnabledFor(logging.INFO):
+                _trace(agent, None, packet)
             return
         targets = table.targets(agent, packet)
         if trace.isEnabledFor(logging.INFO):
-            trace.info("%s > %s  %d B", agent, ",".join(targets) or "-", len(packet))
+            _trace(agent, targets, packet)
         if not targets:
             self.counters.drop("no route")
             return
-        self.counters.count(f"{agent}>", len(packet))
+        size = len(packet)
+        self.counters.count(f"{agent}>", size)
         for target in targets:
-            if self.bus.publish(wire.downlink_key(target), body):
-                self.counters.count(f">{target}", len(packet))
+            if target in self.fast_agents:
+                pending = self._pending.get(target)
+                if pending is None:
+                    self._pending[target] = [packet]
+                    if self._flush_handle is None:
+                        self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+                else:
+                    pending.append(packet)
+                self.counters.count(f">{target}", size)
+                continue
+            if json_body is None:
+                json_body = wire.encode_packet(packet, "tun0")
+            if self.bus.publish(wire.downlink_key(target), json_body):
+                self.counters.count(f">{target}", size)
+                self.counters.count("tx json", len(json_body))
             else:
-                self.counters.drop("bus down")
+                self.counters.drop(self.bus.drop_reason or "bus down")
+
+    def _flush(self) -> None:
+        """Send each fast target the packets queued for it, as few messages as fit."""
+        self._flush_handle = None
+        pending, self._pending = self._pending, {}
+        for target, packets in pending.items():
+            key = wire.downlink_key(target)
+            start = 0
+            while start < len(packets):
+                end, size = start, 0
+                while end < len(packets) and (end == start or size < wire.MAX_BATCH_BYTES):
+                    size += len(packets[end]) + 2
+                    end += 1
+                body = wire.encode_batch(packets[start:end])
+                if self.bus.publish(key, body, FAST_PROPS):
+                    self.counters.count("tx fast", len(body))
+                else:
+                    self.counters.drops[self.bus.drop_reason or "bus down"] += end - start
+                start = end
+
+
+def _trace(agent: str, targets: list[str] | None, packet: bytes) -> None:
+    """The router's -v line for one packet (only called when -v is on)."""
+    from agent.taps import router_line
+
+    trace.info("%s", router_line(agent, targets, packet))

@@ -15,6 +15,13 @@ CONTENT_TYPE = "application/json"
 CONTENT_ENCODING = "utf-8"
 MAX_BODY = 65535 * 5 + 4096  # a 65535-byte packet as JSON ints ("255, " each) + the rest
 
+# Our fast wire, between our agents and our router only (negotiated, see README):
+# a body is one or more packets, each as a 2-byte big-endian length then the bytes.
+FAST_CONTENT_TYPE = "application/x-ip-packet-batch"
+FAST_WIRE = "batch1"
+WIRE_FIELD = "x_agent_wire"  # in tun.started and in the router's ready: wires understood
+MAX_BATCH_BYTES = 60000
+
 READY_KEY = "testingtool.component.ready"
 TERMINATE_KEY = "testingtool.terminate"
 ROUTER_COMPONENT = "packetrouting"
@@ -137,6 +144,45 @@ def encode_serial_started(name: str, port: str, baudrate: int) -> bytes:
     )
 
 
+def encode_batch(packets: list[bytes]) -> bytes:
+    """Fast-wire body: each packet as length (2 bytes, big-endian) + bytes."""
+    out = bytearray()
+    for packet in packets:
+        out += len(packet).to_bytes(2, "big")
+        out += packet
+    return bytes(out)
+
+
+def decode_batch(body: bytes) -> list[bytes]:
+    """Packets of a fast-wire body; WireError if the framing or any packet is bad."""
+    if len(body) > MAX_BODY:
+        raise WireError(f"message too big ({len(body)} B)", reason="too big")
+    packets = []
+    view = memoryview(body)
+    i, end = 0, len(body)
+    while i < end:
+        if i + 2 > end:
+            raise WireError("truncated packet batch")
+        size = (body[i] << 8) | body[i + 1]
+        i += 2
+        if size == 0 or i + size > end:
+            raise WireError("bad length in packet batch")
+        packet = bytes(view[i : i + size])
+        check_ip(packet)
+        packets.append(packet)
+        i += size
+    if not packets:
+        raise WireError("empty packet batch")
+    return packets
+
+
+def decode_packets(body: bytes, content_type: str | None) -> list[bytes]:
+    """The packets of a packet message, whichever wire it came by."""
+    if content_type == FAST_CONTENT_TYPE:
+        return decode_batch(body)
+    return [decode_packet(body)]
+
+
 def check_ip(packet: bytes) -> None:
     """Raise WireError unless packet starts like an IPv4 or IPv6 packet."""
     if not packet:
@@ -171,14 +217,21 @@ def decode_control(body: bytes) -> dict[str, Any]:
     return _json_object(body)
 
 
-def encode_ready(component: str) -> bytes:
+def encode_ready(component: str, **extra: Any) -> bytes:
     return orjson.dumps(
         {
             "_api_version": API_VERSION,
             "component": component,
             "description": "Component READY to start test suite.",
+            **extra,
         }
     )
+
+
+def speaks_fast(msg: dict[str, Any]) -> bool:
+    """Does a tun.started or ready body say its sender understands our fast wire?"""
+    wires = msg.get(WIRE_FIELD)
+    return isinstance(wires, list) and FAST_WIRE in wires
 
 
 def encode_tun_started(name: str, plan: AddressPlan, **extra: Any) -> bytes:

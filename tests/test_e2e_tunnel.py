@@ -86,8 +86,9 @@ def test_unicast_does_not_reach_third_agent(session: Session) -> None:
     assert echoes == [], f"agent_3 saw {len(echoes)} echo packets of others"
     # the router did forward the echoes, to the right agents only
     router_log = session.router.output if session.router else ""
-    assert re.search(r"agent_1 > agent_2\s+104 B", router_log)
-    assert not re.search(r"agent_1 > [^ ]*agent_3[^ ]*\s+104 B", router_log)
+    assert re.search(r"agent_1 > agent_2  IPv6 bbbb::1 > bbbb::2 ICMPv6 Echo Request", router_log)
+    assert not re.search(r"agent_1 > [^ ]*agent_3[^ ]*  IPv6 bbbb::1 > bbbb::2 ICMPv6 Echo",
+                         router_log)
 
 
 def test_name_without_plan_uses_given_host(session: Session) -> None:

@@ -1,0 +1,172 @@
+"""802.15.4 probe mode (`connect --serial-mode 802154`): serial line <-> bus, no TUN.
+
+Compatible with the original agent's serial connector: each SLIP frame read from the
+line (an 802.15.4 MAC frame without FCS) is published on
+``fromAgent.<name>.802154.serial.packet.raw`` with `data` (the frame) and `data_slip`
+(the frame as it is on the line: ``END``, the escaped frame, ``END``); the `data` of each
+message on ``toAgent.<name>.802154.serial.packet.raw`` is SLIP-encoded to the line.
+``fromAgent.<name>.802154.serial.started`` is published whenever the port is open and
+the bus is up (first connection, reconnection, port reopened after an unplug).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from agent import wire
+from agent.bus import Bus, QueueSpec, queue_arguments
+from agent.counters import Counters
+from agent.slip.framing import encode_frame
+from agent.slip.port import SerialPort, SerialSettings
+from agent.url import AmqpUrl
+
+log = logging.getLogger(__name__)
+
+INTERFACE_NAME = "serial"  # peers classify captures by it (802.15.4 without FCS)
+
+
+def data_slip(frame: bytes) -> bytes:
+    """The frame as on the line, delimiters included (SLIP escaping is canonical)."""
+    return encode_frame(frame, leading_end=True)
+
+
+class SerialProbe:
+    """One serial line bridged to the bus as raw 802.15.4 frames."""
+
+    def __init__(
+        self,
+        name: str,
+        url: AmqpUrl,
+        settings: SerialSettings,
+        exchange: str = "amq.topic",
+        ca_file: str | None = None,
+        stats_interval: float = 0.0,
+    ) -> None:
+        self.name = name
+        self.url = url
+        self.settings = settings
+        self.stats_interval = stats_interval
+        self.counters = Counters()
+        self._uplink_key = wire.serial_uplink_key(name)
+        self._downlink_key = wire.serial_downlink_key(name)
+        self._started_key = wire.serial_started_key(name)
+        self._stop = asyncio.Event()
+        self._fatal: str | None = None
+        self.port = SerialPort(
+            settings, self._on_frame, on_open=self._on_port_open, on_drop=self._on_drop
+        )
+        self.bus = Bus(
+            url,
+            exchange,
+            QueueSpec(
+                name=f"{name}@agent",
+                bindings=[self._downlink_key],
+                arguments=queue_arguments(),
+                in_use_message=(
+                    f"an agent named {name!r} is already connected to this bus "
+                    "(pick another --name, or stop the other one)"
+                ),
+            ),
+            on_message=self._on_message,
+            on_up=self._on_bus_up,
+            on_fatal=self._on_fatal,
+            ca_file=ca_file,
+        )
+
+    def open(self) -> None:
+        """Open the serial port now (SerialPortError with a one-line reason if it cannot)."""
+        self.port.open()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGUSR1, self._print_status)
+        stats = None
+        try:
+            self.port.start()
+            log.info(
+                "serial port %s open at %d baud (802.15.4 probe mode)",
+                self.settings.device,
+                self.settings.baudrate,
+            )
+            log.info("connecting to %s as %s", self.url.redacted(), self.name)
+            self.bus.start()
+            if self.stats_interval:
+                stats = loop.create_task(self._stats_loop())
+            await self._stop.wait()
+        finally:
+            if stats is not None:
+                stats.cancel()
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+                loop.remove_signal_handler(sig)
+            self.port.close()
+            await self.bus.close(timeout=1.0)
+            if not self._fatal and (self.counters.packets or self.counters.drops):
+                log.info("counters:\n%s", self.counters.table())
+        if self._fatal:
+            log.error("%s", self._fatal)
+            return 1
+        return 0
+
+    def stop(self) -> None:
+        if not self._stop.is_set():
+            log.info("stopping")
+            self._stop.set()
+
+    def _on_fatal(self, reason: str) -> None:
+        self._fatal = reason
+        self._stop.set()
+
+    def _print_status(self) -> None:
+        log.warning("status: %s", self.counters.status_line())
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.stats_interval)
+            self._print_status()
+
+    # -- serial -> bus -------------------------------------------------------------------
+
+    def _on_frame(self, frame: bytes) -> None:
+        body = wire.encode_serial_packet(frame, data_slip(frame), INTERFACE_NAME)
+        if self.bus.publish(self._uplink_key, body):
+            self.counters.count("serial>bus", len(frame))
+        else:
+            self.counters.drop("bus down")
+
+    def _on_drop(self, reason: str, count: int) -> None:
+        self.counters.drops[f"serial {reason}"] += count
+
+    def _on_port_open(self) -> None:
+        if self.bus.up:
+            self._publish_started()
+
+    def _publish_started(self) -> None:
+        body = wire.encode_serial_started(self.name, self.settings.device, self.settings.baudrate)
+        self.bus.publish(self._started_key, body)
+
+    # -- bus -> serial -------------------------------------------------------------------
+
+    def _on_bus_up(self) -> None:
+        self.bus.publish(wire.READY_KEY, wire.encode_ready(self.name))
+        log.info("connected to %s; published ready", self.url.where)
+        if self.port.is_open:
+            self._publish_started()
+
+    def _on_message(self, key: str, body: bytes, props: Any) -> None:
+        if key != self._downlink_key:
+            return
+        try:
+            frame = wire.decode_frame(body)
+        except wire.WireError as exc:
+            self.counters.drop(exc.reason)
+            log.warning("dropped a malformed message on %s: %s", key, exc)
+            return
+        if self.port.send(frame):
+            self.counters.count("bus>serial", len(frame))
+        else:
+            self.counters.drop("serial queue full" if self.port.is_open else "serial down")

@@ -1,0 +1,322 @@
+"""`agent sniff`: watch a session from the bus side. No root, no TUN.
+
+An exclusive, auto-delete, server-named queue is bound to `fromAgent.#` and `toAgent.#`
+(or to `fromAgent.<name>.#` / `toAgent.<name>.#` for each `--name`), plus
+`testingtool.component.ready` and `testingtool.terminate`. Every packet message gives
+one line on stdout:
+
+    11:21:35.123456 agent_1       up    IPv6 bbbb::1 > bbbb::2 ICMPv6 Echo Request (id 0x1c ...
+
+(up: the agent published it, fromAgent; down: it was sent to the agent, toAgent).
+Control messages (tun.start, tun.started, ready, serial.started, terminate) and malformed
+messages get a readable line too; they are not counted by `--count` nor filtered.
+`--pcap` writes the packets to pcapng, one interface per agent and direction, named
+after the routing key (`fromAgent.agent_1`, `toAgent.agent_1`; 802.15.4 frames of the
+serial mode on `fromAgent.<name>.802154` with linktype 230). Logs go to stderr.
+
+Stops on SIGINT/SIGTERM, after `--count` packets, or on `testingtool.terminate`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any, TextIO
+
+from agent import wire
+from agent.bus import Bus, QueueSpec
+from agent.capture import (
+    LINKTYPE_IEEE802_15_4_NOFCS,
+    LINKTYPE_RAW,
+    PcapNgWriter,
+    dump,
+    summarize,
+)
+from agent.config import ConfigError, plan_from_bus
+from agent.counters import Counters
+from agent.pktfilter import Filter
+from agent.url import AmqpUrl
+
+log = logging.getLogger(__name__)
+
+MAX_QUEUE = 100_000  # messages the broker keeps for a slow sniffer (oldest dropped)
+IP_PACKET = "ip.tun.packet.raw"
+WPAN_PACKET = "802154.serial.packet.raw"
+WHO_WIDTH = 13  # fits "packetrouting" (the router's ready)
+
+
+def bindings(names: tuple[str, ...] | list[str] = ()) -> list[str]:
+    keys = ["fromAgent.#", "toAgent.#"]
+    if names:
+        keys = [f"{d}.{n}.#" for n in names for d in ("fromAgent", "toAgent")]
+    return [*keys, wire.READY_KEY, wire.TERMINATE_KEY]
+
+
+def _printable(text: object, limit: int = 120) -> str:
+    out = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(text))
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+def timestamp(now: float) -> str:
+    micros = int(round(now * 1_000_000))
+    secs, micros = divmod(micros, 1_000_000)
+    return time.strftime("%H:%M:%S", time.localtime(secs)) + f".{micros:06d}"
+
+
+def line(now: float, who: str, way: str, text: str) -> str:
+    """`11:21:35.123456 agent_1       up    <text>`."""
+    return f"{timestamp(now)} {who:<{WHO_WIDTH}} {way:<4}  {text}"
+
+
+def summarize_wpan(frame: bytes) -> str:
+    """One line for an 802.15.4 frame (serial mode); never raises."""
+    try:
+        from scapy.layers.dot15d4 import Dot15d4
+
+        text = Dot15d4(frame).summary()
+    except Exception:
+        text = "802.15.4 (undecodable)"
+    return f"{_printable(text)} {len(frame)} B"
+
+
+def describe_plan(msg: dict[str, Any]) -> str:
+    """tun.start / tun.started as `bbbb::2/64, fe80::2/64, 10.2.0.2/24, re-route cccc::/64 ...`."""
+    try:
+        plan = plan_from_bus(msg)
+    except ConfigError as exc:
+        return f"invalid: {_printable(exc)}"
+    parts = [str(i) for i in plan.interfaces()]
+    if plan.reroute_prefixes:
+        text = "re-route " + " ".join(str(p) for p in plan.reroute_prefixes)
+        if plan.reroute_if:
+            text += f" via {plan.reroute_if}"
+        if plan.reroute_host:
+            text += f" host {plan.reroute_host}"
+        parts.append(text)
+    return ", ".join(parts)
+
+
+class Sniffer:
+    def __init__(
+        self,
+        url: AmqpUrl,
+        exchange: str = "amq.topic",
+        names: tuple[str, ...] | list[str] = (),
+        pcap: str | None = None,
+        count: int | None = None,
+        packet_filter: Filter | None = None,
+        ca_file: str | None = None,
+        stats_interval: float = 0.0,
+        full_dump: bool = False,
+        out: TextIO | None = None,
+    ) -> None:
+        self.url = url
+        self.names = tuple(names)
+        self.count = count
+        self.filter = packet_filter
+        self.full_dump = full_dump
+        self.out = out if out is not None else sys.stdout
+        self.counters = Counters()
+        self.stats_interval = stats_interval
+        self.packets = 0
+        self.writer = PcapNgWriter(pcap, autoflush=False) if pcap else None  # OSError to caller
+        self._ifaces: dict[tuple[str, str, int], int] = {}
+        self._stop = asyncio.Event()
+        self._fatal: str | None = None
+        self._done = False
+        self._flush_scheduled = False
+        self.bus = Bus(
+            url,
+            exchange,
+            QueueSpec(
+                name="",  # server-named
+                bindings=bindings(self.names),
+                exclusive=True,
+                auto_delete=True,
+                arguments={"x-max-length": MAX_QUEUE, "x-overflow": "drop-head"},
+                prefetch=1000,
+            ),
+            on_message=self._on_message,
+            on_up=self._on_up,
+            on_fatal=self._on_fatal,
+            ca_file=ca_file,
+        )
+
+    # -- run / stop ---------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGUSR1, self._print_status)
+        log.info("connecting to %s", self.url.redacted())
+        self.bus.start()
+        stats = asyncio.create_task(self._stats_loop()) if self.stats_interval else None
+        try:
+            await self._stop.wait()
+        finally:
+            if stats:
+                stats.cancel()
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+                loop.remove_signal_handler(sig)
+            await self.bus.close(timeout=1.0)
+            self._flush()
+            if self.writer is not None:
+                self.writer.close()
+                log.info("wrote %d packets to %s", self.packets, self.writer.name)
+            if not self._fatal and (self.counters.packets or self.counters.drops):
+                log.info("counters:\n%s", self.counters.table())
+        if self._fatal:
+            log.error("%s", self._fatal)
+            return 1
+        return 0
+
+    def stop(self) -> None:
+        self._done = True
+        self._stop.set()
+
+    def _on_fatal(self, reason: str) -> None:
+        self._fatal = reason
+        self.stop()
+
+    def _on_up(self) -> None:
+        what = ", ".join(self.names) if self.names else "all agents"
+        log.info("sniffing %s on %s (queue %s)", what, self.url.where, self.bus.queue_name)
+
+    def _print_status(self) -> None:
+        log.warning("status: %s", self.counters.status_line())
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.stats_interval)
+            self._print_status()
+
+    # -- output -------------------------------------------------------------------------
+
+    def _emit(self, text: str) -> None:
+        try:
+            self.out.write(text + "\n")
+        except BrokenPipeError:  # `agent sniff | head`: the reader is gone
+            self._out_gone()
+            return
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Once per loop iteration: push lines and capture blocks out together."""
+        self._flush_scheduled = False
+        try:
+            self.out.flush()
+        except BrokenPipeError:
+            self._out_gone()
+        except ValueError:  # closed
+            pass
+        if self.writer is not None and not self.writer.closed:
+            try:
+                self.writer.flush()
+            except OSError as exc:
+                log.error("capture to %s failed: %s", self.writer.name, exc)
+                self._fatal = f"cannot write {self.writer.name}: {exc}"
+                self.stop()
+
+    def _out_gone(self) -> None:
+        try:  # keep Python's exit-time flush of stdout from failing again
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.out.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+        self.stop()
+
+    def _capture(self, agent: str, way: str, packet: bytes, now: float, wpan: bool) -> None:
+        writer = self.writer
+        if writer is None or writer.closed:
+            return
+        linktype = LINKTYPE_IEEE802_15_4_NOFCS if wpan else LINKTYPE_RAW
+        key = (agent, way, linktype)
+        iface = self._ifaces.get(key)
+        if iface is None:
+            prefix = "fromAgent" if way == "up" else "toAgent"
+            kind = WPAN_PACKET if wpan else IP_PACKET
+            name = f"{prefix}.{agent}" + (".802154" if wpan else "")
+            iface = writer.add_interface(name, linktype, description=f"{prefix}.{agent}.{kind}")
+            self._ifaces[key] = iface
+        writer.write(iface, packet, now)
+
+    # -- messages -----------------------------------------------------------------------
+
+    def _on_message(self, key: str, body: bytes, props: Any) -> None:
+        if self._done:
+            return
+        now = time.time()
+        who, way = "?", ""
+        try:
+            if key == wire.TERMINATE_KEY:
+                desc = wire.decode_control(body).get("description")
+                self._emit(line(now, "testingtool", "", f"terminate: {_printable(desc)}"))
+                log.info("testingtool.terminate received; stopping")
+                self.stop()
+                return
+            if key == wire.READY_KEY:
+                component = wire.decode_control(body).get("component")
+                if self.names and component not in self.names:
+                    return
+                self._emit(line(now, _printable(component, 40), "up", "ready"))
+                return
+            parts = key.split(".", 2)
+            if len(parts) < 3 or parts[0] not in ("fromAgent", "toAgent"):
+                self._emit(line(now, "?", "", f"{_printable(key)} ({len(body)} B)"))
+                return
+            who = _printable(parts[1], 40)
+            way = "up" if parts[0] == "fromAgent" else "down"
+            kind = parts[2]
+            if kind == IP_PACKET:  # JSON, or our fast wire (several packets a message)
+                ctype = getattr(props, "content_type", None)
+                for packet in wire.decode_packets(body, ctype):
+                    if self._done:
+                        break
+                    self._packet(parts[1], who, way, packet, now, wpan=False)
+            elif kind == WPAN_PACKET:
+                self._packet(parts[1], who, way, wire.decode_frame(body), now, wpan=True)
+            elif kind in ("ip.tun.start", "ip.tun.started"):
+                text = describe_plan(wire.decode_control(body))
+                self._emit(line(now, who, way, f"{kind[3:]}: {text}"))
+            elif kind == "802154.serial.started":
+                msg = wire.decode_control(body)
+                port, baud = _printable(msg.get("port")), _printable(msg.get("boudrate"))
+                self._emit(line(now, who, way, f"serial.started: {port} at {baud} baud"))
+            else:
+                self._emit(line(now, who, way, f"{_printable(kind)} ({len(body)} B)"))
+        except wire.WireError as exc:
+            self.counters.drop(exc.reason)
+            self._emit(line(now, who, way, f"malformed message on {_printable(key)}: {exc}"))
+        except Exception:  # a formatting bug must not end the capture
+            self.counters.drop("error")
+            log.exception("error handling a message on %s", key)
+
+    def _packet(
+        self, agent: str, who: str, way: str, packet: bytes, now: float, wpan: bool
+    ) -> None:
+        if self.filter is not None and not self.filter.matches(packet, wpan):
+            self.counters.drop("filtered out")
+            return
+        self.counters.count(f"{agent}>" if way == "up" else f">{agent}", len(packet))
+        self.packets += 1
+        text = summarize_wpan(packet) if wpan else summarize(packet)
+        self._emit(line(now, who, way, text))
+        if self.full_dump:
+            self._emit("\n".join("    " + row for row in dump(packet).splitlines()))
+        try:
+            self._capture(agent, way, packet, now, wpan)
+        except (OSError, ValueError) as exc:
+            self._fatal = f"cannot write the capture: {exc}"
+            self.stop()
+            return
+        if self.count is not None and self.packets >= self.count:
+            log.info("%d packets seen; stopping", self.packets)
+            self.stop()

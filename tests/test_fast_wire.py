@@ -1,0 +1,153 @@
+"""Our fast wire: batch codec (property tests), negotiation, router transcoding (e2e)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent import wire
+from agent.bus import FAST_PROPS
+from agent.counters import Counters
+from agent.node import BusPort
+from agent.router import Router
+from agent.url import parse_url
+from tests.conftest import Session, needs_root, ping, wait_for
+
+ip6 = st.binary(min_size=40, max_size=1500).map(lambda b: bytes([0x60]) + b[1:])
+ip4 = st.binary(min_size=20, max_size=1500).map(lambda b: bytes([0x45]) + b[1:])
+
+
+@given(st.lists(ip6 | ip4, min_size=1, max_size=40))
+def test_batch_round_trip(packets: list[bytes]) -> None:
+    assert wire.decode_batch(wire.encode_batch(packets)) == packets
+    assert wire.decode_packets(wire.encode_batch(packets), wire.FAST_CONTENT_TYPE) == packets
+
+
+@given(st.binary(max_size=300))
+def test_batch_decoder_refuses_garbage_cleanly(body: bytes) -> None:
+    try:
+        packets = wire.decode_batch(body)
+    except wire.WireError:
+        return
+    assert wire.encode_batch(packets) == body  # accepted only if it is a valid batch
+
+
+@pytest.mark.parametrize("body", [b"", b"\x00", b"\x00\x05\x60", b"\x00\x00", b"\x00\x02ab"])
+def test_batch_decoder_errors(body: bytes) -> None:
+    with pytest.raises(wire.WireError):
+        wire.decode_batch(body)
+
+
+def test_capability_fields() -> None:
+    assert wire.speaks_fast({wire.WIRE_FIELD: [wire.FAST_WIRE]})
+    assert not wire.speaks_fast({wire.WIRE_FIELD: "batch1"})
+    assert not wire.speaks_fast({})
+    ready = orjson.loads(wire.encode_ready("packetrouting", **{wire.WIRE_FIELD: ["batch1"]}))
+    assert ready["component"] == "packetrouting" and wire.speaks_fast(ready)
+
+
+class FakeBus:
+    up = True
+    drop_reason = ""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, object]] = []
+
+    def publish(self, key: str, body: bytes, props: object = None) -> bool:
+        self.sent.append((key, body, props))
+        return True
+
+
+def test_busport_batches_one_loop_iteration() -> None:
+    """Packets handed in during one loop iteration leave as one message; idle: one each."""
+    async def go() -> None:
+        bus = FakeBus()
+        port = BusPort(bus, "fromAgent.a.ip.tun.packet.raw", Counters())  # type: ignore[arg-type]
+        port.fast = True
+        pkts = [bytes([0x60]) + bytes(39 + i) for i in range(5)]
+        for p in pkts:
+            assert port.send(p)
+        assert bus.sent == []
+        await asyncio.sleep(0)
+        assert len(bus.sent) == 1 and bus.sent[0][2] is FAST_PROPS
+        assert wire.decode_batch(bus.sent[0][1]) == pkts
+        port.send(pkts[0])
+        await asyncio.sleep(0)
+        assert len(bus.sent) == 2 and wire.decode_batch(bus.sent[1][1]) == [pkts[0]]
+        # a full batch goes at once
+        big = bytes([0x60]) + bytes(1399)
+        for _ in range(wire.MAX_BATCH_BYTES // 1402 + 1):
+            port.send(big)
+        assert len(bus.sent) == 3
+
+    asyncio.run(go())
+
+
+def test_router_transcodes_between_wires() -> None:
+    """A fast packet to a JSON-only agent goes as JSON; to a fast agent as a batch."""
+    async def go() -> None:
+        router = Router(parse_url("amqp://guest:guest@127.0.0.1:1/x"))
+        bus = FakeBus()
+        router.bus = bus  # type: ignore[assignment]
+        started = {"ipv6_host": "1", "ipv4_address": "10.2.0.1", wire.WIRE_FIELD: ["batch1"]}
+        router._on_message("fromAgent.agent_1.ip.tun.started", orjson.dumps(started), None)
+        router._on_message("fromAgent.agent_2.ip.tun.started",
+                           orjson.dumps({"ipv6_host": "2", "ipv4_address": "10.2.0.2"}), None)
+        assert router.fast_agents == {"agent_1"}
+        bus.sent.clear()
+        to2 = bytes([0x60, 0, 0, 0, 0, 0, 59, 64]) + bytes.fromhex("bbbb" + "00" * 13 + "01") \
+            + bytes.fromhex("bbbb" + "00" * 13 + "02")
+        to1 = to2[:8] + to2[24:40] + to2[8:24]
+        props = FAST_PROPS
+        router._on_message("fromAgent.agent_1.ip.tun.packet.raw", wire.encode_batch([to2, to2]),
+                           props)
+        assert [k for k, _, _ in bus.sent] == ["toAgent.agent_2.ip.tun.packet.raw"] * 2
+        assert all(wire.decode_packet(b) == to2 for _, b, _ in bus.sent)
+        bus.sent.clear()
+        json_body = wire.encode_packet(to1, "tun0")
+        router._on_message("fromAgent.agent_2.ip.tun.packet.raw", json_body, None)
+        router._on_message("fromAgent.agent_2.ip.tun.packet.raw", json_body, None)
+        assert bus.sent == []  # queued for one batch
+        await asyncio.sleep(0)
+        assert len(bus.sent) == 1
+        key, body, p = bus.sent[0]
+        assert key == "toAgent.agent_1.ip.tun.packet.raw" and p is FAST_PROPS
+        assert wire.decode_batch(body) == [to1, to1]
+
+    asyncio.run(go())
+
+
+@pytest.mark.e2e
+@needs_root
+def test_json_agent_and_fast_agent_ping(session: Session) -> None:
+    """One agent forced to JSON (like the original agent), one on the fast wire."""
+    router = session.start_router()
+    fast = session.start_agent("agent_1")  # --wire auto
+    session.start_agent("agent_2", "--wire", "json")
+    assert session.learned("agent_1", "agent_2")
+    assert fast.wait_log("uplink wire: fast", 10), fast.output
+    assert ping(session.ns["agent_1"], "bbbb::2", count=4)
+    assert ping(session.ns["agent_2"], "10.2.0.1", count=4, version=4)
+    router.send(signal.SIGUSR1)
+    assert router.wait_log("status:", 5)
+    line = [ln for ln in router.output.splitlines() if "status:" in ln][-1]
+    counts = {k: int(v) for k, v in re.findall(r"(rx fast|rx json|tx fast|tx json) (\d+)p", line)}
+    assert counts.get("rx fast", 0) >= 8 and counts.get("tx fast", 0) >= 1, line
+    assert counts.get("rx json", 0) >= 8 and counts.get("tx json", 0) >= 8, line
+
+
+@pytest.mark.e2e
+@needs_root
+def test_router_json_only_keeps_everyone_on_json(session: Session) -> None:
+    session.start_router("--wire", "json")
+    a1 = session.start_agent("agent_1")
+    session.start_agent("agent_2")
+    assert session.learned("agent_1", "agent_2")
+    assert ping(session.ns["agent_1"], "bbbb::2", count=3)
+    assert not wait_for(lambda: "uplink wire: fast" in a1.output, 1)

@@ -1,0 +1,381 @@
+"""Serial line as the agent's "serial" port (IP mode), the 802.15.4 probe's bodies, the
+serial wire codec and the serial command-line options. No broker, no root: the agent is
+built but never run, a pty stands in for the line."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import click
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scapy.layers.inet import IP, UDP
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+
+from agent import wire
+from agent.config import AddressPlan, parse_reroute_prefix
+from agent.node import Agent, AgentOptions
+from agent.reroute.options import RerouteOptions
+from agent.slip.framing import SlipDecoder
+from agent.slip.link import SerialLink, answer_prefix, run_agent, text_line
+from agent.slip.options import (
+    BAUDRATE_ENV,
+    SERIAL_PORT_ENV,
+    attach_serial,
+    serial_choice,
+)
+from agent.slip.port import SerialSettings
+from agent.slip.probe import data_slip
+from agent.url import parse_url
+
+END = b"\xc0"
+CCCC = parse_reroute_prefix("cccc")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def rfc1055_encode(payload: bytes) -> bytes:
+    """SEND_PACKET of RFC 1055, written out independently of the code under test."""
+    out = bytearray()
+    for b in payload:
+        out += {0xC0: b"\xdb\xdc", 0xDB: b"\xdb\xdd"}.get(b, bytes([b]))
+    return bytes(out)
+
+
+@pytest.fixture
+def pty_path(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    master, slave = os.openpty()
+    name = os.ttyname(slave)
+    os.close(slave)
+    os.set_blocking(master, False)
+    link = tmp_path / "ttyMOTE"
+    os.symlink(name, link)
+    yield link, master
+    os.close(master)
+
+
+def read_master(master: int) -> bytes:
+    try:
+        return os.read(master, 65536)
+    except (BlockingIOError, OSError):
+        return b""
+
+
+async def until(cond: Callable[[], object], timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+def make_agent(plan: AddressPlan | None = None) -> Agent:
+    return Agent(
+        AgentOptions(name="mote_gw", url=parse_url("amqp://guest:guest@localhost/"), plan=plan)
+    )
+
+
+def ping6(dst: str, src: str = "bbbb::1") -> bytes:
+    return bytes(IPv6(src=src, dst=dst) / ICMPv6EchoRequest(id=1, seq=1, data=b"x" * 8))
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def test_answer_prefix_is_first_ipv6_of_at_most_64() -> None:
+    v4 = parse_reroute_prefix("192.0.2.0/24")
+    long = ipaddress.IPv6Network("dddd::/96")
+    assert answer_prefix([v4, long, CCCC, parse_reroute_prefix("aaaa")]) == CCCC
+    assert answer_prefix([v4]) is None
+    assert answer_prefix([]) is None
+
+
+def test_text_line_is_one_printable_line() -> None:
+    assert text_line(b"Rime started\r\n") == "Rime started"
+    assert text_line(b"a\r\nb\xff\r\n") == "a\\r\\nb\ufffd"
+
+
+@given(st.binary(min_size=1, max_size=300))
+def test_data_slip_is_the_frame_as_on_the_line(frame: bytes) -> None:
+    slip = data_slip(frame)
+    assert slip == END + rfc1055_encode(frame) + END
+    assert SlipDecoder().feed(slip) == [frame]
+
+
+def test_serial_keys() -> None:
+    assert wire.serial_uplink_key("m") == "fromAgent.m.802154.serial.packet.raw"
+    assert wire.serial_downlink_key("m") == "toAgent.m.802154.serial.packet.raw"
+    assert wire.serial_started_key("m") == "fromAgent.m.802154.serial.started"
+
+
+def test_encode_serial_packet_body() -> None:
+    frame = bytes([0x41, 0xD8, 0xC0, 0xDB])
+    body = orjson.loads(wire.encode_serial_packet(frame, data_slip(frame), timestamp=12.5))
+    assert body == {
+        "_api_version": "1.2.15",
+        "data": [0x41, 0xD8, 0xC0, 0xDB],
+        "data_slip": [0xC0, 0x41, 0xD8, 0xDB, 0xDC, 0xDB, 0xDD, 0xC0],
+        "interface_name": "serial",
+        "timestamp": 12.5,
+    }
+
+
+def test_encode_serial_started_keeps_the_wire_misspelling() -> None:
+    body = orjson.loads(wire.encode_serial_started("m", "/dev/ttyUSB0", 115200))
+    assert body == {
+        "_api_version": "1.2.15",
+        "name": "m",
+        "port": "/dev/ttyUSB0",
+        "boudrate": "115200",
+    }
+
+
+def test_decode_frame_takes_any_bytes_but_not_junk() -> None:
+    assert wire.decode_frame(b'{"data": [1, 2, 255], "x": null}') == b"\x01\x02\xff"
+    for bad in (
+        b"nope",
+        b"[1]",
+        b'{"data": "ab"}',
+        b'{"data": [256]}',
+        b'{"data": [1.5]}',
+        b'{"data": []}',
+        b"{}",
+    ):
+        with pytest.raises(wire.WireError):
+            wire.decode_frame(bad)
+
+
+@given(st.binary(min_size=1, max_size=200))
+def test_serial_packet_round_trip(frame: bytes) -> None:
+    assert wire.decode_frame(wire.encode_serial_packet(frame, data_slip(frame))) == frame
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def test_no_serial_options_no_serial(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SERIAL_PORT_ENV, "/dev/ttyUSB0")  # ignored in ip mode
+    assert serial_choice({"serial_mode": "ip"}) is None
+
+
+def test_802154_mode_takes_port_and_baudrate_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SERIAL_PORT_ENV, "/dev/ttyACM3")
+    monkeypatch.setenv(BAUDRATE_ENV, "460800")
+    choice = serial_choice({"serial_mode": "802154"})
+    assert choice is not None and choice.mode == "802154"
+    assert (choice.settings.device, choice.settings.baudrate) == ("/dev/ttyACM3", 460800)
+    # options win over the environment
+    choice = serial_choice({"serial_mode": "802154", "serial_port": "/dev/x", "baudrate": 9600})
+    assert choice is not None and (choice.settings.device, choice.settings.baudrate) == (
+        "/dev/x",
+        9600,
+    )
+
+
+def test_ip_mode_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(BAUDRATE_ENV, raising=False)
+    choice = serial_choice(
+        {
+            "serial_port": "/dev/ttyUSB0",
+            "rtscts": True,
+            "slip_pace_us": 300,
+            "slip_leading_end": True,
+            "serial_mode": "ip",
+        },
+        mtu=1280,
+    )
+    assert choice is not None
+    assert choice.settings == SerialSettings(
+        "/dev/ttyUSB0",
+        115200,
+        rtscts=True,
+        xonxoff=False,
+        pace_us=300,
+        leading_end=True,
+        mtu=1280,
+    )
+
+
+def test_bad_env_baudrate(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(BAUDRATE_ENV, "fast")
+    with pytest.raises(click.BadParameter, match=BAUDRATE_ENV):
+        serial_choice({"serial_port": "/dev/ttyUSB0"})
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{"serial_mode": "802154"}, {"rtscts": True}, {"baudrate": 9600}, {"slip_pace_us": 5}],
+)
+def test_serial_options_without_device(
+    values: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(SERIAL_PORT_ENV, raising=False)
+    with pytest.raises(click.UsageError, match="needs a serial device"):
+        serial_choice(values)
+
+
+def test_serial_and_reroute_if_conflict(tmp_path: Path) -> None:
+    choice = serial_choice({"serial_port": str(tmp_path / "x")})
+    with pytest.raises(click.UsageError, match="--re-route-if"):
+        attach_serial(make_agent(), choice, RerouteOptions((CCCC,), "1", "eth1"))
+
+
+def test_attach_missing_device_is_click_error(tmp_path: Path) -> None:
+    choice = serial_choice({"serial_port": str(tmp_path / "ttyUSB7")})
+    with pytest.raises(click.ClickException, match="does not exist"):
+        attach_serial(make_agent(), choice, RerouteOptions((CCCC,)))
+
+
+# ----------------------------------------------------------------------------- the link
+
+
+def test_attach_routes_prefixes_and_amends_plans(pty_path: tuple[Path, int]) -> None:
+    link_path, _master = pty_path
+    agent = make_agent()
+    link = SerialLink(agent, SerialSettings(str(link_path)), RerouteOptions((CCCC,), "1"))
+    link.attach()
+    assert agent.ports["serial"] is link
+    assert agent.switch.decide(ping6("cccc::1"), "bus") == "serial"
+    assert agent.switch.decide(ping6("cccc::1"), "tun") == "serial"
+    assert agent.switch.decide(ping6("bbbb::9", src="cccc::1"), "serial") == "bus"
+    assert agent.switch.decide(ping6("cccc::2", src="cccc::1"), "serial").startswith("!")
+    agent.switch.set_local([ipaddress.ip_network("bbbb::5/128")])
+    assert agent.switch.decide(ping6("bbbb::5", src="cccc::1"), "serial") == "tun"
+
+    # a plan from a tun.start gets the command line's networks, and its own are routed too
+    bus_plan = AddressPlan(
+        parse_reroute_prefix("bbbb"), "5", None, (parse_reroute_prefix("dddd"),), "9", None
+    )
+    amended = agent.plan_hooks[0](bus_plan)
+    assert amended.reroute_prefixes == (CCCC,) and amended.reroute_host == "1"
+    plan_only = SerialLink(make_agent(), SerialSettings(str(link_path)))
+    plan_only.attach()
+    kept = plan_only.amend_plan(bus_plan)
+    assert kept.reroute_prefixes == bus_plan.reroute_prefixes
+    assert plan_only.agent.switch.decide(ping6("dddd::1"), "bus") == "serial"
+
+    # an interface named by a tun.start is ignored: the networks are behind the line
+    eth = AddressPlan(
+        parse_reroute_prefix("bbbb"), "5", None, (parse_reroute_prefix("eeee"),), None, "eth1"
+    )
+    other = SerialLink(make_agent(), SerialSettings(str(link_path)))
+    other.attach()
+    amended = other.amend_plan(eth)
+    assert amended.reroute_if is None
+    assert other.agent.switch.decide(ping6("eeee::1"), "bus") == "serial"
+
+
+def test_frames_from_the_line(pty_path: tuple[Path, int]) -> None:
+    link_path, master = pty_path
+    agent = make_agent()
+    forwarded: list[tuple[bytes, str]] = []
+    agent.forward = lambda packet, came_from: forwarded.append((packet, came_from))  # type: ignore[method-assign]
+    link = SerialLink(
+        agent,
+        SerialSettings(str(link_path), mtu=1280),
+        RerouteOptions((parse_reroute_prefix("192.0.2.0/24"), CCCC), "1"),
+    )
+    link.attach()
+    reply6 = ping6("bbbb::1", src="cccc::1")
+    reply4 = bytes(IP(src="192.0.2.1", dst="10.2.0.1") / UDP(sport=7, dport=9) / b"hi")
+    got = bytearray()
+
+    async def main() -> None:
+        await run_agent_briefly(
+            agent,
+            link,
+            master,
+            got,
+            [
+                rfc1055_encode(reply6) + END,
+                b"Rime started with address 1.2\r\n" + END,  # Contiki debug text
+                END + b"?P" + END,
+                b"\x00\x01\x02\x03\x04" + END,  # binary, not IP
+                b"\xdb\x05oops" + END,  # invalid escape
+                rfc1055_encode(b"\x60" + b"\x00" * 1300) + END,  # over the MTU
+                rfc1055_encode(reply4) + END,
+            ],
+        )
+
+    asyncio.run(main())
+    assert forwarded == [(reply6, "serial"), (reply4, "serial")]
+    assert bytes(got) == b"!P\xcc\xcc" + b"\x00" * 6 + END
+    c = agent.counters
+    assert c.packets["serial>log"] == 1 and c.packets["serial ?P>!P"] == 1
+    assert c.drops["serial other"] == 1
+    assert c.drops["serial bad frame"] == 1
+    assert c.drops["serial too big"] == 1
+
+
+async def run_agent_briefly(
+    agent: Agent, link: SerialLink, master: int, got: bytearray, chunks: list[bytes]
+) -> None:
+    """Start the link as run_agent does, feed the line, collect what the link writes."""
+    agent.run = _wait_then_zero  # type: ignore[method-assign]
+    task = asyncio.ensure_future(run_agent(agent, link))
+    await asyncio.sleep(0.05)
+    for chunk in chunks:
+        os.write(master, chunk)
+        await asyncio.sleep(0.01)
+    await until(lambda: got.extend(read_master(master)) or len(got) >= 11, timeout=2)
+    await asyncio.sleep(0.1)
+    got.extend(read_master(master))
+    assert await task == 0
+    assert not link.port.is_open  # run_agent closed it
+
+
+async def _wait_then_zero() -> int:
+    await asyncio.sleep(0.6)
+    return 0
+
+
+def test_prefix_request_without_ipv6_prefix(pty_path: tuple[Path, int]) -> None:
+    link_path, master = pty_path
+    agent = make_agent()
+    link = SerialLink(
+        agent,
+        SerialSettings(str(link_path)),
+        RerouteOptions((parse_reroute_prefix("192.0.2.0/24"),)),
+    )
+    link.attach()
+    got = bytearray()
+    asyncio.run(run_agent_briefly(agent, link, master, got, [b"?P" + END]))
+    assert bytes(got) == b""
+    assert agent.counters.drops["serial ?P unanswered"] == 1
+
+
+def test_send_reaches_the_line_slip_encoded(pty_path: tuple[Path, int]) -> None:
+    link_path, master = pty_path
+    agent = make_agent()
+    link = SerialLink(
+        agent, SerialSettings(str(link_path), leading_end=True), RerouteOptions((CCCC,))
+    )
+    link.attach()
+    packet = ping6("cccc::1") + b"\xc0\xdb"
+    got = bytearray()
+
+    async def main() -> None:
+        link.port.start()
+        try:
+            assert agent.ports["serial"].send(packet)
+            await until(
+                lambda: (
+                    got.extend(read_master(master))
+                    or got.endswith(END * 1)
+                    and len(got) > len(packet)
+                )
+            )
+        finally:
+            link.close()
+
+    asyncio.run(main())
+    assert bytes(got) == END + rfc1055_encode(packet) + END
