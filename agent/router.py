@@ -223,10 +223,11 @@ class Router:
                     packets = wire.decode_batch(body)
                     self.counters.count("rx fast", len(body))
                     for packet in packets:
-                        self._forward(agent, packet, None)
+                        self._forward(agent, packet, None, len(packet))
                 else:
                     self.counters.count("rx json", len(body))
-                    self._forward(agent, wire.decode_packet(body), body)
+                    head, size = wire.peek_packet(body)  # no full parse to route it
+                    self._forward(agent, head, body, size)
             elif key.endswith(".ip.tun.started"):
                 msg = wire.decode_control(body)
                 try:
@@ -251,29 +252,32 @@ class Router:
         else:
             self.fast_agents.discard(agent)
 
-    def _forward(self, agent: str, packet: bytes, json_body: bytes | None) -> None:
+    def _forward(self, agent: str, packet: bytes, json_body: bytes | None, size: int) -> None:
         """One packet from agent: check, decide, send to each target on its own wire.
 
-        json_body is the message it came in, when that was a JSON packet message: JSON
-        targets get it unchanged. Fast targets get the packets of one loop iteration
-        batched (see _flush).
+        json_body is the message it came in, when that was a JSON packet message: then
+        `packet` may be only its first bytes (enough to route), JSON targets get the body
+        unchanged, and the full packet is decoded only if a fast target needs it. Fast
+        targets get the packets of one loop iteration batched (see _flush).
         """
         table = self.table
         if not table.check_source(agent, packet):
             self.counters.drop(f"spoofed by {agent}")
             if trace.isEnabledFor(logging.INFO):
-                _trace(agent, None, packet)
+                _trace(agent, None, wire.decode_packet(json_body) if json_body else packet)
             return
         targets = table.targets(agent, packet)
         if trace.isEnabledFor(logging.INFO):
-            _trace(agent, targets, packet)
+            _trace(agent, targets, wire.decode_packet(json_body) if json_body else packet)
         if not targets:
             self.counters.drop("no route")
             return
-        size = len(packet)
         self.counters.count(f"{agent}>", size)
+        full = json_body is None
         for target in targets:
             if target in self.fast_agents:
+                if not full:
+                    packet, full = wire.decode_packet(json_body), True  # type: ignore[arg-type]
                 pending = self._pending.get(target)
                 if pending is None:
                     self._pending[target] = [packet]

@@ -148,6 +148,8 @@ def run(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,
+        cwd=ROOT,
+        env=child_env(),
         start_new_session=True,
     )
     try:

@@ -107,7 +107,12 @@ class Tunnel:
         out: dict[str, str | None] = {}
         for name in ("agent_1", "agent_2"):
             found = re.findall(r"uplink wire: (\w+)", self.procs[name].text())
-            out[name] = found[-1] if found else None
+            if found:
+                out[name] = found[-1]
+            elif self.wire_args == ["--wire", "json"]:
+                out[name] = "json"  # forced: no negotiation, no "uplink wire" line
+            else:
+                out[name] = None
         return out
 
     def _check_alive(self) -> None:

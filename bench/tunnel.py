@@ -280,7 +280,7 @@ def rows(result: dict[str, Any]) -> list[list[Any]]:
     ):
         out.append(
             row(
-                f"CPU s/10k pkt, UDP best: {who} | {rname}",
+                f"CPU s/10k pkt, UDP best: {who} (relay: {rname})",
                 _get(t_best, "cpu", who, "cpu_s_per_10k"),
                 _get(tp, "cpu_s_per_10k", rname),
                 None,

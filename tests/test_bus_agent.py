@@ -17,6 +17,7 @@ STARTED_KEYS = {
     "_api_version", "name", "ipv6_prefix", "ipv6_host", "ipv6_no_forwarding", "ipv4_host",
     "ipv4_address", "ipv4_network", "ipv4_netmask", "re_route_packets_if",
     "re_route_packets_prefix", "re_route_packets_host",
+    "x_agent_wire",  # our fast-wire offer; ioppytest peers ignore unknown fields
 }
 
 

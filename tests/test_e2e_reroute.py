@@ -217,6 +217,9 @@ def test_ping_device_both_ways(reroute_session) -> None:  # type: ignore[no-unty
     assert out.returncode == 0 and "DUP" not in out.stdout, out.stdout
     out = ns_run(net.ns_c, "ping", "-4", "-c", "3", "-i", "0.2", "-W", "2", "10.2.0.1")
     assert out.returncode == 0 and "DUP" not in out.stdout, out.stdout
+    # agent_2's own TUN address: its kernel answers, the agent does not add a copy
+    out = ns_run(net.ns_c, "ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", "bbbb::2")
+    assert out.returncode == 0 and "DUP" not in out.stdout, out.stdout
     # the agent forwarded them in user space: forwarding is still off in B
     assert sysctl(net.ns_b, "net.ipv6.conf.all.forwarding") == "0"
     assert sysctl(net.ns_b, "net.ipv4.ip_forward") == "0"

@@ -20,6 +20,7 @@ import orjson
 import pytest
 import serial
 
+from agent import wire
 from tests.conftest import ROOT, Proc, Session, needs_root, ns_run, ping, tun_links, wait_for
 
 pytestmark = [pytest.mark.e2e, needs_root]
@@ -145,10 +146,12 @@ def route_learned(ns: str, net: str) -> bool:
     )
 
 
-def uplink_messages(lst, seconds: float = 1.0) -> list[dict]:  # type: ignore[no-untyped-def]
-    out = []
+def uplink_packets(lst, seconds: float = 1.0) -> list[bytes]:  # type: ignore[no-untyped-def]
+    """Packets published on an uplink key, whichever wire (JSON or fast batches) carried them."""
+    out: list[bytes] = []
     while (got := lst.get(timeout=seconds)) is not None:
-        out.append(orjson.loads(got[1]))
+        _key, body, props = got
+        out.extend(wire.decode_packets(body, getattr(props, "content_type", None)))
     return out
 
 
@@ -177,13 +180,12 @@ def test_ping_mote_over_slip_riot_framing(  # type: ignore[no-untyped-def]
     # text lines are logged, never forwarded; garbage is dropped and counted
     assert agent.wait_log(r"serial text: Contiki-NG: rpl-border-router waiting for prefix")
     time.sleep(1.0)  # a few more rounds of text and garbage
-    bodies = uplink_messages(uplink)
-    assert bodies, "no uplink at all"
-    for body in bodies:
-        data = bytes(body["data"])
+    packets = uplink_packets(uplink)
+    assert packets, "no uplink at all"
+    for data in packets:
         assert data[0] >> 4 == 6 and len(data) >= 40, data[:60]
         assert b"Contiki" not in data and b"binary" not in data
-    assert any(bytes(b["data"])[8:24] == bytes.fromhex("cccc" + "00" * 13 + "01") for b in bodies)
+    assert any(p[8:24] == bytes.fromhex("cccc" + "00" * 13 + "01") for p in packets)
     assert agent.running()
     code, _ = agent.stop(signal.SIGINT)
     assert code == 0
