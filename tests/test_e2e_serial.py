@@ -411,9 +411,9 @@ def test_802154_probe_mode(  # type: ignore[no-untyped-def]
 
 
 def test_slip_demo_script_runs() -> None:
-    """examples/slip_mote.sh, as a user runs it."""
+    """examples/mote_over_slip.sh, as a user runs it."""
     out = subprocess.run(
-        ["bash", str(ROOT / "examples/slip_mote.sh")],
+        ["bash", str(ROOT / "examples/mote_over_slip.sh")],
         capture_output=True,
         text=True,
         timeout=240,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Demo: a (fake) 6LoWPAN mote on a SLIP serial line behind an agent.
 #
-#   sudo bash examples/slip_mote.sh
+#   sudo bash examples/mote_over_slip.sh
 #
 #   agent_1 (namespace A, bbbb::1)  ->  bus + router  ->  coap_server (namespace B, bbbb::5)
 #                                                           |  --serial-port: a socat pty
