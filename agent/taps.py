@@ -189,7 +189,7 @@ def install(agent: Any, verbose: int = 0, pcap: PcapTap | None = None) -> None:
 
 
 def file_error_hint(exc: OSError) -> str:
-    """"No such file or directory", not the path a second time."""
+    """The reason alone (e.g. "No such file or directory"), without the path again."""
     return os.strerror(exc.errno) if exc.errno else str(exc)
 
 

@@ -80,6 +80,8 @@ def open_tun(name: str | None, netns: str | None) -> tuple[int, str, int, str | 
         # Per-interface settings only: never process-wide sysctls.
         _write_sysctl(f"/proc/sys/net/ipv4/conf/{ifname}/send_redirects", "0")
         _write_sysctl(f"/proc/sys/net/ipv6/conf/{ifname}/addr_gen_mode", "1")
+        # no router on the session link: do not flood it with router solicitations
+        _write_sysctl(f"/proc/sys/net/ipv6/conf/{ifname}/router_solicitations", "0")
         nl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0)
     return fd, ifname, nl.detach(), netns
 

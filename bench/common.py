@@ -332,6 +332,23 @@ def start_iperf3_server(stack: Stack, ns: str, logdir: Path, timeout: float = 5.
     return server
 
 
+def udp_socket_buffer(want: int = 2 * 1024 * 1024) -> int | None:
+    """A UDP socket buffer for iperf3 (-w) within the host's limits, or None for the default.
+
+    A bigger receive buffer keeps iperf3's own scheduling delays (a loaded machine) from
+    showing up as datagram loss; the kernel refuses more than net.core.[rw]mem_max.
+    """
+    try:
+        limits = [
+            int(Path(f"/proc/sys/net/core/{k}").read_text()) for k in ("rmem_max", "wmem_max")
+        ]
+        default = int(Path("/proc/sys/net/core/rmem_default").read_text())
+    except (OSError, ValueError):
+        return None
+    size = min([want, *limits])
+    return size if size > default else None
+
+
 def iperf3(
     logdir: Path,
     server_ns: str,
@@ -364,6 +381,9 @@ def iperf3(
         ]
         if udp_mbit is not None:
             argv += ["-u", "-b", f"{udp_mbit:g}M", "-l", str(udp_len)]
+            window = udp_socket_buffer()
+            if window:
+                argv += ["-w", str(window)]
         r = run(netns_exec(client_ns, *argv), timeout=seconds + 30)
         server.stop(signal.SIGTERM, 3)
     try:

@@ -143,23 +143,25 @@ class Tunnel:
         return Sample(time.monotonic(), cpu, packets, raw)
 
     def settle(self, max_wait: float = 6.0) -> None:
-        """Wait until the router's packet count stops moving (queues drained, TTL 5 s)."""
+        """Wait until no process's packet count moves (queues drained; their TTL is 5 s)."""
         deadline = time.monotonic() + max_wait
         last = None
         while time.monotonic() < deadline:
-            status = request_status(self.procs["router"])
-            count = None if status is None else packet_count("router", status)
-            if count is not None and count == last:
+            counts = []
+            for name, proc in self.procs.items():
+                status = request_status(proc)
+                counts.append(None if status is None else packet_count(name, status))
+            if None not in counts and counts == last:
                 return
-            last = count
-            time.sleep(0.4)
+            last = counts
+            time.sleep(0.3)
 
 
 def packet_count(name: str, counters: dict[str, int]) -> int:
     """Packets a process handled: an agent's every path; the router's arrivals (`agent_1>`)."""
     if name == "router":
         return sum(v for k, v in counters.items() if k.endswith(">") and not k.startswith(">"))
-    return sum(counters.values())
+    return sum(v for k, v in counters.items() if ">" in k)  # paths, not message counts
 
 
 def delta(a: Sample, b: Sample, fallback_packets: dict[str, int] | None = None) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from bench.common import (
     ping_once,
     ratio,
     table,
+    udp_socket_buffer,
 )
 from bench.rig import ADDR_2, Sample, Tunnel, delta, wire_option
 
@@ -193,6 +194,7 @@ class Link:
             "payload_bytes": UDP_LEN,
             "ip_packet_bytes": PACKET_SIZE,
             "max_loss_pct": MAX_LOSS,
+            "socket_buffer_bytes": udp_socket_buffer(),
             "best": good,
             "best_mbit_per_s": good["mbit_per_s"] if good else 0.0,
             "best_offered_mbit_per_s": good["offered_mbit_per_s"] if good else 0.0,
