@@ -443,9 +443,9 @@ def test_reroute_from_a_tun_start(  # type: ignore[no-untyped-def]
 
 
 def test_example_script_runs() -> None:
-    """examples/reroute_to_device.sh, as a user runs it; it leaves no namespace behind."""
+    """examples/reroute_to_interface.sh, as a user runs it; it leaves no namespace behind."""
     out = subprocess.run(
-        ["bash", str(ROOT / "examples/reroute_to_device.sh")],
+        ["bash", str(ROOT / "examples/reroute_to_interface.sh")],
         capture_output=True, text=True, timeout=240,
     )
     assert out.returncode == 0, out.stdout + out.stderr

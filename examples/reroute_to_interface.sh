@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-routing demo: a device network behind an interface of agent_2's host joins the session.
 #
-#   sudo bash examples/reroute_to_device.sh
+#   sudo bash examples/reroute_to_interface.sh
 #
 # Three network namespaces stand in for three machines:
 #   A  agent_1's host                       (TUN bbbb::1, 10.2.0.1)
