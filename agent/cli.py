@@ -428,7 +428,7 @@ def _filter(_ctx: click.Context, _param: click.Parameter, value: str | None):  #
     default=None,
     callback=_filter,
     help="tcpdump-like filter on the packets, e.g. 'udp port 5683', 'icmp6 and host "
-    "bbbb::1', 'coap or (ip and not icmp)' (see docs/debugging.md).",
+    "bbbb::1', 'coap or (ip and not icmp)' (see README, Debugging a session).",
 )
 @with_options(url_options)
 def sniff(
