@@ -105,10 +105,16 @@ def _reroute_host(_ctx: click.Context, _param: click.Parameter, value: str | Non
 
 
 def _run(coro_factory) -> None:  # type: ignore[no-untyped-def]
+    """Run one service to its end; its cleanup has run by the time this returns."""
     try:
         code = asyncio.run(coro_factory())
     except KeyboardInterrupt:
         code = 130
+    except Exception as exc:  # a bug: cleanup already ran; one line, details with -vv
+        log.error("internal error: %s: %s (run with -vv for the traceback)",
+                  type(exc).__name__, exc)
+        log.debug("traceback", exc_info=True)
+        code = 1
     sys.exit(code)
 
 

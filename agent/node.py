@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -24,6 +23,7 @@ from agent.counters import Counters
 from agent.reroute.decide import BUS, TUN, Switch, is_drop
 from agent.reroute.iface import IfaceError, IfacePort, open_for_plan
 from agent.reroute.options import RerouteOptions
+from agent.service import Service
 from agent.tun import Tun, TunError
 from agent.url import AmqpUrl
 
@@ -110,20 +110,20 @@ class AgentOptions:
     reroute: RerouteOptions = field(default_factory=RerouteOptions)
 
 
-class Agent:
+class Agent(Service):
+    fatal_errors = (TunError, IfaceError)
+
     def __init__(self, opts: AgentOptions) -> None:
+        super().__init__(log, opts.stats_interval)
         self.opts = opts
         self.name = opts.name
         self.plan = opts.plan
         self.tun: Tun | None = None
-        self.counters = Counters()
         self._uplink_key = wire.uplink_key(self.name)
         self._downlink_key = wire.downlink_key(self.name)
         self._start_key = wire.start_key(self.name)
         self._started_key = wire.started_key(self.name)
         self._announced: dict[str, set[IPNetwork]] = {}
-        self._stop = asyncio.Event()
-        self._fatal: str | None = None
         self._bootstrapping = False
         self.switch = Switch(accept_any=opts.accept_any)
         self.ports: dict[str, Port] = {}
@@ -150,52 +150,24 @@ class Agent:
             ),
             on_message=self._on_message,
             on_up=self._on_bus_up,
-            on_fatal=self._on_fatal,
+            on_fatal=self.on_fatal,
             ca_file=opts.ca_file,
         )
         self.bus_port = BusPort(self.bus, self._uplink_key, self.counters)
         self.bus_port.fast = opts.wire == "fast"
         self.ports[BUS] = self.bus_port
 
-    # -- run / stop ---------------------------------------------------------------------
+    # -- start / stop (the run loop is agent.service.Service.run) -------------------------
 
-    async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stop)
-        loop.add_signal_handler(signal.SIGUSR1, self._print_status)
-        try:
-            if self.plan is not None and self.opts.bootstrap:
-                await self._bring_up_tun(self.plan)
-            else:
-                log.info("waiting for a tun.start on %s", self._start_key)
-            log.info("connecting to %s as %s", self.opts.url.redacted(), self.name)
-            self.bus.start()
-            stats = asyncio.create_task(self._stats_loop()) if self.opts.stats_interval else None
-            await self._stop.wait()
-            if stats:
-                stats.cancel()
-        except (TunError, IfaceError) as exc:
-            self._fatal = str(exc)
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-                loop.remove_signal_handler(sig)
-            await self._shutdown()
-        if self._fatal:
-            log.error("%s", self._fatal)
-            return 1
-        return 0
+    async def start(self) -> None:
+        if self.plan is not None and self.opts.bootstrap:
+            await self._bring_up_tun(self.plan)
+        else:
+            log.info("waiting for a tun.start on %s", self._start_key)
+        log.info("connecting to %s as %s", self.opts.url.redacted(), self.name)
+        self.bus.start()
 
-    def stop(self) -> None:
-        if not self._stop.is_set():
-            log.info("stopping")
-            self._stop.set()
-
-    def _on_fatal(self, reason: str) -> None:
-        self._fatal = reason
-        self._stop.set()
-
-    async def _shutdown(self) -> None:
+    async def cleanup(self) -> None:
         self.bus_port.flush()
         await self.bus.close(timeout=1.0)
         if self.iface is not None:
@@ -212,16 +184,6 @@ class Agent:
             close = getattr(tap, "close", None)
             if close is not None:
                 close()
-        if not self._fatal and (self.counters.packets or self.counters.drops):
-            log.info("counters:\n%s", self.counters.table())
-
-    def _print_status(self) -> None:
-        log.warning("status: %s", self.counters.status_line())
-
-    async def _stats_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.opts.stats_interval)
-            log.warning("status: %s", self.counters.status_line())
 
     # -- TUN ----------------------------------------------------------------------------
 
@@ -341,7 +303,7 @@ class Agent:
         try:
             await self._bring_up_tun(plan)
         except (TunError, IfaceError) as exc:
-            self._on_fatal(str(exc))
+            self.on_fatal(str(exc))
             return
         finally:
             self._bootstrapping = False

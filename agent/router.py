@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import signal
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +15,6 @@ from typing import Any
 from agent import wire
 from agent.bus import FAST_PROPS, Bus, QueueSpec, queue_arguments
 from agent.config import ConfigError, plan_from_bus
-from agent.counters import Counters
 from agent.ipheader import (
     PrefixTable,
     destination,
@@ -25,6 +23,7 @@ from agent.ipheader import (
     source,
     to_address,
 )
+from agent.service import Service
 from agent.url import AmqpUrl
 
 log = logging.getLogger(__name__)
@@ -129,7 +128,7 @@ class RoutingTable:
         return self._table.lookup(version, addr)
 
 
-class Router:
+class Router(Service):
     def __init__(
         self,
         url: AmqpUrl,
@@ -139,16 +138,13 @@ class Router:
         stats_interval: float = 0.0,
         fast_wire: bool = True,
     ) -> None:
+        super().__init__(log, stats_interval)
         self.url = url
         self.table = table or RoutingTable()
         self.fast_wire = fast_wire  # offer our fast wire to agents that announce it
         self.fast_agents: set[str] = set()
         self._pending: dict[str, list[bytes]] = {}
         self._flush_handle: asyncio.Handle | None = None
-        self.counters = Counters()
-        self.stats_interval = stats_interval
-        self._stop = asyncio.Event()
-        self._fatal: str | None = None
         self.bus = Bus(
             url,
             exchange,
@@ -161,48 +157,21 @@ class Router:
             ),
             on_message=self._on_message,
             on_up=self._on_up,
-            on_fatal=self._on_fatal,
+            on_fatal=self.on_fatal,
             ca_file=ca_file,
         )
 
-    async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stop)
-        loop.add_signal_handler(
-            signal.SIGUSR1, lambda: log.warning("status: %s", self.counters.status_line())
-        )
+    # -- start / stop (the run loop is agent.service.Service.run) -------------------------
+
+    async def start(self) -> None:
         if trace.isEnabledFor(logging.INFO):
             import agent.taps  # noqa: F401  (-v: load Scapy now, not on the first packet)
         log.info("connecting to %s", self.url.redacted())
         self.bus.start()
-        stats = asyncio.create_task(self._stats_loop()) if self.stats_interval else None
-        try:
-            await self._stop.wait()
-        finally:
-            if stats:
-                stats.cancel()
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-                loop.remove_signal_handler(sig)
-            await self.bus.close(timeout=1.0)
-            if self.counters.packets or self.counters.drops:
-                log.info("counters:\n%s", self.counters.table())
-        if self._fatal:
-            log.error("%s", self._fatal)
-            return 1
-        return 0
 
-    async def _stats_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.stats_interval)
-            log.warning("status: %s", self.counters.status_line())
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _on_fatal(self, reason: str) -> None:
-        self._fatal = reason
-        self._stop.set()
+    async def cleanup(self) -> None:
+        self._flush()
+        await self.bus.close(timeout=1.0)
 
     def _announce(self) -> None:
         extra = {wire.WIRE_FIELD: [wire.FAST_WIRE]} if self.fast_wire else {}
@@ -297,7 +266,9 @@ class Router:
 
     def _flush(self) -> None:
         """Send each fast target the packets queued for it, as few messages as fit."""
-        self._flush_handle = None
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         pending, self._pending = self._pending, {}
         for target, packets in pending.items():
             key = wire.downlink_key(target)

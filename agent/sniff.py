@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import sys
 import time
 from typing import Any, TextIO
@@ -37,8 +36,8 @@ from agent.capture import (
     summarize,
 )
 from agent.config import ConfigError, plan_from_bus
-from agent.counters import Counters
 from agent.pktfilter import Filter
+from agent.service import Service
 from agent.url import AmqpUrl
 
 log = logging.getLogger(__name__)
@@ -100,7 +99,7 @@ def describe_plan(msg: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-class Sniffer:
+class Sniffer(Service):
     def __init__(
         self,
         url: AmqpUrl,
@@ -114,19 +113,16 @@ class Sniffer:
         full_dump: bool = False,
         out: TextIO | None = None,
     ) -> None:
+        super().__init__(log, stats_interval)
         self.url = url
         self.names = tuple(names)
         self.count = count
         self.filter = packet_filter
         self.full_dump = full_dump
         self.out = out if out is not None else sys.stdout
-        self.counters = Counters()
-        self.stats_interval = stats_interval
         self.packets = 0
         self.writer = PcapNgWriter(pcap, autoflush=False) if pcap else None  # OSError to caller
         self._ifaces: dict[tuple[str, str, int], int] = {}
-        self._stop = asyncio.Event()
-        self._fatal: str | None = None
         self._done = False
         self._flush_scheduled = False
         self.bus = Bus(
@@ -142,58 +138,36 @@ class Sniffer:
             ),
             on_message=self._on_message,
             on_up=self._on_up,
-            on_fatal=self._on_fatal,
+            on_fatal=self.on_fatal,
             ca_file=ca_file,
         )
 
     # -- run / stop ---------------------------------------------------------------------
 
-    async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stop)
-        loop.add_signal_handler(signal.SIGUSR1, self._print_status)
+    # -- start / stop (the run loop is agent.service.Service.run) -------------------------
+
+    async def start(self) -> None:
         log.info("connecting to %s", self.url.redacted())
         self.bus.start()
-        stats = asyncio.create_task(self._stats_loop()) if self.stats_interval else None
-        try:
-            await self._stop.wait()
-        finally:
-            if stats:
-                stats.cancel()
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-                loop.remove_signal_handler(sig)
-            await self.bus.close(timeout=1.0)
-            self._flush()
-            if self.writer is not None:
-                self.writer.close()
-                log.info("wrote %d packets to %s", self.packets, self.writer.name)
-            if not self._fatal and (self.counters.packets or self.counters.drops):
-                log.info("counters:\n%s", self.counters.table())
-        if self._fatal:
-            log.error("%s", self._fatal)
-            return 1
-        return 0
+
+    async def cleanup(self) -> None:
+        await self.bus.close(timeout=1.0)
+        self._flush()
+        if self.writer is not None:
+            self.writer.close()
+            log.info("wrote %d packets to %s", self.packets, self.writer.name)
 
     def stop(self) -> None:
         self._done = True
         self._stop.set()
 
-    def _on_fatal(self, reason: str) -> None:
+    def on_fatal(self, reason: str) -> None:
         self._fatal = reason
         self.stop()
 
     def _on_up(self) -> None:
         what = ", ".join(self.names) if self.names else "all agents"
         log.info("sniffing %s on %s (queue %s)", what, self.url.where, self.bus.queue_name)
-
-    def _print_status(self) -> None:
-        log.warning("status: %s", self.counters.status_line())
-
-    async def _stats_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.stats_interval)
-            self._print_status()
 
     # -- output -------------------------------------------------------------------------
 

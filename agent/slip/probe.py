@@ -11,14 +11,12 @@ the bus is up (first connection, reconnection, port reopened after an unplug).
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 from typing import Any
 
 from agent import wire
 from agent.bus import Bus, QueueSpec, queue_arguments
-from agent.counters import Counters
+from agent.service import Service
 from agent.slip.framing import encode_frame
 from agent.slip.port import SerialPort, SerialSettings
 from agent.url import AmqpUrl
@@ -33,7 +31,7 @@ def data_slip(frame: bytes) -> bytes:
     return encode_frame(frame, leading_end=True)
 
 
-class SerialProbe:
+class SerialProbe(Service):
     """One serial line bridged to the bus as raw 802.15.4 frames."""
 
     def __init__(
@@ -45,16 +43,13 @@ class SerialProbe:
         ca_file: str | None = None,
         stats_interval: float = 0.0,
     ) -> None:
+        super().__init__(log, stats_interval)
         self.name = name
         self.url = url
         self.settings = settings
-        self.stats_interval = stats_interval
-        self.counters = Counters()
         self._uplink_key = wire.serial_uplink_key(name)
         self._downlink_key = wire.serial_downlink_key(name)
         self._started_key = wire.serial_started_key(name)
-        self._stop = asyncio.Event()
-        self._fatal: str | None = None
         self.port = SerialPort(
             settings, self._on_frame, on_open=self._on_port_open, on_drop=self._on_drop
         )
@@ -72,7 +67,7 @@ class SerialProbe:
             ),
             on_message=self._on_message,
             on_up=self._on_bus_up,
-            on_fatal=self._on_fatal,
+            on_fatal=self.on_fatal,
             ca_file=ca_file,
         )
 
@@ -80,54 +75,21 @@ class SerialProbe:
         """Open the serial port now (SerialPortError with a one-line reason if it cannot)."""
         self.port.open()
 
-    async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stop)
-        loop.add_signal_handler(signal.SIGUSR1, self._print_status)
-        stats = None
-        try:
-            self.port.start()
-            log.info(
-                "serial port %s open at %d baud (802.15.4 probe mode)",
-                self.settings.device,
-                self.settings.baudrate,
-            )
-            log.info("connecting to %s as %s", self.url.redacted(), self.name)
-            self.bus.start()
-            if self.stats_interval:
-                stats = loop.create_task(self._stats_loop())
-            await self._stop.wait()
-        finally:
-            if stats is not None:
-                stats.cancel()
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-                loop.remove_signal_handler(sig)
-            self.port.close()
-            await self.bus.close(timeout=1.0)
-            if not self._fatal and (self.counters.packets or self.counters.drops):
-                log.info("counters:\n%s", self.counters.table())
-        if self._fatal:
-            log.error("%s", self._fatal)
-            return 1
-        return 0
+    # -- start / stop (the run loop is agent.service.Service.run) -------------------------
 
-    def stop(self) -> None:
-        if not self._stop.is_set():
-            log.info("stopping")
-            self._stop.set()
+    async def start(self) -> None:
+        self.port.start()
+        log.info(
+            "serial port %s open at %d baud (802.15.4 probe mode)",
+            self.settings.device,
+            self.settings.baudrate,
+        )
+        log.info("connecting to %s as %s", self.url.redacted(), self.name)
+        self.bus.start()
 
-    def _on_fatal(self, reason: str) -> None:
-        self._fatal = reason
-        self._stop.set()
-
-    def _print_status(self) -> None:
-        log.warning("status: %s", self.counters.status_line())
-
-    async def _stats_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.stats_interval)
-            self._print_status()
+    async def cleanup(self) -> None:
+        self.port.close()
+        await self.bus.close(timeout=1.0)
 
     # -- serial -> bus -------------------------------------------------------------------
 
