@@ -9,60 +9,29 @@
 #
 # Uses the local RabbitMQ with a vhost of its own (or AMQP_URL if set) and removes every
 # process, namespace and vhost it made when it ends.
-set -uo pipefail
-top=$(cd "$(dirname "$0")/.." && pwd)
-cd "$top"
-[ "$(id -u)" = 0 ] || { echo "run as root (sudo)" >&2; exit 1; }
-bash scripts/setup.sh || exit 1
-py="$top/.venv/bin/python"
+source "$(dirname "$0")/lib.sh"
+demo_begin cap
 command -v tshark >/dev/null || { echo "tshark is missing (apt-get install tshark)" >&2; exit 1; }
-
-tag="cap$$"
 ns_a="$tag-a"; ns_b="$tag-b"
-logs=$(mktemp -d)
+logs=$work
 caps=${CAPTURE_DIR:-$logs}
 mkdir -p "$caps"
-pids=()
-vhost=""
-
-cleanup() {
-    for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
-    ip netns del "$ns_a" 2>/dev/null
-    ip netns del "$ns_b" 2>/dev/null
-    [ -n "$vhost" ] && rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1
-    rm -rf "$logs"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-if [ -z "${AMQP_URL:-}" ]; then
-    vhost="$tag"
-    rabbitmqctl -q add_vhost "$vhost" >/dev/null
-    rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null
-    export AMQP_URL="amqp://guest:guest@127.0.0.1/$vhost"
-fi
-
-ip netns add "$ns_a"
-ip netns add "$ns_b"
+demo_netns "$ns_a" "$ns_b"
 for ns in "$ns_a" "$ns_b"; do  # no router solicitations: only the demo's packets
     ip netns exec "$ns" sysctl -qw net.ipv6.conf.default.router_solicitations=0
 done
 
-wait_log() {  # file pattern: up to 10 s
-    for _ in $(seq 1 50); do grep -q "$2" "$1" && return 0; sleep 0.2; done
-    echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; return 1
-}
-
-"$py" -m agent router -v >"$logs/router.log" 2>&1 & pids+=($!)
+demo_start router "$py" -m agent router -v
 wait_log "$logs/router.log" "announced as" || exit 1
-"$py" -m agent sniff --pcap "$caps/bus.pcapng" >"$logs/sniff.txt" 2>"$logs/sniff.log" & pids+=($!)
+"$py" -m agent sniff --pcap "$caps/bus.pcapng" >"$logs/sniff.txt" 2>"$logs/sniff.log" &
+demo_track $!
 "$py" -m agent sniff --filter 'udp port 5683' --count 1 >"$logs/coap.txt" 2>"$logs/coap.log" &
-coap_pid=$!; pids+=($coap_pid)
+demo_track $!
 wait_log "$logs/sniff.log" "sniffing" && wait_log "$logs/coap.log" "sniffing" || exit 1
 "$py" -m agent connect --name agent_1 --netns "$ns_a" -v --pcap "$caps/agent_1.pcapng" \
-    >"$logs/agent_1.log" 2>&1 & agent_1=$!; pids+=($agent_1)
-"$py" -m agent connect --name agent_2 --netns "$ns_b" >"$logs/agent_2.log" 2>&1 & pids+=($!)
+    >"$logs/agent_1.log" 2>&1 &
+agent_1=$!; demo_track $agent_1
+demo_start agent_2 "$py" -m agent connect --name agent_2 --netns "$ns_b"
 wait_log "$logs/agent_1.log" "published ready" && wait_log "$logs/agent_2.log" "published ready" \
     && wait_log "$logs/router.log" "learned agent_2" || exit 1
 
@@ -78,9 +47,7 @@ echo; echo "== agent_1 on SIGUSR1 (counters status line)"
 kill -USR1 "$agent_1"; sleep 0.3
 grep -o "status: .*" "$logs/agent_1.log"
 
-for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null; done
-for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
-pids=()
+demo_stop
 
 echo; echo "== agent connect -v (agent_1): one line per packet"
 grep "agent.packets" "$logs/agent_1.log"

@@ -12,39 +12,10 @@
 # prefix request) sits on the other. The demo pings cccc::1 from agent_1 and shows what
 # the mote learnt and said. Everything it starts is stopped by PID and removed at the end
 # (processes, namespaces, ptys, the vhost). With AMQP_URL set, that broker is used instead.
-set -uo pipefail
-top=$(cd "$(dirname "$0")/.." && pwd)
-cd "$top"
-[ "$(id -u)" = 0 ] || { echo "run as root (sudo)" >&2; exit 1; }
-bash scripts/setup.sh || exit 1
-py="$top/.venv/bin/python"
-
-tag="slip$$"
+source "$(dirname "$0")/lib.sh"
+demo_begin slip
 ns_a="$tag-a"; ns_b="$tag-b"
-work=$(mktemp -d)
 mote_tty="$work/mote"; agent_tty="$work/ttyUSB-demo"
-agent_pids=(); helper_pids=()
-vhost=""
-
-cleanup() {
-    for pid in "${agent_pids[@]}"; do kill -INT "$pid" 2>/dev/null; done
-    for pid in "${agent_pids[@]}"; do wait "$pid" 2>/dev/null; done
-    for pid in "${helper_pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-    for pid in "${helper_pids[@]}"; do wait "$pid" 2>/dev/null; done
-    ip netns del "$ns_a" 2>/dev/null
-    ip netns del "$ns_b" 2>/dev/null
-    [ -n "$vhost" ] && rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-if [ -z "${AMQP_URL:-}" ]; then
-    vhost="$tag"
-    rabbitmqctl -q add_vhost "$vhost" >/dev/null
-    rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null
-    export AMQP_URL="amqp://guest:guest@127.0.0.1/$vhost"
-fi
 
 wait_for() {  # seconds, command...: true once the command succeeds
     local tries=$(($1 * 5)); shift
@@ -53,27 +24,21 @@ wait_for() {  # seconds, command...: true once the command succeeds
 }
 
 # the "serial cable": two linked ptys
-socat -d -d "pty,raw,echo=0,link=$mote_tty" "pty,raw,echo=0,link=$agent_tty" \
-    2>"$work/socat.log" & helper_pids+=($!)
+demo_helper socat -d -d "pty,raw,echo=0,link=$mote_tty" "pty,raw,echo=0,link=$agent_tty" \
+    2>"$work/socat.log"
 wait_for 5 test -e "$agent_tty" -a -e "$mote_tty" || { echo "socat did not start"; exit 1; }
 
 # the mote: RIOT-style framing (payload END), like the agent's default
-"$py" tests/tools/slip_peer.py "$mote_tty" --address cccc::1 >"$work/mote.log" 2>&1 &
-helper_pids+=($!)
+demo_helper "$py" tests/tools/slip_peer.py "$mote_tty" --address cccc::1 >"$work/mote.log" 2>&1
 
-ip netns add "$ns_a"
-ip netns add "$ns_b"
-"$py" -m agent router >"$work/router.log" 2>&1 & agent_pids+=($!)
+demo_netns "$ns_a" "$ns_b"
+demo_start router "$py" -m agent router
 wait_for 20 grep -q "announced as" "$work/router.log"
-"$py" -m agent connect --name agent_1 --netns "$ns_a" >"$work/agent_1.log" 2>&1 &
-agent_pids+=($!)
+demo_start agent_1 "$py" -m agent connect --name agent_1 --netns "$ns_a"
 wait_for 20 grep -q "published ready" "$work/agent_1.log"
-"$py" -m agent connect --name coap_server --ipv6-host 5 --netns "$ns_b" \
-    --serial-port "$agent_tty" --baudrate 115200 \
-    --re-route-prefix cccc --re-route-host 1 -vv >"$work/coap_server.log" 2>&1 &
-agent_pids+=($!)
+demo_start coap_server "$py" -m agent connect --name coap_server --ipv6-host 5 --netns "$ns_b" \
+    --serial-port "$agent_tty" --baudrate 115200 --re-route-prefix cccc --re-route-host 1 -vv
 
-ok=0; failed=0
 step() {  # description, command...
     local what=$1; shift
     if out=$("$@" 2>&1); then

@@ -13,42 +13,14 @@
 #
 # Installs what is missing (scripts/setup.sh), uses the local RabbitMQ with a vhost of its
 # own (or the broker of AMQP_URL when set), and removes everything it made when it ends.
-set -uo pipefail
-top=$(cd "$(dirname "$0")/.." && pwd)
-cd "$top"
-[ "$(id -u)" = 0 ] || { echo "run as root (sudo)" >&2; exit 1; }
-bash scripts/setup.sh || exit 1
-py="$top/.venv/bin/python"
-
-tag="rr$$"
+source "$(dirname "$0")/lib.sh"
+demo_begin rr
 ns_a="$tag-a"; ns_b="$tag-b"; ns_c="$tag-c"
 veth_b="${tag}b"; veth_c="${tag}c"      # at most 15 characters
-logs=$(mktemp -d)
-pids=()
-vhost=""
-
-cleanup() {
-    for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
-    # deleting the namespaces deletes the veth pair with them
-    for ns in "$ns_a" "$ns_b" "$ns_c"; do ip netns del "$ns" 2>/dev/null; done
-    [ -n "$vhost" ] && rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1
-    rm -rf "$logs"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-if [ -z "${AMQP_URL:-}" ]; then
-    vhost="$tag"
-    rabbitmqctl -q add_vhost "$vhost" >/dev/null
-    rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null
-    export AMQP_URL="amqp://guest:guest@127.0.0.1/$vhost"
-fi
+demo_netns "$ns_a" "$ns_b" "$ns_c"
 
 set -e
 for ns in "$ns_a" "$ns_b" "$ns_c"; do
-    ip netns add "$ns"
-    ip -n "$ns" link set lo up
     # the kernels do not forward: the agent does, in user space
     ip netns exec "$ns" sysctl -q -w net.ipv4.conf.all.forwarding=0 net.ipv6.conf.all.forwarding=0
 done
@@ -64,41 +36,21 @@ ip -n "$ns_c" -6 route add bbbb::/64 via cccc::2
 ip -n "$ns_c" -4 route add 10.2.0.0/24 via 192.0.2.2
 set +e
 
-"$py" -m agent router >"$logs/router.log" 2>&1 & pids+=($!)
-"$py" -m agent connect --name agent_1 --netns "$ns_a" >"$logs/agent_1.log" 2>&1 & pids+=($!)
-"$py" -m agent connect --name agent_2 --netns "$ns_b" --re-route-if "$veth_b" \
-    --re-route-prefix cccc --re-route-prefix 192.0.2.0/24 --re-route-host 1 \
-    >"$logs/agent_2.log" 2>&1 & pids+=($!)
+demo_start router "$py" -m agent router
+demo_start agent_1 "$py" -m agent connect --name agent_1 --netns "$ns_a"
+demo_start agent_2 "$py" -m agent connect --name agent_2 --netns "$ns_b" --re-route-if "$veth_b" \
+    --re-route-prefix cccc --re-route-prefix 192.0.2.0/24 --re-route-host 1
+wait_log "$work/agent_1.log" "route cccc::/64" && wait_log "$work/agent_2.log" "published ready" \
+    && wait_log "$work/router.log" "learned agent_2"
 
-for _ in $(seq 1 75); do
-    grep -q "route cccc::/64" "$logs/agent_1.log" && grep -q "published ready" "$logs/agent_2.log" \
-        && grep -q "learned agent_2" "$logs/router.log" && break
-    sleep 0.2
-done
-
-ok=0; failed=0
-check() {  # description, namespace, ping arguments...
-    local what=$1 ns=$2; shift 2
-    if out=$(ip netns exec "$ns" ping -c 3 -i 0.3 -W 2 "$@" 2>&1); then
-        echo "PASS  $what: $(echo "$out" | grep -E 'packets transmitted|rtt')" | tr '\n' ' '; echo
-        ok=$((ok + 1))
-    else
-        echo "FAIL  $what"; echo "$out" | sed 's/^/      /'
-        failed=$((failed + 1))
-    fi
-}
 echo "agent_1 in $ns_a; agent_2 in $ns_b re-routing cccc::/64, 192.0.2.0/24 via $veth_b;" \
      "the device in $ns_c (cccc::1, 192.0.2.1)"
-check "agent_1 -> device IPv6" "$ns_a" -6 cccc::1
-check "agent_1 -> device IPv4" "$ns_a" -4 192.0.2.1
-check "device -> agent_1 IPv6" "$ns_c" -6 bbbb::1
-check "device -> agent_1 IPv4" "$ns_c" -4 10.2.0.1
+ping_check "agent_1 -> device IPv6" "$ns_a" -6 cccc::1
+ping_check "agent_1 -> device IPv4" "$ns_a" -4 192.0.2.1
+ping_check "device -> agent_1 IPv6" "$ns_c" -6 bbbb::1
+ping_check "device -> agent_1 IPv4" "$ns_c" -4 10.2.0.1
 echo "forwarding in $ns_b: ipv4 $(ip netns exec "$ns_b" cat /proc/sys/net/ipv4/ip_forward)," \
      "ipv6 $(ip netns exec "$ns_b" cat /proc/sys/net/ipv6/conf/all/forwarding) (off: the agent forwarded)"
 
-if [ "$failed" -ne 0 ]; then
-    for f in router agent_1 agent_2; do echo "--- $f.log"; cat "$logs/$f.log"; done
-    echo "reroute demo: $failed of $((ok + failed)) pings FAILED"
-    exit 1
-fi
+demo_end "reroute demo" router agent_1 agent_2
 echo "reroute demo: all $ok pings reached the device network and back"
