@@ -33,10 +33,12 @@ class Switch:
         self.owned: PrefixTable[bool] = PrefixTable()
         self.local: set[bytes] = set()
         self.accept_any = accept_any
+        self._rerouting = False  # any re-route prefix at all (the common case: none)
 
     def add_reroute(self, network: IPNetwork, port: str) -> None:
         self.reroute.add(network, port)
         self.owned.add(network, True)
+        self._rerouting = True
 
     def set_local(self, networks: list[IPNetwork]) -> None:
         """This agent's own TUN addresses (host networks) and other owned networks."""
@@ -49,7 +51,7 @@ class Switch:
         dst = destination(packet)
         if dst is None:
             return DROP_NOT_IP
-        port = self.reroute.lookup(*dst) if len(self.reroute) else None
+        port = self.reroute.lookup(*dst) if self._rerouting else None
         if came_from == TUN:
             return port or BUS
         if came_from == BUS:
