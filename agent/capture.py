@@ -92,39 +92,29 @@ def _block(block_type: int, body: bytes) -> bytes:
 
 
 class PcapNgWriter:
-    """Minimal, thread-safe pcapng writer (little-endian, microsecond timestamps).
+    """Minimal pcapng writer (little-endian, microsecond timestamps), no threads.
 
     ``path_or_file`` is a path (created or truncated) or a binary file object;
     a file object given by the caller is flushed but not closed by :meth:`close`.
 
-    With ``flush_every == 0`` (the default) every block is written to the file
-    as soon as it is produced, so the file is always a complete, readable
-    capture.  With ``flush_every > 0`` packets are batched and written at most
-    ``flush_every`` seconds after they were added (a background timer takes care
-    of quiet periods).  Blocks are never split, so the file on disk is always a
-    valid pcapng prefix either way.
-
-    With ``autoflush=False`` (and ``flush_every == 0``) packets stay buffered until the
-    caller calls :meth:`flush` (or :meth:`close`): for a caller with its own event loop
-    that flushes once per loop iteration, without any thread.  Interface blocks are
-    always written at once.
+    By default every block is written to the file as soon as it is produced, so the
+    file is always a complete, readable capture. With ``autoflush=False`` packets stay
+    buffered until the caller calls :meth:`flush` (or :meth:`close`): for a caller with
+    its own event loop that flushes once per loop iteration. Interface blocks are
+    always written at once, and blocks are never split, so the file on disk is always a
+    valid pcapng prefix.
     """
 
     def __init__(
         self,
         path_or_file: str | os.PathLike[str] | BinaryIO,
-        flush_every: float = 0.0,
         autoflush: bool = True,
     ) -> None:
-        self._lock = threading.RLock()
         self._pending: list[bytes] = []
-        self._timer: threading.Timer | None = None
-        self._flush_every = max(0.0, float(flush_every))
         self._autoflush = autoflush
         self._linktypes: list[int] = []
         self._snaplens: list[int] = []
         self._closed = False
-        self._error: OSError | None = None
         if isinstance(path_or_file, str | os.PathLike):
             self.name = os.fspath(path_or_file)
             try:
@@ -169,12 +159,11 @@ class PcapNgWriter:
         if description is not None:
             opts.append((_IF_DESCRIPTION, _text(description)))
         body = struct.pack("<HHI", linktype, 0, snaplen) + _options(opts)
-        with self._lock:
-            self._check_open()
-            iface_id = len(self._linktypes)
-            self._linktypes.append(linktype)
-            self._snaplens.append(snaplen)
-            self._emit(_block(_BT_IDB, body), force_flush=True)
+        self._check_open()
+        iface_id = len(self._linktypes)
+        self._linktypes.append(linktype)
+        self._snaplens.append(snaplen)
+        self._emit(_block(_BT_IDB, body), force_flush=True)
         return iface_id
 
     def write(
@@ -204,51 +193,33 @@ class PcapNgWriter:
         if flags is not None:
             opt_list.append((_EPB_FLAGS, struct.pack("<I", flags & 0xFFFFFFFF)))
         opts = _options(opt_list)
-        with self._lock:
-            self._check_open()
-            if not 0 <= iface_id < len(self._linktypes):
-                raise ValueError(f"unknown interface id {iface_id}")
-            snaplen = self._snaplens[iface_id]
-            if snaplen and orig_len > snaplen:
-                data = data[:snaplen]
-            body = b"".join(
-                (
-                    struct.pack(
-                        "<IIIII",
-                        iface_id,
-                        (ts >> 32) & 0xFFFFFFFF,
-                        ts & 0xFFFFFFFF,
-                        len(data),
-                        orig_len,
-                    ),
-                    data,
-                    _PAD[: _pad4(len(data))],
-                    opts,
-                )
-            )
-            self._emit(_block(_BT_EPB, body))
+        self._check_open()
+        if not 0 <= iface_id < len(self._linktypes):
+            raise ValueError(f"unknown interface id {iface_id}")
+        snaplen = self._snaplens[iface_id]
+        if snaplen and orig_len > snaplen:
+            data = data[:snaplen]
+        head = struct.pack(
+            "<IIIII", iface_id, (ts >> 32) & 0xFFFFFFFF, ts & 0xFFFFFFFF, len(data), orig_len
+        )
+        body = b"".join((head, data, _PAD[: _pad4(len(data))], opts))
+        self._emit(_block(_BT_EPB, body))
 
     def flush(self) -> None:
         """Write all buffered blocks to the file."""
-        with self._lock:
-            if self._closed:
-                return
-            self._flush_locked()
+        if not self._closed:
+            self._write_pending()
 
     def close(self) -> None:
         """Flush and close (the file is only closed if the writer opened it). Idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            try:
-                self._flush_locked()
-            finally:
-                self._closed = True
-                if self._timer is not None:
-                    self._timer.cancel()
-                    self._timer = None
-                if self._owns_file:
-                    self._file.close()
+        if self._closed:
+            return
+        try:
+            self._write_pending()
+        finally:
+            self._closed = True
+            if self._owns_file:
+                self._file.close()
 
     @property
     def closed(self) -> bool:
@@ -268,33 +239,10 @@ class PcapNgWriter:
 
     def _emit(self, block: bytes, force_flush: bool = False) -> None:
         self._pending.append(block)
-        if force_flush or (not self._flush_every and self._autoflush):
-            self._flush_locked()
-        elif not self._flush_every:
-            if len(self._pending) >= _MAX_PENDING:  # the caller's flush is late: bound memory
-                self._flush_locked()
-        elif self._timer is None:
-            timer = threading.Timer(self._flush_every, self._timer_flush)
-            timer.daemon = True
-            self._timer = timer
-            timer.start()
+        if force_flush or self._autoflush or len(self._pending) >= _MAX_PENDING:
+            self._write_pending()  # (a caller's late flush must not grow memory unbounded)
 
-    def _timer_flush(self) -> None:
-        with self._lock:
-            self._timer = None
-            if not self._closed:
-                try:
-                    self._flush_locked()
-                except OSError as exc:
-                    self._error = exc  # raised by the next write()/flush()/close()
-
-    def _flush_locked(self) -> None:
-        if self._error is not None:  # from the background timer
-            err, self._error = self._error, None
-            raise err
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _write_pending(self) -> None:
         if self._pending:
             data = b"".join(self._pending)
             self._pending.clear()
