@@ -216,6 +216,8 @@ class Agent(Service):
         forward = self.forward
         for packet in tun.read_batch():
             forward(packet, TUN)
+        if self.bus_port.fast:
+            self.bus_port.flush()  # all that was waiting has been read: send the batch now
 
     # -- the switch ----------------------------------------------------------------------
 

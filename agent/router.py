@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 from collections.abc import Iterable
@@ -144,7 +143,6 @@ class Router(Service):
         self.fast_wire = fast_wire  # offer our fast wire to agents that announce it
         self.fast_agents: set[str] = set()
         self._pending: dict[str, list[bytes]] = {}
-        self._flush_handle: asyncio.Handle | None = None
         self.bus = Bus(
             url,
             exchange,
@@ -197,6 +195,8 @@ class Router(Service):
                     self.counters.count("rx json", len(body))
                     head, size = wire.peek_packet(body)  # no full parse to route it
                     self._forward(agent, head, body, size)
+                if self._pending:
+                    self._flush()  # now, not a loop iteration later: latency
             elif key.endswith(".ip.tun.started"):
                 msg = wire.decode_control(body)
                 try:
@@ -227,7 +227,7 @@ class Router(Service):
         json_body is the message it came in, when that was a JSON packet message: then
         `packet` may be only its first bytes (enough to route), JSON targets get the body
         unchanged, and the full packet is decoded only if a fast target needs it. Fast
-        targets get the packets of one loop iteration batched (see _flush).
+        targets get the packets of one incoming message batched (see _flush).
         """
         table = self.table
         if not table.check_source(agent, packet):
@@ -247,13 +247,7 @@ class Router(Service):
             if target in self.fast_agents:
                 if not full:
                     packet, full = wire.decode_packet(json_body), True  # type: ignore[arg-type]
-                pending = self._pending.get(target)
-                if pending is None:
-                    self._pending[target] = [packet]
-                    if self._flush_handle is None:
-                        self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
-                else:
-                    pending.append(packet)
+                self._pending.setdefault(target, []).append(packet)
                 self.counters.count(f">{target}", size)
                 continue
             if json_body is None:
@@ -266,9 +260,6 @@ class Router(Service):
 
     def _flush(self) -> None:
         """Send each fast target the packets queued for it, as few messages as fit."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
         pending, self._pending = self._pending, {}
         for target, packets in pending.items():
             key = wire.downlink_key(target)
