@@ -59,6 +59,19 @@ def queue_arguments(ttl_ms: int = 5000, max_length: int = 1000) -> dict[str, Any
     return {"x-message-ttl": ttl_ms, "x-max-length": max_length, "x-overflow": "drop-head"}
 
 
+def agent_queue(name: str, bindings: list[str]) -> QueueSpec:
+    """The queue of the agent called name: exclusive, so a second one is refused."""
+    return QueueSpec(
+        name=f"{name}@agent",
+        bindings=bindings,
+        arguments=queue_arguments(),
+        in_use_message=(
+            f"an agent named {name!r} is already connected to this bus "
+            "(pick another --name, or stop the other one)"
+        ),
+    )
+
+
 def connection_parameters(url: AmqpUrl, ca_file: str | None = None) -> pika.ConnectionParameters:
     ssl_options = None
     if url.tls:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agent import wire
-from agent.bus import FAST_PROPS, Bus, QueueSpec, queue_arguments
+from agent.bus import FAST_PROPS, Bus, agent_queue
 from agent.config import AddressPlan, ConfigError, IPNetwork, plan_from_bus
 from agent.counters import Counters
 from agent.reroute.decide import BUS, TUN, Switch, is_drop
@@ -134,19 +134,9 @@ class Agent(Service):
         self.bus = Bus(
             opts.url,
             opts.exchange,
-            QueueSpec(
-                name=f"{self.name}@agent",
-                bindings=[
-                    self._downlink_key,
-                    self._start_key,
-                    "fromAgent.*.ip.tun.started",
-                    wire.READY_KEY,
-                ],
-                arguments=queue_arguments(),
-                in_use_message=(
-                    f"an agent named {self.name!r} is already connected to this bus "
-                    "(pick another --name, or stop the other one)"
-                ),
+            agent_queue(
+                self.name,
+                [self._downlink_key, self._start_key, "fromAgent.*.ip.tun.started", wire.READY_KEY],
             ),
             on_message=self._on_message,
             on_up=self._on_bus_up,

@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 from agent import wire
-from agent.bus import Bus, QueueSpec, queue_arguments
+from agent.bus import Bus, agent_queue
 from agent.service import Service
 from agent.slip.framing import encode_frame
 from agent.slip.port import SerialPort, SerialSettings
@@ -56,15 +56,7 @@ class SerialProbe(Service):
         self.bus = Bus(
             url,
             exchange,
-            QueueSpec(
-                name=f"{name}@agent",
-                bindings=[self._downlink_key],
-                arguments=queue_arguments(),
-                in_use_message=(
-                    f"an agent named {name!r} is already connected to this bus "
-                    "(pick another --name, or stop the other one)"
-                ),
-            ),
+            agent_queue(name, [self._downlink_key]),
             on_message=self._on_message,
             on_up=self._on_bus_up,
             on_fatal=self.on_fatal,
