@@ -227,9 +227,10 @@ def test_ping_device_both_ways(reroute_session) -> None:  # type: ignore[no-unty
 
 def udp_exchange(server_ns: str, listen: str, client_ns: str, connect: str) -> None:
     """One UDP request and its answer with socat; the server upper-cases what it gets."""
+    # `ip netns exec` execs socat itself (no `timeout` wrapper): killing this PID ends the
+    # listener, nothing is orphaned
     server = subprocess.Popen(
-        ["ip", "netns", "exec", server_ns, "timeout", "20", "socat", "-T", "5", listen,
-         "EXEC:tr a-z A-Z"],
+        ["ip", "netns", "exec", server_ns, "socat", "-T", "5", listen, "EXEC:tr a-z A-Z"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -242,8 +243,12 @@ def udp_exchange(server_ns: str, listen: str, client_ns: str, connect: str) -> N
         assert "HELLO-THROUGH-THE-BUS" in client.stdout, (client.stdout, client.stderr)
     finally:
         if server.poll() is None:
+            server.terminate()
+        try:
+            server.wait(5)
+        except subprocess.TimeoutExpired:
             server.kill()
-        server.wait()
+            server.wait()
 
 
 def test_udp_exchange_both_directions(reroute_session) -> None:  # type: ignore[no-untyped-def]
