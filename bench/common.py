@@ -12,9 +12,11 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -85,6 +87,31 @@ class Stack:
 
 
 # -- processes --------------------------------------------------------------------------
+
+
+def run_cleanly(
+    logs: str | None, prefix: str, body: Callable[[Stack, Path], dict[str, Any]]
+) -> tuple[int, dict[str, Any] | None]:
+    """Run body(stack, logdir) so that everything it made is undone however it ends.
+
+    logdir is `logs` (kept) or a temporary directory (removed). Returns (exit code,
+    result): (0, result), (130, None) when interrupted, (1, None) on RuntimeError.
+    """
+    logdir = Path(logs) if logs else Path(tempfile.mkdtemp(prefix=prefix))
+    logdir.mkdir(parents=True, exist_ok=True)
+    try:
+        with interruptible(), Stack() as stack:
+            if not logs:
+                stack.push("remove logs", lambda: shutil.rmtree(logdir, ignore_errors=True))
+            result = body(stack, logdir)
+            log("cleaning up")
+    except (KeyboardInterrupt, Interrupted):
+        log("interrupted; everything made was removed")
+        return 130, None
+    except RuntimeError as exc:
+        log(f"failed: {exc}")
+        return 1, None
+    return 0, result
 
 
 def child_env() -> dict[str, str]:

@@ -28,7 +28,9 @@ import random
 import signal
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pika
@@ -294,40 +296,49 @@ def _wait(events: list[Any], procs: list[Any], timeout: float) -> None:
         time.sleep(0.02)
 
 
+@dataclass
+class Pipeline:
+    """publisher -> relay -> consumer processes, all ready; the publisher waits for `go`."""
+
+    procs: dict[str, Any]
+    go: Any
+    stop: Any
+    received: Any
+    rtts: Any
+
+
+@contextmanager
+def _pipeline(
+    url: str, body: bytes, window: int, count: int, interval: float, rtts_init: Any, echo: bool
+) -> Iterator[Pipeline]:
+    """Start the three processes (each with its own connection); stop them at exit."""
+    ctx = mp.get_context("fork")
+    stop, go = ctx.Event(), ctx.Event()
+    r_ready, c_ready, p_ready = ctx.Event(), ctx.Event(), ctx.Event()
+    sent, received, relayed = (ctx.Value("q", 0, lock=False) for _ in range(3))
+    rtts = ctx.Array("d", rtts_init, lock=False)
+    with Stack() as stack:
+        stack.push("stop relay processes", stop.set)
+        relay = _start(stack, "relay", relay_main, url, r_ready, stop, relayed)
+        cons = _start(stack, "consumer", consumer_main, url, c_ready, stop, received, echo)
+        _wait([r_ready, c_ready], [relay, cons], 15)
+        pub = _start(
+            stack, "publisher", publisher_main, url, p_ready, go, stop, body, window, sent,
+            received, count, interval, rtts,
+        )
+        procs = {"publisher": pub, "relay": relay, "consumer": cons}
+        _wait([p_ready], list(procs.values()), 15)
+        yield Pipeline(procs, go, stop, received, rtts)
+
+
 def throughput(
     url: str, packet_size: int, seconds: float, warmup: float = 1.0, window: int = 512
 ) -> dict[str, Any]:
     """Messages/s through publisher -> relay -> consumer with the tunnel's JSON bodies."""
-    ctx = mp.get_context("fork")
     body = wire.encode_packet(ipv6_udp_packet(packet_size), "tun0")
-    stop, go = ctx.Event(), ctx.Event()
-    r_ready, c_ready, p_ready = ctx.Event(), ctx.Event(), ctx.Event()
-    sent, received, relayed = (ctx.Value("q", 0, lock=False) for _ in range(3))
-    rtts = ctx.Array("d", 1, lock=False)
-    with Stack() as stack:
-        stack.push("stop relay processes", stop.set)
-        relay = _start(stack, "relay", relay_main, url, r_ready, stop, relayed)
-        cons = _start(stack, "consumer", consumer_main, url, c_ready, stop, received, False)
-        _wait([r_ready, c_ready], [relay, cons], 15)
-        pub = _start(
-            stack,
-            "publisher",
-            publisher_main,
-            url,
-            p_ready,
-            go,
-            stop,
-            body,
-            window,
-            sent,
-            received,
-            0,
-            0.0,
-            rtts,
-        )
-        procs = {"publisher": pub, "relay": relay, "consumer": cons}
-        _wait([p_ready], list(procs.values()), 15)
-        go.set()
+    with _pipeline(url, body, window, 0, 0.0, 1, echo=False) as pipe:
+        procs, received = pipe.procs, pipe.received
+        pipe.go.set()
         time.sleep(warmup)
         c0, t0 = received.value, time.monotonic()
         cpu0 = {k: cpu_seconds(p.pid) for k, p in procs.items()}
@@ -337,7 +348,7 @@ def throughput(
         c1, t1 = received.value, time.monotonic()
         cpu1 = {k: cpu_seconds(p.pid) for k, p in procs.items()}
         broker1 = cpu_seconds(bpid)
-        stop.set()
+        pipe.stop.set()
         for p in procs.values():
             p.join(3)
     n = c1 - c0
@@ -360,37 +371,11 @@ def throughput(
 
 def round_trip(url: str, count: int, interval: float) -> dict[str, Any]:
     """One message at a time out and back through the relay, every `interval` s (like ping)."""
-    ctx = mp.get_context("fork")
     body = wire.encode_packet(ping_sized_packet(), "tun0")
-    stop, go = ctx.Event(), ctx.Event()
-    r_ready, c_ready, p_ready = ctx.Event(), ctx.Event(), ctx.Event()
-    sent, received, relayed = (ctx.Value("q", 0, lock=False) for _ in range(3))
-    rtts = ctx.Array("d", [-2.0] * count, lock=False)
-    with Stack() as stack:
-        stack.push("stop relay processes", stop.set)
-        relay = _start(stack, "relay", relay_main, url, r_ready, stop, relayed)
-        cons = _start(stack, "consumer", consumer_main, url, c_ready, stop, received, True)
-        _wait([r_ready, c_ready], [relay, cons], 15)
-        pub = _start(
-            stack,
-            "publisher",
-            publisher_main,
-            url,
-            p_ready,
-            go,
-            stop,
-            body,
-            1,
-            sent,
-            received,
-            count,
-            interval,
-            rtts,
-        )
-        _wait([p_ready], [pub, relay, cons], 15)
-        go.set()
-        pub.join(count * (interval + 1.0) + 10)
-        stop.set()
+    with _pipeline(url, body, 1, count, interval, [-2.0] * count, echo=True) as pipe:
+        pipe.go.set()
+        pipe.procs["publisher"].join(count * (interval + 1.0) + 10)
+        rtts = list(pipe.rtts)
     times = [t * 1000 for t in rtts if t >= 0]
     lost = sum(1 for t in rtts if t == -1.0)
     done = sum(1 for t in rtts if t != -2.0)

@@ -15,26 +15,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.common import (
     IPERF_PORT,
-    Interrupted,
     Proc,
     Stack,
     fmt,
-    interruptible,
     log,
     make_netns,
     make_vhost,
     netns_exec,
     rss_kb,
+    run_cleanly,
     start_iperf3_server,
     table,
 )
@@ -216,20 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--minutes and --interval must be positive")
     preflight()
     t0 = time.monotonic()
-    logdir = Path(args.logs) if args.logs else Path(tempfile.mkdtemp(prefix="bench-soak-"))
-    logdir.mkdir(parents=True, exist_ok=True)
-    try:
-        with interruptible(), Stack() as stack:
-            if not args.logs:
-                stack.push("remove logs", lambda: shutil.rmtree(logdir, ignore_errors=True))
-            result = soak(args, stack, logdir)
-            log("cleaning up")
-    except (KeyboardInterrupt, Interrupted):
-        log("interrupted; everything made was removed")
-        return 130
-    except RuntimeError as exc:
-        log(f"failed: {exc}")
-        return 1
+    code, result = run_cleanly(args.logs, "bench-soak-", lambda st, d: soak(args, st, d))
+    if result is None:
+        return code
     result["loadavg_end"] = loadavg()
     result["runtime_s"] = time.monotonic() - t0
     print(render(result))

@@ -25,7 +25,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,10 +34,8 @@ from typing import Any
 from bench import relay
 from bench.common import (
     ROOT,
-    Interrupted,
     Stack,
     fmt,
-    interruptible,
     iperf3,
     log,
     make_netns,
@@ -48,6 +45,7 @@ from bench.common import (
     ping,
     ping_once,
     ratio,
+    run_cleanly,
     table,
     udp_socket_buffer,
 )
@@ -474,24 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     preflight()
     t0 = time.monotonic()
-    if args.logs:
-        logdir = Path(args.logs)
-        logdir.mkdir(parents=True, exist_ok=True)
-    else:
-        logdir = Path(tempfile.mkdtemp(prefix="bench-tunnel-"))
-    code = 0
-    try:
-        with interruptible(), Stack() as stack:
-            if not args.logs:
-                stack.push("remove logs", lambda: shutil.rmtree(logdir, ignore_errors=True))
-            result = bench(args, stack, logdir)
-            log("cleaning up")
-    except (KeyboardInterrupt, Interrupted):
-        log("interrupted; everything made was removed")
-        return 130
-    except RuntimeError as exc:
-        log(f"failed: {exc}")
-        return 1
+    code, result = run_cleanly(args.logs, "bench-tunnel-", lambda st, d: bench(args, st, d))
+    if result is None:
+        return code
     result["runtime_s"] = time.monotonic() - t0
     print(render(result))
     print(f"\nruntime {result['runtime_s']:.0f} s (cleanup included)")
