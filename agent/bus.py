@@ -22,6 +22,13 @@ import pika.exceptions as pex
 from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.adapters.utils.connection_workflow import AMQPConnectionWorkflowFailed
 
+from agent.amqpframes import (
+    Delivery,
+    FrameError,
+    FrameReader,
+    PublishEncoder,
+    encode_properties,
+)
 from agent.url import AmqpUrl
 from agent.wire import CONTENT_ENCODING, CONTENT_TYPE, FAST_CONTENT_TYPE
 
@@ -30,10 +37,11 @@ log = logging.getLogger(__name__)
 WRITE_BUFFER_LIMIT = 4 * 1024 * 1024  # bytes pending to the broker before we drop
 DEFAULT_HEARTBEAT = 30
 
-Handler = Callable[[str, bytes, Any], None]
+Handler = Callable[[str, bytes, "str | None"], None]  # (routing key, body, content type)
 
-JSON_PROPS = pika.BasicProperties(content_type=CONTENT_TYPE, content_encoding=CONTENT_ENCODING)
-FAST_PROPS = pika.BasicProperties(content_type=FAST_CONTENT_TYPE)
+# encoded content-header properties of the two kinds of packet message
+JSON_PROPS = encode_properties(CONTENT_TYPE, CONTENT_ENCODING)
+FAST_PROPS = encode_properties(FAST_CONTENT_TYPE)
 
 
 class BusFatal(Exception):
@@ -153,30 +161,20 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def _coalesce_writes(conn: AsyncioConnection) -> None:
-    """One send() per writable event instead of one per AMQP frame; bigger reads.
+def _direct_socket(transport: Any) -> socket.socket | None:
+    """The plain TCP socket under pika's transport, if we may send on it ourselves.
 
-    pika queues each frame (method, header, body: three per message) as its own chunk
-    and sends the chunks one syscall each. Joining what is queued first turns a burst of
-    publishes into one syscall; the bytes and their order are unchanged. Uses pika's
-    transport internals, so it is skipped if they are not there.
+    Sending directly when pika has nothing queued saves, per burst, the writability
+    watcher pika would add and remove (two epoll_ctl calls and a loop iteration). TLS
+    transports are left to pika (the SSL object owns their socket). Uses pika internals,
+    so it is None when they are not what we know.
     """
-    transport = getattr(conn, "_transport", None)
-    produce = getattr(transport, "_produce", None)
-    buffers = getattr(transport, "_tx_buffers", None)
-    if produce is None or buffers is None:
-        return
-
-    def coalescing_produce() -> None:
-        if len(buffers) > 1:
-            joined = b"".join(buffers)
-            buffers.clear()
-            buffers.append(joined)
-        produce()
-
-    transport._produce = coalescing_produce  # type: ignore[union-attr]
-    # pika reads 4 KiB per recv(): less than one JSON packet message (~5 KB)
-    transport._MAX_RECV_BYTES = 16384  # type: ignore[union-attr]
+    if type(transport).__name__ != "_AsyncPlaintextTransport":
+        return None
+    sock = getattr(transport, "_sock", None)
+    if not isinstance(sock, socket.socket) or not hasattr(transport, "_tx_buffers"):
+        return None
+    return sock
 
 
 class Backoff:
@@ -223,8 +221,16 @@ class Bus:
         self._closed = asyncio.Event()
         self._backoff = Backoff()
         self._retry: asyncio.TimerHandle | None = None
-        self._ack_tag = 0
-        self._ack_scheduled = False
+        self._ack_tag = 0  # the newest delivery to acknowledge (multiple) at the next flush
+        # the data path (agent.amqpframes), per connection once its channel is open
+        self._encoder: PublishEncoder | None = None
+        self._reader: FrameReader | None = None
+        self._transport: Any = None
+        self._sock: socket.socket | None = None
+        self._out: list[bytes] = []  # frames to send at the next flush
+        self._out_bytes = 0
+        self._flush_handle: asyncio.Handle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.queue_name = queue.name  # the broker's name for a server-named queue, once declared
         self.up = False
         self.reconnects = 0
@@ -233,6 +239,7 @@ class Bus:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._closed.clear()
         self._connect()
 
@@ -259,7 +266,7 @@ class Bus:
         if conn is None or conn.is_closed:
             return
         if not conn.is_closing:
-            self._flush_ack()
+            self.flush()
             try:
                 conn.close()
             except pex.ConnectionWrongStateError:
@@ -272,7 +279,9 @@ class Bus:
     # -- connection callbacks ---------------------------------------------------------------
 
     def _on_open(self, conn: AsyncioConnection) -> None:
-        _coalesce_writes(conn)
+        transport = getattr(conn, "_transport", None)
+        if hasattr(transport, "_MAX_RECV_BYTES"):
+            transport._MAX_RECV_BYTES = 65536  # pika's 4 KiB is less than one JSON packet
         conn.channel(on_open_callback=self._on_channel)
 
     def _on_open_error(self, conn: AsyncioConnection, exc: BaseException) -> None:
@@ -284,6 +293,7 @@ class Bus:
         was_up = self.up
         self.up = False
         self._channel = None
+        self._forget_data_path()
         if self._closing:
             return
         if was_up:
@@ -307,6 +317,10 @@ class Bus:
 
     def _on_channel(self, channel: Any) -> None:
         self._channel = channel
+        conn = self._conn
+        assert conn is not None
+        self._transport = getattr(conn, "_transport", None)
+        self._encoder = PublishEncoder(channel.channel_number, conn.params.frame_max, self.exchange)
         channel.add_on_close_callback(self._on_channel_closed)
         if self.exchange.startswith("amq."):
             self._declare_queue()
@@ -374,6 +388,7 @@ class Bus:
 
     def _consume(self, _frame: Any) -> None:
         self._channel.basic_consume(self.queue_name, self._deliver, auto_ack=False)
+        asyncio.get_running_loop().call_soon(self._take_over_reading, self._conn)
         self.up = True
         if self._ever_up:
             self.reconnects += 1
@@ -382,35 +397,129 @@ class Bus:
         self._backoff.reset()
         self._on_up()
 
-    # -- data ---------------------------------------------------------------------------
+    # -- data path -------------------------------------------------------------------------
+    #
+    # pika opens the connection and channel, declares, consumes, sends heartbeats and
+    # closes. Once consuming, the per-packet traffic takes a shorter road: bytes from the
+    # socket go through a FrameReader (deliveries straight to the handler, every other
+    # frame to pika, in order), publishes and acks are encoded by a PublishEncoder into
+    # one buffer, sent in one send() per burst. Without the pika internals this needs,
+    # deliveries stay on pika's own path (`_deliver`).
 
-    def _deliver(self, channel: Any, method: Any, props: Any, body: bytes) -> None:
-        self._ack_tag = method.delivery_tag
-        if not self._ack_scheduled:
-            self._ack_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_ack)
-        self._on_message(method.routing_key, body, props)
+    def _take_over_reading(self, conn: AsyncioConnection | None) -> None:
+        if conn is None or conn is not self._conn or not conn.is_open or self._channel is None:
+            return
+        transport = getattr(conn, "_transport", None)
+        shim = getattr(transport, "_protocol", None)
+        if shim is None or not all(hasattr(conn, a) for a in ("_frame_buffer", "_process_frame")):
+            log.debug("pika internals not as expected: deliveries through pika")
+            return
+        self._reader = FrameReader(self._channel.channel_number)
+        self._sock = _direct_socket(transport)
+        leftover, conn._frame_buffer = conn._frame_buffer, b""
+        shim.data_received = self._data_received
+        if leftover:  # a partial frame pika had not consumed (nor counted) yet
+            self._data_received(leftover)
 
-    def _flush_ack(self) -> None:
-        self._ack_scheduled = False
-        channel = self._channel
-        if self._ack_tag and channel is not None and channel.is_open:
-            channel.basic_ack(self._ack_tag, multiple=True)
+    def _forget_data_path(self) -> None:
+        self._encoder = self._reader = self._transport = self._sock = None
+        self._out.clear()
+        self._out_bytes = 0
         self._ack_tag = 0
 
-    def publish(self, routing_key: str, body: bytes, props: Any = None) -> bool:
-        """Publish if connected and not backlogged; False means the message was dropped."""
-        channel = self._channel
-        if not self.up or channel is None:
+    def _data_received(self, data: bytes) -> None:
+        conn, reader = self._conn, self._reader
+        if conn is None or reader is None:
+            return
+        conn.bytes_received += len(data)  # pika's heartbeat checker watches this
+        try:
+            events = reader.feed(data)
+        except FrameError as exc:
+            log.warning("unreadable data from the broker (%s); reconnecting", exc)
+            self._reader = None
+            conn._transport.abort()  # type: ignore[union-attr]
+            return
+        handler = self._on_message
+        for event in events:
+            if type(event) is Delivery:
+                self._ack_tag = event.delivery_tag
+                try:
+                    handler(event.routing_key, event.body, event.content_type)
+                except Exception:  # handlers catch their own; this is the last resort
+                    log.exception("error handling a message on %s", event.routing_key)
+            else:
+                _n, frame_value = pika.frame.decode_frame(event.raw)
+                if frame_value is not None:
+                    conn._process_frame(frame_value)
+                if conn is not self._conn or conn.is_closed or self._reader is not reader:
+                    return
+        self.flush()  # publishes made while handling, and the ack, in one send()
+
+    def _deliver(self, channel: Any, method: Any, props: Any, body: bytes) -> None:
+        """pika's delivery callback: used until the reader takes over (and without it)."""
+        self._ack_tag = method.delivery_tag
+        if self._flush_handle is None and self._loop is not None:
+            self._flush_handle = self._loop.call_soon(self.flush)
+        self._on_message(method.routing_key, body, props.content_type)
+
+    def publish(self, routing_key: str, body: bytes, props: bytes | None = None) -> bool:
+        """Queue a message for the next flush (at the latest one loop iteration later).
+
+        props: encoded properties (JSON_PROPS, FAST_PROPS); False means it was dropped
+        (not connected, or the broker is not keeping up).
+        """
+        encoder = self._encoder
+        if not self.up or encoder is None:
             self.drop_reason = "bus down"
             return False
-        transport = getattr(self._conn, "_transport", None)
-        if transport is not None and transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
+        transport = self._transport
+        backlog = self._out_bytes + (transport.get_write_buffer_size() if transport else 0)
+        if backlog > WRITE_BUFFER_LIMIT:
             self.drop_reason = "queue full"
             return False
         try:
-            channel.basic_publish(self.exchange, routing_key, body, props or self._props)
-        except (pex.AMQPError, pex.ChannelError):
+            self._out += encoder.publish(routing_key, props or self._props, body)
+        except ValueError:  # a routing key over 255 bytes
             self.drop_reason = "bus error"
             return False
+        self._out_bytes += len(body)
+        if self._flush_handle is None and self._loop is not None:
+            self._flush_handle = self._loop.call_soon(self.flush)
         return True
+
+    def flush(self) -> None:
+        """Send what publish() queued, and the pending ack, now."""
+        handle = self._flush_handle
+        if handle is not None:
+            handle.cancel()
+            self._flush_handle = None
+        out = self._out
+        if self._ack_tag:
+            channel = self._channel
+            if self._encoder is not None and channel is not None and channel.is_open:
+                out.append(self._encoder.ack(self._ack_tag))
+            self._ack_tag = 0
+        if not out:
+            return
+        data = b"".join(out)
+        out.clear()
+        self._out_bytes = 0
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        conn, transport = self._conn, self._transport
+        if conn is None or transport is None or conn.is_closed:
+            return
+        conn.bytes_sent += len(data)
+        sock = self._sock
+        if sock is not None and not transport._tx_buffers:
+            if transport._state != transport._STATE_ACTIVE:
+                return  # closing: pika drops writes now too
+            try:
+                sent = sock.send(data)
+            except OSError:  # would block, or an error pika meets and reports on its write
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(data)

@@ -243,10 +243,10 @@ class Agent(Service):
             body = wire.encode_tun_started(self.name, self.plan, **extra)
             self.bus.publish(self._started_key, body)
 
-    def _on_message(self, key: str, body: bytes, props: Any) -> None:
+    def _on_message(self, key: str, body: bytes, content_type: str | None) -> None:
         try:
             if key == self._downlink_key:
-                self._downlink(body, getattr(props, "content_type", None))
+                self._downlink(body, content_type)
             elif key == self._start_key:
                 self._on_tun_start(body)
             elif key == wire.READY_KEY:

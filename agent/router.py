@@ -179,13 +179,13 @@ class Router(Service):
         self._announce()
         log.info("connected to %s; announced as %s", self.url.where, wire.ROUTER_COMPONENT)
 
-    def _on_message(self, key: str, body: bytes, props: Any) -> None:
+    def _on_message(self, key: str, body: bytes, content_type: str | None) -> None:
         agent = wire.agent_of(key)
         try:
             if agent is None:
                 raise wire.WireError(f"unexpected routing key {key!r}")
             if key.endswith(".ip.tun.packet.raw"):
-                ctype = getattr(props, "content_type", None)
+                ctype = content_type
                 if ctype == wire.FAST_CONTENT_TYPE:
                     packets = wire.decode_batch(body)
                     self.counters.count("rx fast", len(body))

@@ -224,7 +224,7 @@ class Sniffer(Service):
 
     # -- messages -----------------------------------------------------------------------
 
-    def _on_message(self, key: str, body: bytes, props: Any) -> None:
+    def _on_message(self, key: str, body: bytes, content_type: str | None) -> None:
         if self._done:
             return
         now = time.time()
@@ -250,8 +250,7 @@ class Sniffer(Service):
             way = "up" if parts[0] == "fromAgent" else "down"
             kind = parts[2]
             if kind == IP_PACKET:  # JSON, or our fast wire (several packets a message)
-                ctype = getattr(props, "content_type", None)
-                for packet in wire.decode_packets(body, ctype):
+                for packet in wire.decode_packets(body, content_type):
                     if self._done:
                         break
                     self._packet(parts[1], who, way, packet, now, wpan=False)

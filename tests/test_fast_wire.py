@@ -104,7 +104,7 @@ def test_router_transcodes_between_wires() -> None:
         to2 = bytes([0x60, 0, 0, 0, 0, 0, 59, 64]) + bytes.fromhex("bbbb" + "00" * 13 + "01") \
             + bytes.fromhex("bbbb" + "00" * 13 + "02")
         to1 = to2[:8] + to2[24:40] + to2[8:24]
-        props = FAST_PROPS
+        props = wire.FAST_CONTENT_TYPE
         router._on_message("fromAgent.agent_1.ip.tun.packet.raw", wire.encode_batch([to2, to2]),
                            props)
         assert [k for k, _, _ in bus.sent] == ["toAgent.agent_2.ip.tun.packet.raw"] * 2

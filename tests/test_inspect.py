@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-import pika
 import pytest
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
@@ -371,7 +370,7 @@ def test_sniff_line_layout() -> None:
 
 
 def test_sniff_reads_the_fast_wire() -> None:
-    fast = pika.BasicProperties(content_type=wire.FAST_CONTENT_TYPE)
+    fast = wire.FAST_CONTENT_TYPE
     body = wire.encode_batch([ECHO_REQ, PING4])
     rows, s = _sniff([("fromAgent.agent_1.ip.tun.packet.raw", body, fast)], count=5)
     assert [r.split(None, 3)[2] for r in rows] == ["IPv6", "IPv4"]

@@ -12,7 +12,6 @@ the bus is up (first connection, reconnection, port reopened after an unplug).
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from agent import wire
 from agent.bus import Bus, agent_queue
@@ -111,7 +110,7 @@ class SerialProbe(Service):
         if self.port.is_open:
             self._publish_started()
 
-    def _on_message(self, key: str, body: bytes, props: Any) -> None:
+    def _on_message(self, key: str, body: bytes, content_type: str | None) -> None:
         if key != self._downlink_key:
             return
         try:
