@@ -206,8 +206,10 @@ class Agent(Service):
         forward = self.forward
         for packet in tun.read_batch():
             forward(packet, TUN)
+        # all that was waiting has been read: send it now, not a loop iteration later
         if self.bus_port.fast:
-            self.bus_port.flush()  # all that was waiting has been read: send the batch now
+            self.bus_port.flush()
+        self.bus.flush()
 
     # -- the switch ----------------------------------------------------------------------
 

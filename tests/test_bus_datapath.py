@@ -1,0 +1,132 @@
+"""The Bus's own data path (agent.amqpframes under pika) against the real broker.
+
+Small frame_max so bodies span many body frames; a small prefetch so a missing ack
+stalls the stream; heartbeat frames passing through to pika while the reader owns the
+socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+
+import pika
+import pytest
+
+from agent.bus import FAST_PROPS, JSON_PROPS, Bus, QueueSpec
+from agent.url import parse_url
+from agent.wire import CONTENT_TYPE, FAST_CONTENT_TYPE
+from tests.conftest import Listener
+
+pytestmark = pytest.mark.e2e
+
+SIZES = [0, 1, 4087, 4088, 4089, 20000, *random.Random(5).choices(range(9000), k=150)]
+
+
+async def _with_bus(url: str, keys: list[str], body: Callable[[Bus, list], object]) -> list:
+    got: list[tuple[str, bytes, str | None]] = []
+    up = asyncio.Event()
+    fatal: list[str] = []
+    bus = Bus(
+        parse_url(url),
+        "amq.topic",
+        QueueSpec(name="", bindings=keys, prefetch=8),
+        on_message=lambda k, b, c: got.append((k, b, c)),
+        on_up=up.set,
+        on_fatal=fatal.append,
+    )
+    bus.start()
+    try:
+        await asyncio.wait_for(up.wait(), 10)
+        await body(bus, got)  # type: ignore[misc]
+    finally:
+        await bus.close()
+    assert not fatal
+    return got
+
+
+def _blocking_publish(url: str, messages: list[tuple[str, bytes, str | None]]) -> None:
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        ch = conn.channel()
+        for key, body, ctype in messages:
+            ch.basic_publish("amq.topic", key, body, pika.BasicProperties(content_type=ctype))
+    finally:
+        conn.close()
+
+
+async def _until(cond: Callable[[], bool], timeout: float) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        if asyncio.get_running_loop().time() > deadline:
+            return
+        await asyncio.sleep(0.02)
+
+
+def test_deliveries_in_order_across_body_frames_and_acked(vhost: str) -> None:
+    url = vhost + "?frame_max=4096"
+    rng = random.Random(1)
+    sent = [
+        (f"dp.in.{i % 3}", rng.randbytes(size), [CONTENT_TYPE, FAST_CONTENT_TYPE, None][i % 3])
+        for i, size in enumerate(SIZES)
+    ]
+
+    async def body(_bus: Bus, got: list) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, _blocking_publish, vhost, sent)
+        # prefetch 8: all of them arrive only if the reader's acks reach the broker
+        await _until(lambda: len(got) >= len(sent), 20)
+
+    got = asyncio.run(_with_bus(url, ["dp.in.*"], body))
+    assert len(got) == len(sent)
+    assert got == sent
+
+
+def test_publishes_read_back_by_pika_unchanged(vhost: str) -> None:
+    url = vhost + "?frame_max=4096"
+    rng = random.Random(2)
+    msgs = [(rng.randbytes(size), [JSON_PROPS, FAST_PROPS][i % 2]) for i, size in enumerate(SIZES)]
+    listener = Listener(vhost, ["dp.out"])
+    try:
+        async def body(bus: Bus, _got: list) -> None:
+            for payload, props in msgs:
+                assert bus.publish("dp.out", payload, props)
+            bus.flush()
+            await asyncio.sleep(0.5)
+
+        asyncio.run(_with_bus(url, ["dp.unused"], body))
+        for payload, props in msgs:
+            msg = listener.get(timeout=5)
+            assert msg is not None
+            key, got, p = msg
+            assert (key, got) == ("dp.out", payload)
+            want = (CONTENT_TYPE, "utf-8") if props is JSON_PROPS else (FAST_CONTENT_TYPE, None)
+            assert (p.content_type, p.content_encoding) == want  # type: ignore[attr-defined]
+        assert listener.get(timeout=0.3) is None
+    finally:
+        listener.close()
+
+
+def test_heartbeats_pass_through_while_the_reader_owns_the_socket(vhost: str) -> None:
+    """heartbeat=1: the broker sends a heartbeat frame every 0.5 s. pika must still see
+    them (its checker counts them) and see bytes coming in (it drops a connection whose
+    byte count stands still), although our reader now owns the socket."""
+    url = vhost + "?heartbeat=1"
+
+    async def body(bus: Bus, got: list) -> None:
+        await asyncio.sleep(0.2)
+        conn = bus._conn
+        checker = conn._heartbeat_checker  # type: ignore[union-attr]
+        assert bus._reader is not None, "the reader did not take over"
+        bytes0, beats0 = conn.bytes_received, checker._heartbeat_frames_received  # type: ignore[union-attr]
+        await asyncio.sleep(2.5)
+        assert checker._heartbeat_frames_received - beats0 >= 3
+        assert conn.bytes_received - bytes0 >= 3 * 8  # type: ignore[union-attr]
+        assert bus.up and bus._conn is conn and bus.reconnects == 0
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, _blocking_publish, vhost, [("dp.hb", b"x", None)])
+        await _until(lambda: bool(got), 5)
+
+    got = asyncio.run(_with_bus(url, ["dp.hb"], body))
+    assert got == [("dp.hb", b"x", None)]
