@@ -4,6 +4,11 @@
 connection loss reconnects with capped exponential backoff. The first connection is
 different: if it fails, the reason is reported as fatal (a user typo should not spin
 forever).
+
+pika runs the connection; the per-packet messages take a shorter road once consuming
+(see "data path" below and agent.amqpframes): deliveries are read from the socket's
+bytes without pika's frame objects, publishes and acks are encoded once per routing key
+and sent in one send() per burst.
 """
 
 from __future__ import annotations
@@ -334,6 +339,7 @@ class Bus:
             )
 
     def _on_channel_closed(self, channel: Any, exc: BaseException) -> None:
+        self._encoder = None  # nothing more on this channel: publishes are dropped
         if self._closing or self._conn is None:
             return
         if not isinstance(exc, pex.ChannelClosedByBroker):

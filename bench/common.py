@@ -272,7 +272,8 @@ _PING_TIME = re.compile(r"icmp_seq=(\d+) .*time=([\d.]+) ms")
 _PING_SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) received")
 
 
-def parse_ping(output: str) -> dict[str, Any]:
+def ping_times(output: str) -> list[float]:
+    """The time= of each echo answered (ms), duplicates left out."""
     times: dict[int, float] = {}
     for line in output.splitlines():
         if "DUP!" in line:
@@ -280,10 +281,14 @@ def parse_ping(output: str) -> dict[str, Any]:
         m = _PING_TIME.search(line)
         if m:
             times.setdefault(int(m.group(1)), float(m.group(2)))
+    return list(times.values())
+
+
+def parse_ping(output: str) -> dict[str, Any]:
+    values = ping_times(output)
     m = _PING_SUMMARY.search(output)
     sent = int(m.group(1)) if m else None
-    received = int(m.group(2)) if m else len(times)
-    values = list(times.values())
+    received = int(m.group(2)) if m else len(values)
     return {
         "sent": sent,
         "received": received,

@@ -17,11 +17,15 @@ republished unchanged to the other side's downlink key. No parsing, no routing t
 * round trip: one message at a time, the consumer echoes it back through the relay,
   the publisher times each round trip (like ping through the tunnel: four broker hops).
 
-All three use pika's SelectConnection (its own poll loop, the leanest pika adapter).
+All three use pika's SelectConnection (its own poll loop, the leanest pika adapter): the
+plain pika relay. With lean=True they use the agent's own bus code instead (agent.bus.Bus
+in an asyncio loop: pika for the connection, agent.amqpframes for the messages), which
+shows what the broker does with clients as lean as ours.
 """
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing as mp
 import os
 import random
@@ -36,6 +40,8 @@ from typing import Any
 import pika
 
 from agent import wire
+from agent.bus import JSON_PROPS, Bus, QueueSpec
+from agent.url import parse_url
 from bench.common import Stack, cpu_seconds, percentile
 
 EXCHANGE = "amq.topic"
@@ -144,6 +150,12 @@ class _Client:
     def publish(self, key: str, body: bytes) -> None:
         self.channel.basic_publish(EXCHANGE, key, body, PROPS)
 
+    def call_later(self, delay: float, fn: Callable[[], None]) -> Any:
+        return self.conn.ioloop.call_later(delay, fn)
+
+    def cancel(self, handle: Any) -> None:
+        self.conn.ioloop.remove_timeout(handle)
+
     def close(self) -> None:
         if not (self.conn.is_closing or self.conn.is_closed):
             self.conn.close()
@@ -159,26 +171,93 @@ class _Client:
         self.conn.ioloop.start()
 
 
+class _LeanClient:
+    """The same role on agent.bus.Bus (the agent's data path), in its own asyncio loop."""
+
+    def __init__(
+        self,
+        url: str,
+        queue: str,
+        keys: list[str],
+        args: dict[str, Any],
+        prefetch: int,
+        on_body: Callable[[Any, str, bytes], None],
+        on_ready: Callable[[], None],
+    ) -> None:
+        self.url, self.on_body, self.on_ready = url, on_body, on_ready
+        self.spec = QueueSpec(name=queue, bindings=keys, arguments=args, prefetch=prefetch)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.bus: Bus | None = None
+        self._closing = False
+        self._readied = False
+
+    def _up(self) -> None:
+        if not self._readied:
+            self._readied = True
+            self.on_ready()
+
+    def _fatal(self, reason: str) -> None:
+        self._closing = True
+        print(f"relay benchmark: {reason}", flush=True)
+
+    def publish(self, key: str, body: bytes) -> None:
+        assert self.bus is not None
+        self.bus.publish(key, body, JSON_PROPS)
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> Any:
+        assert self.loop is not None
+        return self.loop.call_later(delay, fn)
+
+    def cancel(self, handle: Any) -> None:
+        handle.cancel()
+
+    def close(self) -> None:
+        self._closing = True
+
+    def run(self, stop: Any) -> None:
+        async def main() -> None:
+            self.loop = asyncio.get_running_loop()
+            self.bus = Bus(
+                parse_url(self.url),
+                EXCHANGE,
+                self.spec,
+                on_message=lambda key, body, _ctype: self.on_body(None, key, body),
+                on_up=self._up,
+                on_fatal=self._fatal,
+            )
+            self.bus.start()
+            while not (self._closing or stop.is_set()):
+                await asyncio.sleep(0.05)
+            await self.bus.close()
+
+        asyncio.run(main())
+
+
+def _client(lean: bool, *args: Any) -> Any:
+    return (_LeanClient if lean else _Client)(*args)
+
+
 def _child_signals() -> None:
     # the parent ends us (by PID); a terminal Ctrl-C is the parent's to handle
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def relay_main(url: str, ready: Any, stop: Any, relayed: Any) -> None:
+def relay_main(url: str, ready: Any, stop: Any, relayed: Any, lean: bool) -> None:
     _child_signals()
 
     def on_body(_ch: Any, key: str, body: bytes) -> None:
         client.publish(RELAY_MAP[key], body)
         relayed.value += 1
 
-    client = _Client(
-        url, "bench_relay@router", [KEY_X_UP, KEY_Y_UP], ROUTER_QUEUE_ARGS, 512, on_body, ready.set
+    client = _client(
+        lean, url, "bench_relay@router", [KEY_X_UP, KEY_Y_UP], ROUTER_QUEUE_ARGS, 512, on_body,
+        ready.set,
     )
     client.run(stop)
 
 
-def consumer_main(url: str, ready: Any, stop: Any, received: Any, echo: bool) -> None:
+def consumer_main(url: str, ready: Any, stop: Any, received: Any, echo: bool, lean: bool) -> None:
     _child_signals()
 
     def on_body(_ch: Any, _key: str, body: bytes) -> None:
@@ -186,7 +265,9 @@ def consumer_main(url: str, ready: Any, stop: Any, received: Any, echo: bool) ->
         if echo:
             client.publish(KEY_Y_UP, body)
 
-    client = _Client(url, "bench_y@agent", [KEY_Y_DOWN], AGENT_QUEUE_ARGS, 256, on_body, ready.set)
+    client = _client(
+        lean, url, "bench_y@agent", [KEY_Y_DOWN], AGENT_QUEUE_ARGS, 256, on_body, ready.set
+    )
     client.run(stop)
 
 
@@ -202,6 +283,7 @@ def publisher_main(
     rtt_count: int,
     rtt_interval: float,
     rtts: Any,
+    lean: bool,
 ) -> None:
     """Throughput mode (rtt_count == 0): keep `window` in flight until stop.
 
@@ -216,7 +298,7 @@ def publisher_main(
             client.close()
             return
         if not go.is_set():
-            client.conn.ioloop.call_later(0.005, pump)
+            client.call_later(0.005, pump)
             return
         n = sent.value
         budget = window - (n - received.value)
@@ -224,16 +306,16 @@ def publisher_main(
             for _ in range(min(budget, 64)):
                 client.publish(KEY_X_UP, body)
             sent.value = n + min(budget, 64)
-            client.conn.ioloop.call_later(0, pump)
+            client.call_later(0, pump)
         else:
-            client.conn.ioloop.call_later(0.001, pump)
+            client.call_later(0.001, pump)
 
     def send_one() -> None:
         if stop.is_set() or state["i"] >= rtt_count:
             client.close()
             return
         if not go.is_set():
-            client.conn.ioloop.call_later(0.005, send_one)
+            client.call_later(0.005, send_one)
             return
         if state["waiting"]:  # previous one lost
             rtts[state["i"]] = -1.0
@@ -242,7 +324,7 @@ def publisher_main(
         state["t0"] = time.perf_counter()
         client.publish(KEY_X_UP, body)
         sent.value += 1
-        state["timer"] = client.conn.ioloop.call_later(1.0, send_one)
+        state["timer"] = client.call_later(1.0, send_one)
 
     def on_echo(_ch: Any, _key: str, _body: bytes) -> None:
         if not state["waiting"]:
@@ -250,18 +332,20 @@ def publisher_main(
         rtts[state["i"]] = time.perf_counter() - state["t0"]
         state["waiting"] = False
         state["i"] += 1
-        client.conn.ioloop.remove_timeout(state["timer"])
+        client.cancel(state["timer"])
         wait = max(0.0, state["t0"] + rtt_interval - time.perf_counter())
-        state["timer"] = client.conn.ioloop.call_later(wait, send_one)
+        state["timer"] = client.call_later(wait, send_one)
 
     def on_ready() -> None:
         ready.set()
         if rtt_count:
-            client.conn.ioloop.call_later(0, send_one)
+            client.call_later(0, send_one)
         else:
-            client.conn.ioloop.call_later(0, pump)
+            client.call_later(0, pump)
 
-    client = _Client(url, "bench_x@agent", [KEY_X_DOWN], AGENT_QUEUE_ARGS, 256, on_echo, on_ready)
+    client = _client(
+        lean, url, "bench_x@agent", [KEY_X_DOWN], AGENT_QUEUE_ARGS, 256, on_echo, on_ready
+    )
     client.run(stop)
 
 
@@ -309,7 +393,14 @@ class Pipeline:
 
 @contextmanager
 def _pipeline(
-    url: str, body: bytes, window: int, count: int, interval: float, rtts_init: Any, echo: bool
+    url: str,
+    body: bytes,
+    window: int,
+    count: int,
+    interval: float,
+    rtts_init: Any,
+    echo: bool,
+    lean: bool = False,
 ) -> Iterator[Pipeline]:
     """Start the three processes (each with its own connection); stop them at exit."""
     ctx = mp.get_context("fork")
@@ -319,12 +410,12 @@ def _pipeline(
     rtts = ctx.Array("d", rtts_init, lock=False)
     with Stack() as stack:
         stack.push("stop relay processes", stop.set)
-        relay = _start(stack, "relay", relay_main, url, r_ready, stop, relayed)
-        cons = _start(stack, "consumer", consumer_main, url, c_ready, stop, received, echo)
+        relay = _start(stack, "relay", relay_main, url, r_ready, stop, relayed, lean)
+        cons = _start(stack, "consumer", consumer_main, url, c_ready, stop, received, echo, lean)
         _wait([r_ready, c_ready], [relay, cons], 15)
         pub = _start(
             stack, "publisher", publisher_main, url, p_ready, go, stop, body, window, sent,
-            received, count, interval, rtts,
+            received, count, interval, rtts, lean,
         )
         procs = {"publisher": pub, "relay": relay, "consumer": cons}
         _wait([p_ready], list(procs.values()), 15)
@@ -332,11 +423,16 @@ def _pipeline(
 
 
 def throughput(
-    url: str, packet_size: int, seconds: float, warmup: float = 1.0, window: int = 512
+    url: str,
+    packet_size: int,
+    seconds: float,
+    warmup: float = 1.0,
+    window: int = 512,
+    lean: bool = False,
 ) -> dict[str, Any]:
     """Messages/s through publisher -> relay -> consumer with the tunnel's JSON bodies."""
     body = wire.encode_packet(ipv6_udp_packet(packet_size), "tun0")
-    with _pipeline(url, body, window, 0, 0.0, 1, echo=False) as pipe:
+    with _pipeline(url, body, window, 0, 0.0, 1, echo=False, lean=lean) as pipe:
         procs, received = pipe.procs, pipe.received
         pipe.go.set()
         time.sleep(warmup)
@@ -364,6 +460,7 @@ def throughput(
         "msgs_per_s": rate,
         "mbit_per_s": rate * packet_size * 8 / 1e6,
         "window": window,
+        "client": "agent.bus (lean frames)" if lean else "pika SelectConnection",
         "cpu_s": cpu,
         "cpu_s_per_10k": {k: v * 10000 / n if n else None for k, v in cpu.items()},
     }
