@@ -82,8 +82,8 @@ def ping_sized_packet() -> bytes:
 # -- the three roles (each runs in its own process) ----------------------------------------
 
 
-class _Client:
-    """One SelectConnection, one channel, one exclusive queue bound to `keys`, consuming."""
+class _Role:
+    """One relay process's part: its queue (exclusive) bound to `keys`, and callbacks."""
 
     def __init__(
         self,
@@ -95,13 +95,20 @@ class _Client:
         on_body: Callable[[Any, str, bytes], None],
         on_ready: Callable[[], None],
     ) -> None:
-        self.queue, self.keys, self.args, self.prefetch = queue, keys, args, prefetch
-        self.on_body, self.on_ready = on_body, on_ready
+        self.url, self.queue, self.keys, self.args = url, queue, keys, args
+        self.prefetch, self.on_body, self.on_ready = prefetch, on_body, on_ready
+
+
+class _Client(_Role):
+    """The role on one SelectConnection and one channel, consuming."""
+
+    def __init__(self, *role: Any) -> None:
+        super().__init__(*role)
         self.channel: Any = None
         self._ack_tag = 0
         self._ack_scheduled = False
         self.conn = pika.SelectConnection(
-            pika.URLParameters(url),
+            pika.URLParameters(self.url),
             on_open_callback=lambda c: c.channel(on_open_callback=self._on_channel),
             on_open_error_callback=lambda _c, exc: self._fail(exc),
             on_close_callback=lambda _c, _exc: self.conn.ioloop.stop(),
@@ -171,21 +178,14 @@ class _Client:
         self.conn.ioloop.start()
 
 
-class _LeanClient:
-    """The same role on agent.bus.Bus (the agent's data path), in its own asyncio loop."""
+class _LeanClient(_Role):
+    """The role on agent.bus.Bus (the agent's data path), in its own asyncio loop."""
 
-    def __init__(
-        self,
-        url: str,
-        queue: str,
-        keys: list[str],
-        args: dict[str, Any],
-        prefetch: int,
-        on_body: Callable[[Any, str, bytes], None],
-        on_ready: Callable[[], None],
-    ) -> None:
-        self.url, self.on_body, self.on_ready = url, on_body, on_ready
-        self.spec = QueueSpec(name=queue, bindings=keys, arguments=args, prefetch=prefetch)
+    def __init__(self, *role: Any) -> None:
+        super().__init__(*role)
+        self.spec = QueueSpec(
+            name=self.queue, bindings=self.keys, arguments=self.args, prefetch=self.prefetch
+        )
         self.loop: asyncio.AbstractEventLoop | None = None
         self.bus: Bus | None = None
         self._closing = False
