@@ -72,7 +72,7 @@ class Plan:
 
     @classmethod
     def full(cls) -> Plan:
-        return cls(500, 0.01, 10, 3, 2, 8, 1.0, 500)
+        return cls(500, 0.01, 10, 3, 3, 8, 1.0, 500)
 
     @classmethod
     def quick(cls) -> Plan:
