@@ -128,9 +128,14 @@ Event = Delivery | Passthrough
 class FrameReader:
     """Frames from a byte stream fed in any chunks; deliveries on `channel` assembled."""
 
-    def __init__(self, channel: int) -> None:
+    def __init__(self, channel: int, frame_max: int = 131072) -> None:
         self.channel = channel
-        self._buf = b""
+        self.frame_max = frame_max  # as negotiated: a bigger frame is a broken stream
+        # bytes of an incomplete frame, in the chunks they came in, and how many the
+        # frame needs in all: joined once, when it is complete (not once per chunk)
+        self._chunks: list[bytes] = []
+        self._have = 0
+        self._need = 0
         # the delivery being assembled: tag, key, content type, body size (-1: no header
         # yet), body parts, bytes so far
         self._tag = 0
@@ -143,15 +148,25 @@ class FrameReader:
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return self._have
 
     def feed(self, data: bytes) -> list[Event]:
-        buf = self._buf + data if self._buf else data
+        if self._chunks:
+            self._chunks.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return []
+            buf = b"".join(self._chunks)
+            self._chunks = []
+        else:
+            buf = data
         events: list[Event] = []
         pos, n, ch = 0, len(buf), self.channel
         unpack_head = _FRAME_HEAD.unpack_from
         while n - pos >= 8:
             ftype, fch, size = unpack_head(buf, pos)
+            if size + FRAME_OVERHEAD > self.frame_max:
+                raise FrameError(f"frame of {size} B over frame_max {self.frame_max}")
             end = pos + 7 + size
             if end >= n:
                 break
@@ -172,7 +187,17 @@ class FrameReader:
             else:
                 events.append(Passthrough(buf[pos : end + 1]))
             pos = end + 1
-        self._buf = buf[pos:] if pos < n else b""
+        if pos < n:
+            rest = buf[pos:]
+            self._chunks = [rest]
+            self._have = len(rest)
+            # a whole frame: its 7-byte header, payload and frame-end (8 bytes at least)
+            size = _FRAME_HEAD.unpack_from(rest)[2] if len(rest) >= 7 else 0
+            if size + FRAME_OVERHEAD > self.frame_max:
+                raise FrameError(f"frame of {size} B over frame_max {self.frame_max}")
+            self._need = size + FRAME_OVERHEAD
+        else:
+            self._have = 0
         return events
 
     def _deliver(self, buf: bytes, start: int, end: int) -> None:

@@ -144,6 +144,24 @@ def test_reader_refuses_content_out_of_order() -> None:
         FrameReader(CH).feed(deliver + header + frame.Body(CH, b"hello!").marshal())
     with pytest.raises(FrameError, match="frame-end"):
         FrameReader(CH).feed(frame.Heartbeat().marshal()[:-1] + b"\x00")
+    # a frame longer than the negotiated frame_max: refused at its header, not buffered
+    with pytest.raises(FrameError, match="frame_max"):
+        FrameReader(CH, 4096).feed(frame.Body(CH, b"x" * 5000).marshal()[:100])
+
+
+def test_reader_joins_a_large_frame_once_complete() -> None:
+    """A body frame arriving in many small chunks is buffered, then read as one."""
+    deliver = frame.Method(CH, spec.Basic.Deliver("c", 3, False, "amq.topic", "k")).marshal()
+    body = bytes(range(256)) * 200
+    stream = deliver + frame.Header(CH, len(body), pika.BasicProperties()).marshal() \
+        + frame.Body(CH, body).marshal()
+    reader = FrameReader(CH)
+    got = []
+    for i in range(0, len(stream), 1000):
+        got += reader.feed(stream[i : i + 1000])
+        if not got:
+            assert reader.buffered <= 1000 * (i // 1000 + 1)
+    assert got == [Delivery(3, "k", None, body)] and reader.buffered == 0
 
 
 def test_reader_empty_body_and_no_content_type() -> None:
