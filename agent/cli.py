@@ -8,6 +8,8 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -62,13 +64,23 @@ def _url(url: str | None, url_file: str | None) -> AmqpUrl:
         raise click.BadParameter(str(exc), param_hint="--url") from None
 
 
-def _name(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        return check_name(value)
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc)) from None
+def _optional(check: Callable[[str], Any], errors: type[Exception] = ConfigError) -> Any:
+    """A click callback: None stays None, else check(value); its error as a usage error."""
+
+    def callback(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return None
+        try:
+            return check(value)
+        except errors as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return callback
+
+
+_name = _optional(check_name)
+_ifname = _optional(check_ifname)
+_reroute_host = _optional(parse_reroute_host)
 
 
 def _exchange(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
@@ -77,29 +89,11 @@ def _exchange(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     return value
 
 
-def _ifname(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        return check_ifname(value)
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
 def _reroute_prefixes(
     _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
 ) -> tuple[IPNetwork, ...]:
     try:
         return tuple(dict.fromkeys(parse_reroute_prefix(v) for v in values))
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-def _reroute_host(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        return parse_reroute_host(value)
     except ConfigError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -402,15 +396,10 @@ def router(
     )
 
 
-def _filter(_ctx: click.Context, _param: click.Parameter, value: str | None):  # type: ignore[no-untyped-def]
-    if value is None:
-        return None
-    from agent.pktfilter import Filter, FilterError
+def _filter(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    from agent.pktfilter import Filter, FilterError  # only when sniffing
 
-    try:
-        return Filter(value)
-    except FilterError as exc:
-        raise click.BadParameter(str(exc)) from None
+    return _optional(Filter, FilterError)(ctx, param, value)
 
 
 @cli.command()
