@@ -29,6 +29,7 @@ _FRAME_HEAD = struct.Struct(">BHI")
 _HEADER_START = struct.Struct(">HHQ")  # class, weight, body size
 _LONGLONG = struct.Struct(">Q")
 _END = bytes([FRAME_END])
+_DELIVER_ID = struct.pack(">HH", BASIC, BASIC_DELIVER)  # class and method of basic.deliver
 MAX_CACHED_KEYS = 4096
 
 
@@ -179,7 +180,7 @@ class FrameReader:
                 elif (
                     ftype == FRAME_METHOD
                     and size >= 4
-                    and buf[start : start + 4] == b"\x00\x3c\x00\x3c"  # basic.deliver
+                    and buf[start : start + 4] == _DELIVER_ID
                 ):
                     self._deliver(buf, start, end)
                 else:
@@ -221,7 +222,7 @@ class FrameReader:
                 raise FrameError("basic.deliver not followed by a content header")
             _cls, _weight, size = _HEADER_START.unpack_from(buf, start)
             ctype = None
-            if buf[start + 12] & 0x80:  # content-type present
+            if buf[start + 12] & (FLAG_CONTENT_TYPE >> 8):  # high byte of the property flags
                 clen = buf[start + 14]
                 if start + 15 + clen > end:
                     raise FrameError("content header shorter than its content type")

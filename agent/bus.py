@@ -467,8 +467,7 @@ class Bus:
     def _deliver(self, channel: Any, method: Any, props: Any, body: bytes) -> None:
         """pika's delivery callback: used until the reader takes over (and without it)."""
         self._ack_tag = method.delivery_tag
-        if self._flush_handle is None and self._loop is not None:
-            self._flush_handle = self._loop.call_soon(self.flush)
+        self._flush_soon()
         self._on_message(method.routing_key, body, props.content_type)
 
     def publish(self, routing_key: str, body: bytes, props: bytes | None = None) -> bool:
@@ -492,9 +491,13 @@ class Bus:
             self.drop_reason = "bus error"
             return False
         self._out_bytes += len(body)
+        self._flush_soon()
+        return True
+
+    def _flush_soon(self) -> None:
+        """Flush at the latest one loop iteration from now (sooner if someone flushes)."""
         if self._flush_handle is None and self._loop is not None:
             self._flush_handle = self._loop.call_soon(self.flush)
-        return True
 
     def flush(self) -> None:
         """Send what publish() queued, and the pending ack, now."""
