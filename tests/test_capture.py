@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from scapy.layers.inet6 import (
     IPv6ExtHdrFragment,
     fragment6,
 )
-from scapy.utils import PcapNgReader, RawPcapNgReader, rdpcap
+from scapy.utils import PcapNgReader, rdpcap
 
 from agent.capture import (
     LINKTYPE_ETHERNET,
@@ -33,8 +31,10 @@ from agent.capture import (
     dump,
     summarize,
 )
+from tests.tools.pcap import TSHARK
+from tests.tools.pcap import read_raw as _raw_read
+from tests.tools.pcap import tshark_fields as _tshark_fields
 
-TSHARK = shutil.which("tshark")
 needs_tshark = pytest.mark.skipif(TSHARK is None, reason="tshark not installed")
 
 # --------------------------------------------------------------------------- summaries
@@ -219,24 +219,6 @@ IP_PKTS = [
 ]
 # 802.15.4 data frame without FCS: fc, seq, dst PAN, dst short, src short, payload
 WPAN_PKT = bytes.fromhex("41880122ffffffff0100") + b"hello"
-
-
-def _raw_read(path: Path) -> list[tuple[bytes, object]]:
-    reader = RawPcapNgReader(str(path))
-    try:
-        return list(reader)
-    finally:
-        reader.close()
-
-
-def _tshark_fields(path: Path, *fields: str) -> list[list[str]]:
-    assert TSHARK is not None
-    cmd = [TSHARK, "-n", "-r", str(path), "-T", "fields"]
-    for field in fields:
-        cmd += ["-e", field]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-    assert proc.returncode == 0, proc.stderr
-    return [line.split("\t") for line in proc.stdout.splitlines() if line]
 
 
 def _write_sample(path: Path) -> None:

@@ -23,14 +23,14 @@ import orjson
 import pytest
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
-from scapy.utils import RawPcapNgReader
 
 from agent import wire
 from tests.conftest import ROOT, Listener, Proc, needs_root, ns_run, ping, tun_links, wait_for
+from tests.tools.pcap import TSHARK, read_raw
+from tests.tools.pcap import tshark_fields as _tshark
 
 pytestmark = [pytest.mark.e2e, needs_root]
 
-TSHARK = shutil.which("tshark")
 needs_tshark = pytest.mark.skipif(TSHARK is None, reason="tshark not installed")
 
 
@@ -74,21 +74,7 @@ def quiet(vhost: str, netns: Callable[[], str], procs: Callable[..., Proc]) -> Q
 
 
 def _records(path: Path) -> list[tuple[bytes, str, int, int | None]]:
-    reader = RawPcapNgReader(str(path))
-    try:
-        return [(d, m.ifname.decode(), m.linktype, m.direction) for d, m in reader]
-    finally:
-        reader.close()
-
-
-def _tshark(path: Path, *fields: str) -> list[list[str]]:
-    assert TSHARK is not None
-    cmd = [TSHARK, "-n", "-r", str(path), "-T", "fields"]
-    for f in fields:
-        cmd += ["-e", f]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-    assert out.returncode == 0, out.stderr
-    return [row.split("\t") for row in out.stdout.splitlines() if row]
+    return [(d, m.ifname.decode(), m.linktype, m.direction) for d, m in read_raw(path)]  # type: ignore[attr-defined]
 
 
 def _is_echo6(pkt: bytes) -> bool:

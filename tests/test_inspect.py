@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +13,6 @@ import orjson
 import pytest
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
-from scapy.utils import RawPcapNgReader
 
 from agent import wire
 from agent.capture import LINKTYPE_IEEE802_15_4_NOFCS, LINKTYPE_RAW
@@ -25,8 +22,10 @@ from agent.pktfilter import Filter
 from agent.sniff import Sniffer, bindings, describe_plan, line
 from agent.taps import PcapTap, TraceTap, direction, install, router_line, trace_line
 from agent.url import parse_url
+from tests.tools.pcap import TSHARK
+from tests.tools.pcap import read_raw as _read
+from tests.tools.pcap import tshark_fields as _tshark
 
-TSHARK = shutil.which("tshark")
 needs_tshark = pytest.mark.skipif(TSHARK is None, reason="tshark not installed")
 
 ECHO_REQ = bytes(
@@ -138,24 +137,6 @@ def test_agent_hook_taps_only_when_asked(packet_log: list[str], tmp_path: Path) 
 
 
 # --------------------------------------------------------------------------- --pcap tap
-
-
-def _read(path: Path) -> list[tuple[bytes, object]]:
-    reader = RawPcapNgReader(str(path))
-    try:
-        return list(reader)
-    finally:
-        reader.close()
-
-
-def _tshark(path: Path, *fields: str) -> list[list[str]]:
-    assert TSHARK is not None
-    cmd = [TSHARK, "-n", "-r", str(path), "-T", "fields"]
-    for f in fields:
-        cmd += ["-e", f]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-    assert out.returncode == 0, out.stderr
-    return [row.split("\t") for row in out.stdout.splitlines() if row]
 
 
 def _write_session(path: Path) -> PcapTap:
