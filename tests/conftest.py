@@ -6,6 +6,7 @@ the test fails. Processes are ended by the PID we started.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -49,6 +50,16 @@ def wait_for(cond: Callable[[], object], timeout: float = 10.0, interval: float 
         if time.monotonic() > deadline:
             return value
         time.sleep(interval)
+
+
+async def until(cond: Callable[[], object], timeout: float = 3.0) -> bool:
+    """wait_for inside an event loop: True once cond() holds, False after timeout s."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
 
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (TUN, namespaces)")

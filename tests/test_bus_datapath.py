@@ -17,7 +17,7 @@ import pytest
 from agent.bus import FAST_PROPS, JSON_PROPS, Bus, QueueSpec
 from agent.url import parse_url
 from agent.wire import CONTENT_TYPE, FAST_CONTENT_TYPE
-from tests.conftest import Listener
+from tests.conftest import Listener, until
 
 pytestmark = pytest.mark.e2e
 
@@ -56,14 +56,6 @@ def _blocking_publish(url: str, messages: list[tuple[str, bytes, str | None]]) -
         conn.close()
 
 
-async def _until(cond: Callable[[], bool], timeout: float) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        if asyncio.get_running_loop().time() > deadline:
-            return
-        await asyncio.sleep(0.02)
-
-
 def test_deliveries_in_order_across_body_frames_and_acked(vhost: str) -> None:
     url = vhost + "?frame_max=4096"
     rng = random.Random(1)
@@ -76,7 +68,7 @@ def test_deliveries_in_order_across_body_frames_and_acked(vhost: str) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, _blocking_publish, vhost, sent)
         # prefetch 8: all of them arrive only if the reader's acks reach the broker
-        await _until(lambda: len(got) >= len(sent), 20)
+        await until(lambda: len(got) >= len(sent), 20)
 
     got = asyncio.run(_with_bus(url, ["dp.in.*"], body))
     assert len(got) == len(sent)
@@ -126,7 +118,7 @@ def test_heartbeats_pass_through_while_the_reader_owns_the_socket(vhost: str) ->
         assert bus.up and bus._conn is conn and bus.reconnects == 0
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, _blocking_publish, vhost, [("dp.hb", b"x", None)])
-        await _until(lambda: bool(got), 5)
+        await until(lambda: bool(got), 5)
 
     got = asyncio.run(_with_bus(url, ["dp.hb"], body))
     assert got == [("dp.hb", b"x", None)]

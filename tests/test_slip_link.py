@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -34,6 +33,7 @@ from agent.slip.options import (
 from agent.slip.port import SerialSettings
 from agent.slip.probe import data_slip
 from agent.url import parse_url
+from tests.conftest import until
 
 END = b"\xc0"
 CCCC = parse_reroute_prefix("cccc")
@@ -67,15 +67,6 @@ def read_master(master: int) -> bytes:
         return os.read(master, 65536)
     except (BlockingIOError, OSError):
         return b""
-
-
-async def until(cond: Callable[[], object], timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 def make_agent(plan: AddressPlan | None = None) -> Agent:

@@ -26,6 +26,7 @@ from agent.slip.port import (
     frame_airtime,
     open_serial,
 )
+from tests.conftest import until
 
 END = b"\xc0"
 
@@ -84,15 +85,6 @@ def pty(tmp_path: Path) -> Iterator[Pty]:
 
 def run(coro_fn: Callable[[], object]) -> None:
     asyncio.run(coro_fn())  # type: ignore[arg-type]
-
-
-async def until(cond: Callable[[], object], timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 # ----------------------------------------------------------------------------- open errors
