@@ -1,11 +1,15 @@
-"""Entering a named network namespace for a few synchronous calls (setns on this thread)."""
+"""Entering a named network namespace for a few synchronous calls (setns on this thread),
+and netlink sockets made there for later use from the event loop."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import os
+import socket
 from collections.abc import Iterator
+
+from pyroute2 import AsyncIPRoute
 
 from agent.config import ConfigError
 
@@ -46,3 +50,42 @@ def entered(name: str | None) -> Iterator[None]:
     finally:
         os.close(target)
         os.close(home)
+
+
+class Netlink:
+    """A netlink route socket of the namespace it is made in (make it inside `entered`).
+
+    Used later from the event loop, from any namespace: pyroute2's AsyncIPRoute wraps it
+    on first use and owns it from then on. close() releases whichever holds it.
+    """
+
+    def __init__(self) -> None:
+        nl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0)
+        self._fd = nl.detach()
+        self._ipr: AsyncIPRoute | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._ipr is not None or self._fd >= 0
+
+    async def ipr(self) -> AsyncIPRoute:
+        if self._ipr is None:
+            if self._fd < 0:
+                raise OSError("netlink socket closed")
+            ipr = AsyncIPRoute(fileno=self._fd)  # owns the socket from here on
+            self._fd = -1
+            try:
+                await ipr.setup_endpoint()
+            except BaseException:
+                ipr.close()
+                raise
+            self._ipr = ipr
+        return self._ipr
+
+    def close(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+        elif self._fd >= 0:
+            os.close(self._fd)
+        self._fd = -1

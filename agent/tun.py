@@ -15,11 +15,10 @@ import os
 import socket
 import struct
 
-from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.config import AddressPlan, IPNetwork
-from agent.netns import entered, netns_path
+from agent.netns import Netlink, entered, netns_path
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +42,10 @@ def _write_sysctl(path: str, value: str) -> None:
         log.debug("cannot set %s: %s", path, exc)
 
 
-def open_tun(name: str | None, netns: str | None) -> tuple[int, str, int, str | None]:
+def open_tun(name: str | None, netns: str | None) -> tuple[int, str, Netlink, str | None]:
     """Create a TUN device (in netns if given).
 
-    Returns (tun fd, ifname, netlink socket fd bound to the same namespace, netns). The netlink
+    Returns (tun fd, ifname, a netlink socket of the same namespace, netns). The netlink
     socket is made here, on this thread, so that no child process is forked for it.
     """
     if os.geteuid() != 0:
@@ -82,35 +81,27 @@ def open_tun(name: str | None, netns: str | None) -> tuple[int, str, int, str | 
         _write_sysctl(f"/proc/sys/net/ipv6/conf/{ifname}/addr_gen_mode", "1")
         # no router on the session link: do not flood it with router solicitations
         _write_sysctl(f"/proc/sys/net/ipv6/conf/{ifname}/router_solicitations", "0")
-        nl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0)
-    return fd, ifname, nl.detach(), netns
+        netlink = Netlink()
+    return fd, ifname, netlink, netns
 
 
 class Tun:
     """A configured TUN device. `read_batch`/`write` are the per-packet calls."""
 
-    def __init__(self, fd: int, name: str, netlink_fd: int, netns: str | None) -> None:
+    def __init__(self, fd: int, name: str, netlink: Netlink, netns: str | None) -> None:
         self.fd = fd
         self.name = name
         self.netns = netns
-        self._netlink_fd = netlink_fd
+        self._netlink = netlink
         self.index = 0
-        self._ipr: AsyncIPRoute | None = None
         self._routes: list[IPNetwork] = []
 
     @classmethod
     def create(cls, name: str | None, netns: str | None) -> Tun:
         return cls(*open_tun(name, netns))
 
-    async def _netlink(self) -> AsyncIPRoute:
-        if self._ipr is None:
-            ipr = AsyncIPRoute(fileno=self._netlink_fd)
-            await ipr.setup_endpoint()
-            self._ipr = ipr
-        return self._ipr
-
     async def configure(self, plan: AddressPlan, mtu: int) -> None:
-        ipr = await self._netlink()
+        ipr = await self._netlink.ipr()
         try:
             found = await ipr.link_lookup(ifname=self.name)
             if not found:
@@ -133,7 +124,7 @@ class Tun:
         """Route network into the TUN; False if it could not be added."""
         if network in self._routes:
             return True
-        ipr = await self._netlink()
+        ipr = await self._netlink.ipr()
         try:
             await ipr.route("add", dst=str(network), oif=self.index)
         except NetlinkError as exc:
@@ -147,7 +138,7 @@ class Tun:
         if network not in self._routes:
             return
         self._routes.remove(network)
-        ipr = await self._netlink()
+        ipr = await self._netlink.ipr()
         try:
             await ipr.route("del", dst=str(network), oif=self.index)
         except NetlinkError as exc:
@@ -179,12 +170,7 @@ class Tun:
         """Delete our routes, then the device (by closing its descriptor)."""
         for network in list(self._routes):
             await self.remove_route(network)
-        if self._ipr is not None:
-            self._ipr.close()
-            self._ipr = None
-        elif self._netlink_fd >= 0:
-            os.close(self._netlink_fd)
-        self._netlink_fd = -1
+        self._netlink.close()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

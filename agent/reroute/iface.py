@@ -37,18 +37,16 @@ import errno
 import fcntl
 import ipaddress
 import logging
-import os
 import socket
 import struct
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.config import AddressPlan, ConfigError, IPNetwork
 from agent.ipheader import PrefixTable, destination, is_group, is_link_local_or_unspecified, source
-from agent.netns import entered
+from agent.netns import Netlink, entered
 from agent.reroute.checksum import complete_checksum
 from agent.reroute.decide import BUS, TUN
 
@@ -183,8 +181,7 @@ class IfacePort:
         self.ignored: dict[str, int] = {}
         self._rx: socket.socket | None = None
         self._tx: dict[int, socket.socket] = {}
-        self._nl_fd = -1
-        self._ipr: AsyncIPRoute | None = None
+        self._netlink: Netlink | None = None  # of the interface's namespace
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watch: asyncio.Task[None] | None = None
         self._send_errors: set[int] = set()
@@ -205,8 +202,7 @@ class IfacePort:
                     raise IfaceError(self._state_message(state))
                 self._open_sockets()
                 self.kernel_forwards = kernel_forwarding(self.ifname)
-                nl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0)
-                self._nl_fd = nl.detach()
+                self._netlink = Netlink()
         except PermissionError:
             self._close_sockets()
             raise IfaceError(
@@ -274,12 +270,8 @@ class IfacePort:
             self._watch.cancel()
             self._watch = None
         self._close_sockets()
-        if self._ipr is not None:
-            self._ipr.close()
-            self._ipr = None
-        elif self._nl_fd >= 0:
-            os.close(self._nl_fd)
-        self._nl_fd = -1
+        if self._netlink is not None:
+            self._netlink.close()
         if self.ignored:
             log.debug("%s: ignored %s", self.ifname, self.ignored)
 
@@ -461,16 +453,12 @@ class IfacePort:
 
     async def _refresh_addresses(self) -> None:
         """The addresses of this namespace: packets for them are the kernel's to answer."""
-        if self._nl_fd < 0 and self._ipr is None:
+        if self._netlink is None or not self._netlink.is_open:
             return
         try:
-            if self._ipr is None:
-                ipr = AsyncIPRoute(fileno=self._nl_fd)
-                self._nl_fd = -1
-                await ipr.setup_endpoint()
-                self._ipr = ipr
+            ipr = await self._netlink.ipr()
             local: set[bytes] = set()
-            async for msg in await self._ipr.addr("dump"):
+            async for msg in await ipr.addr("dump"):
                 value = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")  # not a peer's
                 if value:
                     local.add(ipaddress.ip_address(value).packed)
