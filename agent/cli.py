@@ -423,7 +423,7 @@ def _filter(ctx: click.Context, param: click.Parameter, value: str | None) -> An
     default=None,
     callback=_filter,
     help="tcpdump-like filter on the packets, e.g. 'udp port 5683', 'icmp6 and host "
-    "bbbb::1', 'coap or (ip and not icmp)' (see README, Debugging a session).",
+    "bbbb::1', 'coap or (ip and not icmp)' (see docs/debugging.md).",
 )
 @with_options(url_options)
 def sniff(

@@ -15,7 +15,7 @@ CONTENT_TYPE = "application/json"
 CONTENT_ENCODING = "utf-8"
 MAX_BODY = 65535 * 5 + 4096  # a 65535-byte packet as JSON ints ("255, " each) + the rest
 
-# Our fast wire, between our agents and our router only (negotiated, see README):
+# Our fast wire, between our agents and our router only (negotiated, see docs/wire-format.md):
 # a body is one or more packets, each as a 2-byte big-endian length then the bytes.
 FAST_CONTENT_TYPE = "application/x-ip-packet-batch"
 FAST_WIRE = "batch1"
