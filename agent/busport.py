@@ -6,12 +6,11 @@ Down: the bus delivers every message to the agent, which parses it (agent/wire.p
 
 from __future__ import annotations
 
-import asyncio
-
 from agent import wire
 from agent.bus import FAST_PROPS, Bus
 from agent.counters import Counters
 from agent.port import LINKTYPE_RAW, Deliver
+from agent.soon import Soon
 from agent.switch import BUS
 
 
@@ -34,7 +33,7 @@ class BusPort:
         self.fast = False
         self._pending: list[bytes] = []
         self._pending_bytes = 0
-        self._flush_handle: asyncio.Handle | None = None
+        self._flush_soon = Soon(self._flush_batch)
 
     async def open(self, deliver: Deliver, key: str) -> None:
         """Nothing to start: the bus delivers every message to the agent, which parses
@@ -52,8 +51,8 @@ class BusPort:
         self._pending_bytes += len(packet) + 2
         if wire.batch_full(self._pending_bytes):
             self._flush_batch()
-        elif self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_batch)
+        else:
+            self._flush_soon()
         return None
 
     def flush(self) -> None:
@@ -62,9 +61,7 @@ class BusPort:
         self.bus.flush()
 
     def _flush_batch(self) -> None:
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
+        self._flush_soon.cancel()
         packets, self._pending, self._pending_bytes = self._pending, [], 0
         for body, count in wire.batches(packets):
             if not self.bus.publish(self.key, body, FAST_PROPS):

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from agent import wire
 from agent.bus import Bus, agent_queue
@@ -34,7 +34,14 @@ log = logging.getLogger(__name__)
 
 MAX_ANNOUNCED_ROUTES = 32
 
-Tap = Callable[[bytes, str, str], None]  # (packet, from port, to port)
+class Tap(Protocol):
+    """Sees every forwarded packet (agent/taps.py: -v lines, --pcap capture)."""
+
+    def __call__(self, packet: bytes, from_port: str, to_port: str) -> None: ...
+
+    def close(self) -> None:
+        """The agent stops: write out what is pending."""
+        ...
 
 
 @dataclass
@@ -128,10 +135,8 @@ class Agent(Service):
             await port.close()
             if isinstance(port, Tun):
                 log.info("removed %s and its routes", port.name)
-        for tap in self.taps:  # taps with a close() (capture files): flush and close
-            close = getattr(tap, "close", None)
-            if close is not None:
-                close()
+        for tap in self.taps:  # capture files: flush and close
+            tap.close()
 
     # -- background work -------------------------------------------------------------------
 

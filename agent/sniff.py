@@ -19,7 +19,6 @@ Stops on SIGINT/SIGTERM, after `--count` packets, or on `testingtool.terminate`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
@@ -38,6 +37,7 @@ from agent.capture import (
 from agent.config import ConfigError, plan_from_bus
 from agent.pktfilter import Filter
 from agent.service import Service
+from agent.soon import Soon
 from agent.url import AmqpUrl
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class Sniffer(Service):
         self.writer = PcapNgWriter(pcap, autoflush=False) if pcap else None  # OSError to caller
         self._ifaces: dict[tuple[str, str, int], int] = {}
         self._done = False
-        self._flush_scheduled = False
+        self._flush_soon = Soon(self._flush)
         self.bus = Bus(
             url,
             exchange,
@@ -177,13 +177,11 @@ class Sniffer(Service):
         except BrokenPipeError:  # `agent sniff | head`: the reader is gone
             self._out_gone()
             return
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        self._flush_soon()
 
     def _flush(self) -> None:
         """Once per loop iteration: push lines and capture blocks out together."""
-        self._flush_scheduled = False
+        self._flush_soon.cancel()
         try:
             self.out.flush()
         except BrokenPipeError:

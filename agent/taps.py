@@ -9,7 +9,6 @@ object's `name` (the TUN's device name, e.g. tun0) and its `linktype` (agent/por
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -25,6 +24,7 @@ from agent.capture import (
     dump,
     summarize,
 )
+from agent.soon import Soon
 
 if TYPE_CHECKING:
     from agent.port import Port
@@ -92,6 +92,9 @@ class TraceTap:
             self.log.info("%s", line)
 
 
+    def close(self) -> None:
+        """Nothing pending: each line is logged as it comes."""
+
 class PcapTap:
     """`--pcap FILE`: every forwarded packet, written twice like `tcpdump -i any` sees a
     routed packet: inbound on the interface of the port it came from, outbound on the one
@@ -107,7 +110,7 @@ class PcapTap:
         self.owner = owner
         self.packets = 0
         self._ifaces: dict[tuple[str, int], int] = {}
-        self._flush_scheduled = False
+        self._flush_soon = Soon(self.flush)
         self._failed = False
 
     @classmethod
@@ -145,15 +148,10 @@ class PcapTap:
             self._fail(exc)
             return
         self.packets += 1
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            try:
-                asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:  # no loop (direct calls): write now
-                self.flush()
+        self._flush_soon()  # at the end of this loop turn (no loop: now)
 
     def flush(self) -> None:
-        self._flush_scheduled = False
+        self._flush_soon.cancel()
         if self._failed:
             return
         try:

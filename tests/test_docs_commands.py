@@ -201,42 +201,51 @@ def _placeholder(value: str) -> bool:
 
 
 def check_agent(words: tuple[str, ...]) -> None:
-    assert isinstance(agent_cli, click.Group)
+    """`agent SUB [SUB...] [options] [arguments]` against the click commands."""
+    cmd: click.Command = agent_cli
     args = list(words[1:])
-    if args in ([], ["--help"], ["-h"]):
-        return
-    sub = agent_cli.commands.get(args[0])
-    assert sub is not None, f"no subcommand {args[0]!r}"
+    path = "agent"
+    while isinstance(cmd, click.Group):
+        if args in ([], ["--help"], ["-h"]):
+            return
+        sub = cmd.commands.get(args[0])
+        assert sub is not None, f"{path}: no subcommand {args[0]!r}"
+        cmd, path, args = sub, f"{path} {args[0]}", args[1:]
     by_name: dict[str, click.Parameter] = {}
-    for p in sub.params:
+    for p in cmd.params:
         for opt in [*getattr(p, "opts", []), *getattr(p, "secondary_opts", [])]:
             by_name[opt] = p
     by_name.setdefault("--help", click.Option(["--help"], is_flag=True))
     by_name.setdefault("-h", by_name["--help"])
-    rest = args[1:]
+    positional = [p for p in cmd.params if isinstance(p, click.Argument)]
     i = 0
-    while i < len(rest):
-        tok = rest[i]
+    while i < len(args):
+        tok = args[i]
         assert "[" not in tok and "..." not in tok, f"synopsis, not a command: {tok!r}"
-        assert tok.startswith("-"), f"unexpected argument {tok!r}"
+        if not tok.startswith("-"):
+            assert positional, f"{path}: unexpected argument {tok!r}"
+            if positional[0].nargs == 1:
+                positional.pop(0)
+            i += 1
+            continue
         value: str | None = None
         if tok.startswith("--") and "=" in tok:
             tok, value = tok.split("=", 1)
-        if tok.startswith("-") and not tok.startswith("--") and len(tok) > 2:
+        if not tok.startswith("--") and len(tok) > 2:
             for ch in tok[1:]:  # -vv, -qv
                 opt = by_name.get(f"-{ch}")
-                assert isinstance(opt, click.Option), f"no option -{ch}"
+                assert isinstance(opt, click.Option), f"{path}: no option -{ch}"
                 assert opt.is_flag or opt.count, f"-{ch} takes a value"
             i += 1
             continue
         param = by_name.get(tok)
-        assert param is not None, f"agent {args[0]}: no option {tok}"
+        assert param is not None, f"{path}: no option {tok}"
         i += 1
         if isinstance(param, click.Option) and (param.is_flag or param.count):
             continue
         if value is None:
-            assert i < len(rest), f"{tok} needs a value"
-            value = rest[i]
+            assert i < len(args), f"{tok} needs a value"
+            value = args[i]
             i += 1
         assert "..." not in value and "<" not in value, f"{tok} {value}: not a real value"
         if _placeholder(value) or isinstance(param.type, click.File | click.Path):
@@ -306,6 +315,7 @@ def test_command_runs_as_written(cmd: Command) -> None:
         "agent connect --name agent_1 --wire fastest",
         "agent connect --name agent_1 --mtu 100",
         "agent routr",
+        "agent connect --name agent_1 extra",
         "agent sniff --url URL [--name NAME ...]",
         "python -m bench.tunnel --quik",
         "bash examples/no_such_demo.sh",
