@@ -22,7 +22,7 @@ import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
 from agent.session.mgmt import Management, MgmtError
-from tests.conftest import ROOT, Proc, _unique, broker_up, needs_root, ping
+from tests.conftest import ROOT, Proc, _unique, broker_up, needs_root, ping, wait_for
 
 pytestmark = [pytest.mark.e2e]
 
@@ -133,7 +133,7 @@ def test_session_tunnel_sniff_and_refusals(
     assert router.wait_log("announced as packetrouting"), router.output
     sniff = procs("sniff", "--url-file", f["observer"], label="sniff")
     assert sniff.wait_log("sniffing all agents"), sniff.output
-    ns = {}
+    ns, procs_by_label = {}, {}
     for agent in ("agent_1", "agent_2"):
         ns[agent] = netns()
         subprocess.run(["ip", "netns", "exec", ns[agent], "sysctl", "-qw",
@@ -141,6 +141,7 @@ def test_session_tunnel_sniff_and_refusals(
         proc = procs("connect", "--url-file", f[agent], "--name", agent, "--netns", ns[agent],
                      label=agent)
         assert proc.wait_log("published ready"), proc.output
+        procs_by_label[agent] = proc
     assert router.wait_log(r"learned agent_1\b") and router.wait_log(r"learned agent_2\b")
 
     def tunnel_works() -> None:
@@ -150,6 +151,8 @@ def test_session_tunnel_sniff_and_refusals(
         assert ping(ns["agent_2"], "10.2.0.1", version=4)
 
     tunnel_works()
+    for agent in ("agent_1", "agent_2"):  # the fast-wire negotiation passed too
+        assert procs_by_label[agent].wait_log("uplink wire: fast", timeout=5)
     # the observer saw the packets both ways, as sent (up) and as delivered (down)
     for line in (r"agent_1 +up +IPv6 bbbb::1 > bbbb::2 ICMPv6 Echo Request",
                  r"agent_2 +down +IPv6 bbbb::1 > bbbb::2 ICMPv6 Echo Request",
@@ -324,3 +327,55 @@ def test_bad_input_is_one_line(session_name: Callable[[], str], tmp_path: Path) 
     # nothing was made by the refused commands
     assert not Path(out).exists()
     assert json.dumps(Management(ADMIN).vhost("x" + name)) == "null"
+
+
+@needs_mgmt
+def test_802154_probe_with_an_agent_account(
+    session_name: Callable[[], str], procs: Callable[..., Proc], tmp_path: Path,
+) -> None:
+    """The serial probe mode's keys (serial.started, frames up and down) pass with the
+    account of its agent name; the observer sees them."""
+    from tests.test_e2e_serial import Socat, slip
+
+    name = session_name()
+    out = tmp_path / name
+    create(name, out, agents="probe_1")
+    line = Socat(tmp_path)
+    line.start()
+    fd = os.open(line.a, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    try:
+        sniff = procs("sniff", "--url-file", str(out / "observer.url"), label="sniff")
+        assert sniff.wait_log("sniffing all agents"), sniff.output
+        probe = procs("connect", "--url-file", str(out / "probe_1.url"), "--name", "probe_1",
+                      "--serial-mode", "802154", "--serial-port", str(line.b), label="probe_1")
+        assert probe.wait_log("published ready"), probe.output
+        frame = bytes.fromhex("41d8c0cdabffffc0dbdd0102")
+        os.write(fd, slip(frame))
+        assert sniff.wait_log(r"probe_1 +up +serial\.started"), sniff.output
+        assert sniff.wait_log(r"probe_1 +up +802\.15\.4"), sniff.output
+        # downlink from the testing tool (here the admin account) reaches the line
+        down = bytes.fromhex("4188c0cdabdbdb0000c0")
+        body = json.dumps({"data": list(down), "interface_name": "serial", "timestamp": 1.0})
+        conn = pika.BlockingConnection(
+            pika.URLParameters(f"amqp://guest:guest@127.0.0.1:5672/{name}"))
+        try:
+            conn.channel().basic_publish(
+                "amq.topic", "toAgent.probe_1.802154.serial.packet.raw", body.encode(),
+                pika.BasicProperties(content_type="application/json"))
+        finally:
+            conn.close()
+        received = bytearray()
+
+        def read() -> bool:
+            try:
+                received.extend(os.read(fd, 4096))
+            except BlockingIOError:
+                pass
+            return len(received) >= len(slip(down))
+
+        assert wait_for(read, 5), (bytes(received), probe.output)
+        assert bytes(received) == slip(down)
+        assert probe.running() and "refused" not in probe.output, probe.output
+    finally:
+        os.close(fd)
+        line.stop()
