@@ -379,3 +379,28 @@ def test_802154_probe_with_an_agent_account(
     finally:
         os.close(fd)
         line.stop()
+
+
+@needs_mgmt
+def test_own_exchange(
+    session_name: Callable[[], str], procs: Callable[..., Proc], tmp_path: Path,
+) -> None:
+    """--exchange: made by create; the router and sniff declare, bind and publish on it."""
+    name = session_name()
+    out = tmp_path / name
+    create(name, out, "--exchange", "sess.x", agents="agent_1")
+    sniff = procs("sniff", "--url-file", str(out / "observer.url"), "--exchange", "sess.x",
+                  label="sniff")
+    assert sniff.wait_log("sniffing all agents"), sniff.output
+    router = procs("router", "--url-file", str(out / "router.url"), "--exchange", "sess.x",
+                   label="router")
+    assert router.wait_log("announced as packetrouting"), router.output
+    assert sniff.wait_log(r"packetrouting +up +ready"), sniff.output
+    url = (out / "agent_1.url").read_text().strip()
+    assert refused(url, _publish("fromAgent.agent_2.ip.tun.packet.raw", "sess.x")).startswith(
+        "403")
+    assert refused(url, _publish("fromAgent.agent_1.ip.tun.packet.raw", "sess.x")) == ""
+    assert refused(url, _publish("fromAgent.agent_1.ip.tun.packet.raw")).startswith("403")
+    res = run_cli("add", name, "--agents", "agent_2", "--out", str(out), "--admin-url", ADMIN)
+    assert res.returncode == 0, res.stderr
+    assert "exchange sess.x" in run_cli("list", "--admin-url", ADMIN).stdout

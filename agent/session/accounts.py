@@ -71,6 +71,14 @@ def _lit(text: str) -> str:
     return re.escape(text)
 
 
+def declared(exchange: str, compat: bool = False) -> list[str]:
+    """The exchange in the configure permission when clients declare it: ours declare
+    every exchange but the `amq.*` ones (agent.bus), the original agent (kombu) all of
+    them. The broker then also lets that account delete it: least privilege is only
+    complete on `amq.topic`."""
+    return [_lit(exchange)] if compat or not exchange.startswith("amq.") else []
+
+
 @dataclass(frozen=True)
 class Grant:
     """One account: its user and the five regular expressions the broker checks."""
@@ -96,10 +104,9 @@ def agent_grant(
     tun.started (`fromAgent.*.ip.tun.started`, for announced routes) and ready."""
     n, x = _lit(name), _lit(exchange)
     queues = [_lit(f"{name}@agent")]
-    configure = list(queues)
-    if compat:  # the original agent: kombu queues per topic, and it redeclares the exchange
+    if compat:  # the original agent: kombu queues, one per topic
         queues.append(rf"consumer: {n}\..*")
-        configure = [*queues, x]
+    configure = [*queues, *declared(exchange, compat)]
     ready = _lit(wire.READY_KEY)
     return Grant(
         account=name,
@@ -128,10 +135,9 @@ def router_grant(session: str, exchange: str = "amq.topic", compat: bool = False
     agent)."""
     x = _lit(exchange)
     queues = [_lit(ROUTER_QUEUE)]
-    configure = list(queues)
     if compat:
         queues.append(rf"fromAgent\.{WORD}\.ip\.tun\.packet\.raw@packet_router")
-        configure = [*queues, x]
+    configure = [*queues, *declared(exchange, compat)]
     reads = [r"fromAgent\.\*\.ip\.tun\.(packet\.raw|started)"]
     if compat:
         reads.append(rf"fromAgent\.{WORD}\.ip\.tun\.packet\.raw")
@@ -153,7 +159,7 @@ def observer_grant(session: str, exchange: str = "amq.topic") -> Grant:
     return Grant(
         account="observer",
         user=user_name(session, "observer"),
-        configure=_any(SNIFF_QUEUE_RE),
+        configure=_any(SNIFF_QUEUE_RE, *declared(exchange)),
         write=_any(SNIFF_QUEUE_RE),  # bind needs write on the queue; no exchange: no publish
         read=_any(SNIFF_QUEUE_RE, x),
         topic_write="^$",
