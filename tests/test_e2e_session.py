@@ -404,3 +404,37 @@ def test_own_exchange(
     res = run_cli("add", name, "--agents", "agent_2", "--out", str(out), "--admin-url", ADMIN)
     assert res.returncode == 0, res.stderr
     assert "exchange sess.x" in run_cli("list", "--admin-url", ADMIN).stdout
+
+
+@needs_mgmt
+def test_compat_accounts_take_the_original_agents_and_ioppytest_routers_shapes(
+    session_name: Callable[[], str], tmp_path: Path,
+) -> None:
+    """--compat, with pika doing what the original agent (kombu) and ioppytest's router
+    do: re-declare amq.topic, their queue names; still nothing of another agent."""
+    name = session_name()
+    out = tmp_path / name
+    urls = create(name, out, "--compat")
+    kombu_queue = "consumer: agent_1.tun?rkey=toAgent.agent_1.ip.tun.packet.raw"
+
+    def original_agent(ch: BlockingChannel) -> None:
+        ch.exchange_declare("amq.topic", "topic", durable=True)
+        ch.queue_declare(kombu_queue, auto_delete=True)
+        ch.queue_bind(kombu_queue, "amq.topic", "toAgent.agent_1.ip.tun.packet.raw")
+        ch.basic_consume(kombu_queue, lambda *a: None)
+        _publish("fromAgent.agent_1.ip.tun.packet.raw")(ch)
+
+    def ioppytest_router(ch: BlockingChannel) -> None:
+        q = "fromAgent.agent_2.ip.tun.packet.raw@packet_router"
+        ch.queue_declare(q, arguments={"x-max-length": 100})
+        ch.queue_bind(q, "amq.topic", "fromAgent.agent_2.ip.tun.packet.raw")
+        _publish("toAgent.agent_1.ip.tun.packet.raw")(ch)
+
+    assert refused(urls["agent_1"], original_agent) == ""
+    assert refused(urls["router"], ioppytest_router) == ""
+    spy = "consumer: agent_2.tun?rkey=toAgent.agent_2.ip.tun.packet.raw"
+    for action in (lambda ch: ch.queue_declare(spy, auto_delete=True),
+                   _bind(kombu_queue, "toAgent.agent_2.ip.tun.packet.raw"),
+                   _publish("fromAgent.agent_2.ip.tun.packet.raw"),
+                   lambda ch: ch.exchange_delete("amq.topic")):
+        assert refused(urls["agent_1"], action).startswith("403")
