@@ -297,24 +297,24 @@ def test_show_prints_the_urls(session_name: Callable[[], str], tmp_path: Path) -
 
 @needs_mgmt
 def test_bad_input_is_one_line(session_name: Callable[[], str], tmp_path: Path) -> None:
-    name = session_name()
+    name, unmade, nosuch = session_name(), session_name(), session_name()
     create(name, tmp_path / name, agents="agent_1")
     out = str(tmp_path / "x")
     cases = {
-        ("delete", "nosuch" + name, "--admin-url", ADMIN): "unknown session",
-        ("add", "nosuch" + name, "--agents", "a", "--out", out, "--admin-url", ADMIN):
+        ("delete", nosuch, "--admin-url", ADMIN): "unknown session",
+        ("add", nosuch, "--agents", "a", "--out", out, "--admin-url", ADMIN):
             "unknown session",
-        ("create", "x" + name, "--agents", "agent.1", "--out", out, "--admin-url", ADMIN):
+        ("create", unmade, "--agents", "agent.1", "--out", out, "--admin-url", ADMIN):
             "not one routing-key word",
         ("create", "s*" + name, "--agents", "agent_1", "--out", out, "--admin-url", ADMIN):
             "not one routing-key word",
         ("add", name, "--agents", "agent_#", "--out", out, "--admin-url", ADMIN):
             "not one routing-key word",
-        ("create", "x" + name, "--agents", "router", "--out", out, "--admin-url", ADMIN):
+        ("create", unmade, "--agents", "router", "--out", out, "--admin-url", ADMIN):
             "reserved",
         ("list", "--admin-url", "http://guest:guest@127.0.0.1:1"): "cannot reach",
         ("list", "--admin-url", "http://guest:Wr0ngSecret@127.0.0.1:15672"): "refused admin",
-        ("create", "x" + name, "--agents", "a", "--out", out, "--admin-url", ADMIN,
+        ("create", unmade, "--agents", "a", "--out", out, "--admin-url", ADMIN,
          "--amqp-url-base", "http://h"): "--amqp-url-base",
         ("delete", "/", "--admin-url", ADMIN): "not one routing-key word",
     }
@@ -326,7 +326,21 @@ def test_bad_input_is_one_line(session_name: Callable[[], str], tmp_path: Path) 
         assert "Wr0ngSecret" not in res.stderr and "Traceback" not in res.stderr
     # nothing was made by the refused commands
     assert not Path(out).exists()
-    assert json.dumps(Management(ADMIN).vhost("x" + name)) == "null"
+    assert json.dumps(Management(ADMIN).vhost(unmade)) == "null"
+
+
+@needs_mgmt
+def test_delete_refuses_a_vhost_it_did_not_make(
+    session_name: Callable[[], str], mgmt: Management, tmp_path: Path,
+) -> None:
+    foreign = session_name()
+    mgmt.request("PUT", f"vhosts/{foreign}", {"description": "someone else's"})
+    for args in (("delete", foreign), ("add", foreign, "--agents", "a", "--out", str(tmp_path)),
+                 ("create", foreign, "--agents", "a", "--out", str(tmp_path))):
+        res = run_cli(*args, "--admin-url", ADMIN)
+        assert res.returncode == 1 and "not an agent session" in res.stderr, res.stderr
+        assert res.stderr.count("\n") == 1
+    assert mgmt.vhost(foreign) is not None
 
 
 @needs_mgmt

@@ -31,6 +31,9 @@ def _one_line(f: Callable[..., None]) -> Callable[..., None]:
         except (AccountError, MgmtError) as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(1)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # an unexpected answer
+            click.echo(f"Error: unexpected answer from the management API: {exc!r}", err=True)
+            sys.exit(1)
 
     return run
 
@@ -158,7 +161,10 @@ def delete(name: str, admin_url: str | None) -> None:
 @_one_line
 def list_(admin_url: str | None) -> None:
     """List the sessions on the broker and their accounts."""
-    for s in ops.sessions(Management(admin_url)):
+    found = ops.sessions(Management(admin_url))
+    if not found:
+        click.echo("no agent sessions on this broker")
+    for s in found:
         compat = " compat" if s.compat else ""
         click.echo(
             f"{s.name}  exchange {s.exchange}{compat}  accounts: {', '.join(s.accounts) or '-'}"
