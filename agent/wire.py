@@ -102,17 +102,30 @@ class Topic:
     """the rest of the key: "ip.tun.packet.raw", "ip.tun.started"... or the whole key"""
 
 
+_TOPICS: dict[str, Topic] = {}  # a session uses a handful of keys: read each one once
+_MAX_TOPICS = 4096
+
+
 def topic(routing_key: str) -> Topic:
-    parts = routing_key.split(".", 2)
-    if len(parts) < 3 or parts[0] not in ("fromAgent", "toAgent") or not parts[1]:
-        return Topic(None, False, routing_key)
-    return Topic(parts[1], parts[0] == "fromAgent", parts[2])
+    t = _TOPICS.get(routing_key)
+    if t is None:
+        parts = routing_key.split(".", 2)
+        if len(parts) < 3 or parts[0] not in ("fromAgent", "toAgent") or not parts[1]:
+            t = Topic(None, False, routing_key)
+        else:
+            t = Topic(parts[1], parts[0] == "fromAgent", parts[2])
+        if len(_TOPICS) >= _MAX_TOPICS:  # keys from a misbehaving peer: stay bounded
+            _TOPICS.clear()
+        _TOPICS[routing_key] = t
+    return t
 
 
 # -- typed messages ----------------------------------------------------------------------
+# Plain slotted dataclasses (not frozen: a frozen one's __init__ costs microseconds, and
+# one is made per message); treat them as values all the same.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Packets:
     """IP packets on <dir>Agent.<name>.ip.tun.packet.raw: one (JSON) or several (fast)."""
 
@@ -131,7 +144,7 @@ class Packets:
         return decode_packets(self.body, self.content_type)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Frames:
     """An 802.15.4 frame on <dir>Agent.<name>.802154.serial.packet.raw (probe mode)."""
 
@@ -143,7 +156,7 @@ class Frames:
         return decode_frame(self.body)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TunStart:
     """toAgent.<name>.ip.tun.start: the testing tool's bootstrap (fields not yet validated)."""
 
@@ -152,7 +165,7 @@ class TunStart:
     fields: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TunStarted:
     """fromAgent.<name>.ip.tun.started: an agent's configuration (fields not yet validated)."""
 
@@ -166,7 +179,7 @@ class TunStarted:
         return speaks_fast(self.fields)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ready:
     """testingtool.component.ready of a component (our router: `packetrouting`)."""
 
@@ -183,7 +196,7 @@ class Ready:
         return speaks_fast(self.fields)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SerialStarted:
     """fromAgent.<name>.802154.serial.started: the probe's serial port is open."""
 
@@ -192,14 +205,14 @@ class SerialStarted:
     fields: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Terminate:
     """testingtool.terminate: the session is over."""
 
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Other:
     """Any other routing key (shown by the sniffer, ignored by everyone else)."""
 
