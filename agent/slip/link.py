@@ -3,8 +3,8 @@
 Packets whose destination is inside a re-route prefix leave by this port, SLIP-encoded;
 frames read from the line are classified (`agent.slip.framing.classify`):
 
-* IPv6 / IPv4 packets enter the agent's switch (`Agent.forward(packet, "serial")`): to the
-  TUN when addressed to this host, else to the bus;
+* IPv6 / IPv4 packets enter the agent's switch (`deliver([packet], "serial")`, see
+  agent/port.py): to the TUN when addressed to this host, else to the bus;
 * text (Contiki debug output) is logged at DEBUG and never forwarded;
 * a tunslip6 prefix request ``?P`` is answered with ``!P`` + the first IPv6 re-route
   prefix, so that a Contiki border router learns its prefix;
