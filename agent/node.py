@@ -154,7 +154,7 @@ class Agent(Service):
             await self._bring_up_tun(self.plan)
         else:
             log.info("waiting for a tun.start on %s", self._start_key)
-        log.info("connecting to %s as %s", self.self.bus.url.redacted(), self.name)
+        log.info("connecting to %s as %s", self.bus.url.redacted(), self.name)
         self.bus.start()
 
     async def cleanup(self) -> None:
@@ -234,7 +234,7 @@ class Agent(Service):
 
     def _on_bus_up(self) -> None:
         self.bus.publish(wire.READY_KEY, wire.encode_ready(self.name))
-        log.info("connected to %s; published ready", self.self.bus.url.where)
+        log.info("connected to %s; published ready", self.bus.url.where)
         self._publish_started()
 
     def _publish_started(self) -> None:
