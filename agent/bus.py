@@ -354,13 +354,14 @@ class Bus:
             return  # the connection went: _on_closed reports and reconnects
         reason = f"channel closed: {exc}"
         if isinstance(exc, pex.ChannelClosedByBroker):
-            if exc.reply_code == 405 and self._on_standby is not None:
+            if exc.reply_code == 405 and (self._on_standby is not None or self._ever_up):
+                # a standby waits for the queue; after a failover it may still be held by
+                # our own lost connection on a node not yet declared down: wait on this
+                # (healthy) node rather than move on, perhaps to the lost node itself
                 self._wait_for_queue()
                 return
             if exc.reply_code == 405:
                 reason = self.queue.in_use_message.format(queue=self.queue.name)
-                if self._ever_up:  # most likely our own, on a node lost but not yet down
-                    reason = f"queue {self.queue.name} is still held by the lost connection"
                 if not self._ever_up:
                     self._closing = True
                     self._on_fatal(reason)
@@ -375,12 +376,16 @@ class Bus:
         self._safe_close()
 
     def _wait_for_queue(self) -> None:
-        """Standby: the queue is another's; try again on a new channel in a moment."""
+        """The queue is held by another connection: try again on a new channel in a moment."""
         if not self.standby:
             self.standby = True  # from now on a lost connection is retried
             self.order.connected()
-            assert self._on_standby is not None
-            self._on_standby()
+            if self._on_standby is not None:
+                self._on_standby()
+            else:
+                log.warning("queue %s is still held by the lost connection (its node not yet "
+                            "declared down by the cluster?); waiting for it on %s",
+                            self.queue.name, self.url.where)
         conn = self._conn
 
         def retry() -> None:

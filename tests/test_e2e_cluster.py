@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RUN_ID, Proc, needs_root
-from tests.tools.cluster import Cluster, ClusterError, Node
+from tests.tools.cluster import Cluster, ClusterError, Node, PingLog
 
 pytestmark = [pytest.mark.e2e, needs_root]
 
@@ -64,45 +64,6 @@ def node_of(proc: Proc, cluster: Cluster) -> Node:
     ports = _NODE_RX.findall(proc.output)
     assert ports, proc.output
     return next(n for n in cluster.nodes if n.port == int(ports[-1]))
-
-
-class PingLog:
-    """ping -D at 10/s in a namespace; reply times and duplicates from its output."""
-
-    def __init__(self, ns: str, dst: str, path: Path) -> None:
-        self.path = path
-        self._out = open(path, "wb")  # noqa: SIM115
-        self.popen = subprocess.Popen(
-            ["ip", "netns", "exec", ns, "ping", "-6", "-D", "-i", "0.1", "-W", "1", dst],
-            stdout=self._out, stderr=subprocess.STDOUT,
-        )
-
-    def replies(self) -> list[float]:
-        text = self.path.read_text(errors="replace")
-        return [float(m) for m in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", text, re.M)]
-
-    def dups(self) -> int:
-        return self.path.read_text(errors="replace").count("DUP!")
-
-    def longest_silence(self, start: float, end: float) -> float:
-        """The longest gap between replies (and from start / to end) in [start, end]."""
-        times = [start, *[t for t in self.replies() if start <= t <= end], end]
-        return max(b - a for a, b in zip(times, times[1:], strict=False))
-
-    def flowing_since(self, since: float) -> bool:
-        """At least 5 replies came in the last second, all after `since`."""
-        now = time.time()
-        return sum(t > max(since, now - 1.0) for t in self.replies()) >= 5
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGINT)
-            try:
-                self.popen.wait(5)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        self._out.close()
 
 
 def wait(cond: Callable[[], object], timeout: float, interval: float = 0.2) -> bool:

@@ -11,6 +11,7 @@ was declared down restarts and rejoins). Used by the cluster tests and bench/clu
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -72,7 +73,7 @@ class Node:
             "RABBITMQ_CONF_ENV_FILE": str(self.base / "rabbitmq-env.conf"),
         }
 
-    def ctl(self, *args: str, timeout: float = 60, check: bool = True) -> str:
+    def ctl(self, *args: str, timeout: float = 120, check: bool = True) -> str:
         r = _as_rabbitmq(self.env(), "rabbitmqctl", "-q", "-n", self.name, *args, timeout=timeout)
         if check and r.returncode != 0:
             raise ClusterError(f"rabbitmqctl {' '.join(args)} on {self.name}: {r.stderr.strip()}")
@@ -83,25 +84,34 @@ class Node:
         if r.returncode != 0:
             raise ClusterError(f"cannot start {self.name}: {r.stderr.strip()}")
 
-    def await_startup(self, timeout: float = 90) -> None:
-        """await_startup fails at once until the node registered with epmd: retry it."""
+    def await_startup(self, timeout: float = 180) -> None:
+        """await_startup fails at once until the node registered with epmd: retry it
+        (and each call may be slow on a loaded machine: the CLI is an Erlang VM too)."""
         deadline = time.monotonic() + timeout
-        while True:
-            r = _as_rabbitmq(
-                self.env(), "rabbitmqctl", "-q", "-n", self.name, "await_startup",
-                "--timeout", "30", timeout=40,
-            )
+        why = ""
+        while time.monotonic() < deadline:
+            try:
+                r = _as_rabbitmq(
+                    self.env(), "rabbitmqctl", "-q", "-n", self.name, "await_startup",
+                    "--timeout", "60", timeout=90,
+                )
+            except subprocess.TimeoutExpired:
+                why = "rabbitmqctl await_startup timed out"
+                continue
             if r.returncode == 0:
                 return
-            if time.monotonic() > deadline:
-                raise ClusterError(f"{self.name} did not start: {r.stderr.strip()[-300:]}")
+            why = r.stderr.strip()[-300:]
             time.sleep(0.5)
+        raise ClusterError(f"{self.name} did not start in {timeout:.0f} s: {why}")
 
     def beam_pid(self) -> int | None:
+        """The PID of this node's Erlang VM, if it runs (checked: never another process)."""
         try:
-            return int((self.base / "pid").read_text().strip())
+            pid = int((self.base / "pid").read_text().strip())
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except (OSError, ValueError):
             return None
+        return pid if f"RABBITMQ_NODENAME={self.name}".encode() in environ else None
 
     def signal(self, sig: int) -> None:
         pid = self.beam_pid()
@@ -110,14 +120,7 @@ class Node:
         os.kill(pid, sig)
 
     def is_running(self) -> bool:
-        pid = self.beam_pid()
-        if pid is None:
-            return False
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return False
-        return True
+        return self.beam_pid() is not None
 
 
 class Cluster:
@@ -191,19 +194,58 @@ class Cluster:
         """Stop every node (also a frozen or half-started one) and remove the data."""
         for node in self.nodes:
             pid = node.beam_pid()
-            if pid is not None:
-                try:
-                    os.kill(pid, signal.SIGCONT)
-                except OSError:
-                    pass
-            node.ctl("stop", timeout=60, check=False)
-            pid = node.beam_pid()
-            if pid is not None and node.is_running():
+            if pid is None or not node.is_running():
+                continue
+            try:
+                os.kill(pid, signal.SIGCONT)
+                node.ctl("stop", timeout=30, check=False)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+            if node.is_running():  # a throw-away node: no need to wait for a clean stop
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class PingLog:
+    """ping -D at 10/s in a namespace; reply times and duplicates from its output."""
+
+    def __init__(self, ns: str, dst: str, path: Path) -> None:
+        self.path = path
+        self._out = open(path, "wb")  # noqa: SIM115
+        self.popen = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "ping", "-6", "-D", "-i", "0.1", "-W", "1", dst],
+            stdout=self._out, stderr=subprocess.STDOUT,
+        )
+
+    def replies(self) -> list[float]:
+        text = self.path.read_text(errors="replace")
+        return [float(m) for m in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", text, re.M)]
+
+    def dups(self) -> int:
+        return self.path.read_text(errors="replace").count("DUP!")
+
+    def longest_silence(self, start: float, end: float) -> float:
+        """The longest gap between replies (and from start / to end) in [start, end]."""
+        times = [start, *[t for t in self.replies() if start <= t <= end], end]
+        return max(b - a for a, b in zip(times, times[1:], strict=False))
+
+    def flowing_since(self, since: float) -> bool:
+        """At least 5 replies came in the last second, all after `since`."""
+        now = time.time()
+        return sum(t > max(since, now - 1.0) for t in self.replies()) >= 5
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGINT)
+            try:
+                self.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._out.close()
 
 
 if __name__ == "__main__":  # manual use: python -m tests.tools.cluster
