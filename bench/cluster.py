@@ -19,6 +19,7 @@ import argparse
 import json
 import re
 import signal
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from bench.common import (
     Proc,
     Stack,
     check,
+    fmt,
     iperf3,
     log,
     make_netns,
@@ -91,17 +93,36 @@ def node_of(proc: Proc, cluster: Cluster) -> Node:
 
 
 def placement_rows(stack: Stack, logdir: Path, cluster: Cluster, vhost: str,
-                   seconds: float, count: int) -> list[dict[str, Any]]:
-    rows = []
+                   seconds: float, count: int, rounds: int) -> list[dict[str, Any]]:
+    """Both placements up side by side (a vhost each), measured in alternating order."""
+    sessions = {}
     for label, tag, router_node, agents in (("one node", "one", 0, (0, 0)),
                                             ("different nodes", "dif", 2, (0, 1))):
-        log(f"placement: {label}")
-        procs = start_session(stack, logdir, cluster, vhost, tag, router_node, agents)
-        ns1, ns2 = procs["agent_1"].ns, procs["agent_2"].ns  # type: ignore[attr-defined]
-        p = ping(ns1, "bbbb::2", count, 0.01)
-        t = iperf3(logdir, ns2, ns1, "bbbb::2", seconds)
-        rows.append({"placement": label, "ping": p, "tcp": t})
+        vh = f"{vhost}{tag}"
+        cluster.add_vhost(vh)
+        stack.push(f"delete vhost {vh}", lambda vh=vh: cluster.delete_vhost(vh))
+        sessions[label] = start_session(stack, logdir, cluster, vh, tag, router_node, agents)
+    results: dict[str, dict[str, list[Any]]] = {k: {"ping": [], "tcp": []} for k in sessions}
+    for r in range(rounds):
+        order = list(sessions) if r % 2 == 0 else list(reversed(sessions))
+        for label in order:
+            procs = sessions[label]
+            log(f"round {r + 1}/{rounds}: {label}")
+            ns1, ns2 = procs["agent_1"].ns, procs["agent_2"].ns  # type: ignore[attr-defined]
+            results[label]["ping"].append(ping(ns1, "bbbb::2", count, 0.01))
+            results[label]["tcp"].append(iperf3(logdir, ns2, ns1, "bbbb::2", seconds))
+    for procs in sessions.values():
         stop_all(procs)
+    rows = []
+    for label, res in results.items():
+        def med(key: str, field: str, res: dict[str, list[Any]] = res) -> float | None:
+            values = [x[field] for x in res[key] if x.get(field) is not None]
+            return statistics.median(values) if values else None
+
+        rows.append({"placement": label, "rounds": res, "p50_ms": med("ping", "p50_ms"),
+                     "p99_ms": med("ping", "p99_ms"), "loss_pct": med("ping", "loss_pct"),
+                     "tcp_mbit_per_s": med("tcp", "mbit_per_s"),
+                     "tcp_each": [t.get("mbit_per_s") for t in res["tcp"]]})
     return rows
 
 
@@ -154,6 +175,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=10.0, help="iperf3 TCP duration")
     ap.add_argument("--count", type=int, default=300, help="pings at 10 ms per placement")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per placement")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--logs", help="keep the process logs in this directory")
     args = ap.parse_args()
@@ -168,7 +190,8 @@ def main() -> int:
         vhost = f"bench{cluster.run}"
         cluster.add_vhost(vhost)
         stack.push("delete the vhost", lambda: cluster.delete_vhost(vhost))
-        placement = placement_rows(stack, logdir, cluster, vhost, args.seconds, args.count)
+        placement = placement_rows(stack, logdir, cluster, vhost, args.seconds, args.count,
+                                   args.rounds)
         failover = failover_rows(stack, logdir, cluster, vhost)
         return {"congestion_control": cc, "placement": placement, "failover": failover,
                 "version": project_version(), "loadavg": loadavg()}
@@ -178,9 +201,12 @@ def main() -> int:
         return code
     print(f"agent {result['version']}; TCP congestion control {result['congestion_control']}; "
           f"load average at the end {result['loadavg']}")
-    print(table(["placement", "ping p50 ms", "ping p99 ms", "loss %", "TCP Mbit/s"], [
-        [r["placement"], r["ping"]["p50_ms"], r["ping"]["p99_ms"], r["ping"]["loss_pct"],
-         r["tcp"].get("mbit_per_s", r["tcp"].get("error"))] for r in result["placement"]]))
+    print(f"medians of {args.rounds} alternating rounds: ping -c {args.count} -i 0.01, "
+          f"iperf3 TCP {args.seconds:g} s")
+    print(table(["placement", "ping p50 ms", "ping p99 ms", "loss %", "TCP Mbit/s",
+                 "TCP each round"], [
+        [r["placement"], r["p50_ms"], r["p99_ms"], r["loss_pct"], r["tcp_mbit_per_s"],
+         " ".join(fmt(x) for x in r["tcp_each"])] for r in result["placement"]]))
     print()
     print(table(["fault (ping at 10/s)", "longest ping silence s"],
                 result["failover"]))

@@ -247,3 +247,14 @@ def test_amqps_with_test_ca(session: Session, tls_listener, procs) -> None:  # t
     assert refused.wait() == 1
     assert "not trusted" in refused.output and "Traceback" not in refused.output
     assert tun_links(ns_b) == []
+
+
+def test_url_list_skips_a_dead_node(session: Session, procs) -> None:  # type: ignore[no-untyped-def]
+    """A ';' list whose first node refuses: the next one is used at once, and named."""
+    dead = session.url.replace("127.0.0.1:5672", "127.0.0.1:1")
+    router = procs("router", "--url", f"{dead};{session.url};{session.url}", label="router")
+    start = time.monotonic()
+    assert router.wait_log("announced as packetrouting", 10), router.output
+    assert time.monotonic() - start < 10
+    assert "connected to node 127.0.0.1:5672 (URL 2 of 2)" in router.output  # duplicate dropped
+    assert "guest:guest" not in router.output
