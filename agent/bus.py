@@ -388,8 +388,8 @@ class Bus:
             if self._on_standby is not None:
                 self._on_standby()
             else:
-                log.warning("queue %s is still held by the lost connection (its node not yet "
-                            "declared down by the cluster?); waiting for it on %s",
+                log.warning("queue %s is held by another connection (our lost one, on a node "
+                            "not yet declared down?); waiting for it on %s",
                             self.queue.name, self.url.where)
         conn = self._conn
 
