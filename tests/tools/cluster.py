@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -137,6 +138,11 @@ class Cluster:
         return [f"amqp://guest:guest@{n.url_host}/{vhost}{q}" for n in self.nodes]
 
     def start(self) -> None:
+        for node in self.nodes:
+            for port in (node.port, node.port + DIST_PORT_OFFSET):
+                with socket.socket() as probe:
+                    if probe.connect_ex(("127.0.0.1", port)) == 0:
+                        raise ClusterError(f"port {port} is in use (a test cluster left over?)")
         for node in self.nodes:
             (node.base / "mnesia").mkdir(parents=True)
             (node.base / "log").mkdir()
