@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import socket
 import ssl
 from collections.abc import Callable
@@ -36,14 +35,20 @@ from agent.amqpframes import (
     PublishEncoder,
     encode_properties,
 )
+from agent.failover import NodeOrder
 from agent.soon import Soon
-from agent.url import AmqpUrl
+from agent.url import AmqpUrl, Urls, as_list
 from agent.wire import CONTENT_ENCODING, CONTENT_TYPE, FAST_CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
 WRITE_BUFFER_LIMIT = 4 * 1024 * 1024  # bytes pending to the broker before we drop
-DEFAULT_HEARTBEAT = 30
+# pika 1.x sends a heartbeat every heartbeat/2 s and checks every heartbeat + 5 s that some
+# bytes came since the previous check: a silent (frozen) broker is noticed 1 to 2 check
+# intervals after its last byte, 7 to 14 s with 2 (docs/cluster.md). The broker gives up on
+# us after 2 missed heartbeats (4 s of a stalled loop).
+DEFAULT_HEARTBEAT = 2
+STANDBY_POLL = 0.5  # s between two tries of a standby to take the queue
 
 Handler = Callable[[str, bytes, "str | None"], None]  # (routing key, body, content type)
 
@@ -174,49 +179,37 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-class Backoff:
-    """Capped exponential backoff with full jitter."""
-
-    def __init__(self, base: float = 0.5, cap: float = 4.0, rng: random.Random | None = None):
-        self.base, self.cap, self.attempt = base, cap, 0
-        self._rng = rng or random.Random()  # noqa: S311 (jitter, not crypto)
-
-    def next(self) -> float:
-        ceiling = min(self.cap, self.base * (2 ** min(self.attempt, 64)))  # no float overflow
-        self.attempt += 1
-        return self._rng.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
 class Bus:
     """One AMQP connection and channel; publishes on an exchange, consumes one queue."""
 
     def __init__(
         self,
-        url: AmqpUrl,
+        url: Urls,
         exchange: str,
         queue: QueueSpec,
         on_message: Handler,
         on_up: Callable[[], None],
         on_fatal: Callable[[str], None],
         ca_file: str | None = None,
+        on_standby: Callable[[], None] | None = None,
     ) -> None:
-        self.url = url
+        self.urls = as_list(url)
+        self.order = NodeOrder(len(self.urls))
         self.exchange = exchange
         self.queue = queue
         self._on_message = on_message
         self._on_up = on_up
         self._on_fatal = on_fatal
-        self._params = connection_parameters(url, ca_file)
+        self._params = [connection_parameters(u, ca_file) for u in self.urls]
+        self._on_standby = on_standby  # set: a queue in use (405) means wait for it
+        self.standby = False
+        self._first_errors: list[str] = []
         self._props = JSON_PROPS
         self._conn: AsyncioConnection | None = None
         self._channel: Any = None
         self._ever_up = False
         self._closing = False
         self._closed = asyncio.Event()
-        self._backoff = Backoff()
         self._retry: asyncio.TimerHandle | None = None
         self._ack_tag = 0  # the newest delivery to acknowledge (multiple) at the next flush
         # the data path (agent.amqpframes), per connection once its channel is open
@@ -233,6 +226,11 @@ class Bus:
         self.reconnects = 0
         self.drop_reason = ""  # why the last publish() returned False
 
+    @property
+    def url(self) -> AmqpUrl:
+        """The URL of the node connected to (or tried next)."""
+        return self.urls[self.order.index]
+
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
@@ -246,7 +244,7 @@ class Bus:
             return
         log.debug("connecting to %s", self.url.redacted())
         self._conn = AsyncioConnection(
-            self._params,
+            self._params[self.order.index],
             on_open_callback=self._on_open,
             on_open_error_callback=self._on_open_error,
             on_close_callback=self._on_closed,
@@ -293,21 +291,28 @@ class Bus:
             return
         if was_up:
             log.debug("connection closed: %s", exc)
-        self._lost(describe_error(exc, self.url), exc)
+        self._lost(describe_error(exc, self.url), exc, was_up)
 
-    def _lost(self, reason: str, exc: BaseException) -> None:
+    def _lost(self, reason: str, exc: BaseException, was_up: bool = False) -> None:
         if self._closing:
             return
-        fatal_now = not self._ever_up or isinstance(exc, BusFatal)
-        if fatal_now:
+        several = len(self.urls) > 1
+        first = not (self._ever_up or self.standby)
+        if first and several:
+            self._first_errors.append(reason)
+        lost_at = self.url.where
+        delay = self.order.failed()
+        if isinstance(exc, BusFatal) or (first and self.order.round_done):
+            # the first round failed on every node: a typo should not spin forever
             self._closing = True
-            self._on_fatal(reason)
+            self._on_fatal("; ".join(self._first_errors) if several else reason)
             return
-        delay = self._backoff.next()
-        if self._backoff.attempt == 1:
-            log.warning("lost the broker: %s; reconnecting", reason)
+        if was_up:
+            log.warning("lost the broker at %s: %s; reconnecting", lost_at, reason)
+        elif delay:
+            log.info("still no broker (%s); next try %s in %.1f s", reason, self.url.where, delay)
         else:
-            log.info("still no broker (%s); next try in %.1f s", reason, delay)
+            log.info("%s; trying %s", reason, self.url.where)
         self._retry = asyncio.get_running_loop().call_later(delay, self._connect)
 
     def _on_channel(self, channel: Any) -> None:
@@ -336,6 +341,12 @@ class Bus:
             return  # the connection went: _on_closed reports and reconnects
         reason = f"channel closed: {exc}"
         if isinstance(exc, pex.ChannelClosedByBroker):
+            if exc.reply_code == 405 and (self._on_standby is not None or self._ever_up):
+                # a standby waits for the queue; after a failover it may still be held by
+                # our own lost connection on a node not yet declared down: wait on this
+                # (healthy) node rather than move on, perhaps to the lost node itself
+                self._wait_for_queue()
+                return
             if exc.reply_code == 405:
                 reason = self.queue.in_use_message.format(queue=self.queue.name)
                 if not self._ever_up:
@@ -355,6 +366,25 @@ class Bus:
                 return
         log.warning("%s; reconnecting", reason)
         self._safe_close()
+
+    def _wait_for_queue(self) -> None:
+        """The queue is held by another connection: try again on a new channel in a moment."""
+        if not self.standby:
+            self.standby = True  # from now on a lost connection is retried
+            self.order.connected()
+            if self._on_standby is not None:
+                self._on_standby()
+            else:
+                log.warning("queue %s is held by another connection (our lost one, on a node "
+                            "not yet declared down?); waiting for it on %s",
+                            self.queue.name, self.url.where)
+        conn = self._conn
+
+        def retry() -> None:
+            if conn is self._conn and conn is not None and conn.is_open and not self._closing:
+                conn.channel(on_open_callback=self._on_channel)
+
+        asyncio.get_running_loop().call_later(STANDBY_POLL, retry)
 
     def _safe_close(self) -> None:
         conn = self._conn
@@ -391,11 +421,15 @@ class Bus:
         self._channel.basic_consume(self.queue_name, self._deliver, auto_ack=False)
         asyncio.get_running_loop().call_soon(self._take_over_reading, self._conn)
         self.up = True
+        self.standby = False
         if self._ever_up:
             self.reconnects += 1
-            log.warning("broker connection restored")
+            log.warning("broker connection restored: reconnected to %s", self.url.where)
+        elif len(self.urls) > 1:
+            log.info("connected to node %s (URL %d of %d)", self.url.where,
+                     self.order.index + 1, len(self.urls))
         self._ever_up = True
-        self._backoff.reset()
+        self.order.connected()
         self._on_up()
 
     # -- data path -------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from agent.config import (
     parse_reroute_prefix,
 )
 from agent.slip.options import serial_options
-from agent.url import AmqpUrl, UrlError, parse_url, resolve_url
+from agent.url import AmqpUrl, UrlError, parse_urls, resolve_url
 
 log = logging.getLogger("agent")
 _EXCHANGE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,127}")
@@ -49,17 +49,17 @@ def setup_logging(verbose: int, quiet: int) -> None:
         logging.getLogger(noisy).setLevel(logging.CRITICAL if verbose < 3 else logging.DEBUG)
 
 
-def _url(url: str | None, url_file: str | None) -> AmqpUrl:
+def _url(url: tuple[str, ...] | str | None, url_file: str | None) -> list[AmqpUrl]:
     if url_file:
         try:
             with open(url_file) as f:
-                url = f.read().strip()
+                url = ";".join(f.read().split())  # ';' or one URL per line
         except OSError as exc:
             raise click.BadParameter(
                 f"cannot read {url_file}: {exc.strerror}", param_hint="--url-file"
             ) from None
     try:
-        return parse_url(resolve_url(url))
+        return parse_urls(resolve_url(url or None))
     except UrlError as exc:
         raise click.BadParameter(str(exc), param_hint="--url") from None
 
@@ -116,15 +116,16 @@ url_options = [
     click.option(
         "--url",
         envvar=None,
-        default=None,
-        help="AMQP URL amqp[s]://user:password@host[:port]/vhost "
+        multiple=True,
+        help="AMQP URL amqp[s]://user:password@host[:port]/vhost; repeat it or separate "
+        "URLs with ';' for the nodes of a cluster, tried in turn "
         "(default: env AMQP_URL, else amqp://guest:guest@localhost/).",
     ),
     click.option(
         "--url-file",
         type=click.Path(dir_okay=False),
         default=None,
-        help="Read the AMQP URL from this file (keeps the password out of ps).",
+        help="Read the AMQP URL(s, ';'-separated) from this file (keeps the password out of ps).",
     ),
     click.option("--exchange", default="amq.topic", show_default=True, callback=_exchange),
     click.option(
@@ -256,7 +257,7 @@ def connect(
     tun_name: str | None,
     mtu: int,
     netns: str | None,
-    url: str | None,
+    url: tuple[str, ...],
     url_file: str | None,
     exchange: str,
     ca_file: str | None,
@@ -373,7 +374,7 @@ def router(
     mirror: list[str],
     links: list[list[str]],
     wire: str,
-    url: str | None,
+    url: tuple[str, ...],
     url_file: str | None,
     exchange: str,
     ca_file: str | None,
@@ -430,7 +431,7 @@ def sniff(
     pcap: str | None,
     count: int | None,
     packet_filter: object,
-    url: str | None,
+    url: tuple[str, ...],
     url_file: str | None,
     exchange: str,
     ca_file: str | None,

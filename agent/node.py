@@ -28,7 +28,7 @@ from agent.service import Service
 from agent.slip.link import SerialLink
 from agent.switch import BUS, SERIAL, TUN, Switch, is_drop, plan_for_serial, routes
 from agent.tun import Tun, TunError
-from agent.url import AmqpUrl
+from agent.url import Urls
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class Tap(Protocol):
 @dataclass
 class AgentOptions:
     name: str
-    url: AmqpUrl
+    url: Urls
     exchange: str = "amq.topic"
     plan: AddressPlan | None = None
     bootstrap: bool = True
@@ -119,7 +119,7 @@ class Agent(Service):
             await self._bring_up_tun(self.plan)
         else:
             log.info("waiting for a tun.start on %s", self._start_key)
-        log.info("connecting to %s as %s", self.opts.url.redacted(), self.name)
+        log.info("connecting to %s as %s", self.bus.url.redacted(), self.name)
         self.bus.start()
 
     async def cleanup(self) -> None:
@@ -242,7 +242,7 @@ class Agent(Service):
 
     def _on_bus_up(self) -> None:
         self.bus.publish(wire.READY_KEY, wire.encode_ready(self.name))
-        log.info("connected to %s; published ready", self.opts.url.where)
+        log.info("connected to %s; published ready", self.bus.url.where)
         self._publish_started()
 
     def _publish_started(self) -> None:

@@ -23,7 +23,7 @@ from agent.ipheader import (
     to_address,
 )
 from agent.service import Service
-from agent.url import AmqpUrl
+from agent.url import Urls
 
 log = logging.getLogger(__name__)
 trace = logging.getLogger("agent.packets")
@@ -130,7 +130,7 @@ class RoutingTable:
 class Router(Service):
     def __init__(
         self,
-        url: AmqpUrl,
+        url: Urls,
         exchange: str = "amq.topic",
         table: RoutingTable | None = None,
         ca_file: str | None = None,
@@ -157,6 +157,7 @@ class Router(Service):
             on_up=self._on_up,
             on_fatal=self.on_fatal,
             ca_file=ca_file,
+            on_standby=self._on_standby,
         )
 
     # -- start / stop (the run loop is agent.service.Service.run) -------------------------
@@ -164,7 +165,7 @@ class Router(Service):
     async def start(self) -> None:
         if trace.isEnabledFor(logging.INFO):
             import agent.taps  # noqa: F401  (-v: load Scapy now, not on the first packet)
-        log.info("connecting to %s", self.url.redacted())
+        log.info("connecting to %s", self.bus.url.redacted())
         self.bus.start()
 
     async def cleanup(self) -> None:
@@ -177,7 +178,11 @@ class Router(Service):
 
     def _on_up(self) -> None:
         self._announce()
-        log.info("connected to %s; announced as %s", self.url.where, wire.ROUTER_COMPONENT)
+        log.info("active on %s; announced as %s", self.bus.url.where, wire.ROUTER_COMPONENT)
+
+    def _on_standby(self) -> None:
+        log.info("another router is active on this vhost; standing by on %s to take over "
+                    "when it goes", self.bus.url.where)
 
     def _on_message(self, key: str, body: bytes, content_type: str | None) -> None:
         agent: str | None = None

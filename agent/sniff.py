@@ -40,7 +40,7 @@ from agent.config import ConfigError, plan_from_bus
 from agent.pktfilter import Filter
 from agent.service import Service
 from agent.soon import Soon
-from agent.url import AmqpUrl
+from agent.url import Urls
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def describe_plan(msg: dict[str, Any]) -> str:
 class Sniffer(Service):
     def __init__(
         self,
-        url: AmqpUrl,
+        url: Urls,
         exchange: str = "amq.topic",
         names: tuple[str, ...] | list[str] = (),
         pcap: str | None = None,
@@ -149,7 +149,7 @@ class Sniffer(Service):
     # -- start / stop (the run loop is agent.service.Service.run) -------------------------
 
     async def start(self) -> None:
-        log.info("connecting to %s", self.url.redacted())
+        log.info("connecting to %s", self.bus.url.redacted())
         self.bus.start()
 
     async def cleanup(self) -> None:
@@ -169,7 +169,7 @@ class Sniffer(Service):
 
     def _on_up(self) -> None:
         what = ", ".join(self.names) if self.names else "all agents"
-        log.info("sniffing %s on %s (queue %s)", what, self.url.where, self.bus.queue_name)
+        log.info("sniffing %s on %s (queue %s)", what, self.bus.url.where, self.bus.queue_name)
 
     # -- output -------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -52,10 +53,61 @@ class AmqpUrl:
         return f"{self.scheme}://{self.user}:***@{self.where}/{vhost}"
 
 
-def resolve_url(cli_value: str | None, env: dict[str, str] | None = None) -> str:
-    """--url, else env AMQP_URL, else the local default."""
+# what the services take: one URL, or the nodes of a cluster in order
+Urls = AmqpUrl | Sequence[AmqpUrl]
+
+
+def as_list(urls: Urls) -> list[AmqpUrl]:
+    return [urls] if isinstance(urls, AmqpUrl) else list(urls)
+
+
+def resolve_url(
+    cli_value: str | Sequence[str] | None, env: dict[str, str] | None = None
+) -> str:
+    """--url (each may be a ';' list), else env AMQP_URL, else the local default."""
     env = os.environ if env is None else env
+    if cli_value is not None and not isinstance(cli_value, str):
+        cli_value = ";".join(cli_value)
     return cli_value or env.get("AMQP_URL") or DEFAULT_URL
+
+
+def parse_urls(text: str) -> list[AmqpUrl]:
+    """Several complete URLs separated by ';' (kombu's failover convention).
+
+    Blank entries are skipped, duplicates dropped (the first stays), and all must name
+    the same vhost (one session). An error names the entry by position, password masked.
+    """
+    entries = [e.strip() for e in text.split(";")] if isinstance(text, str) else []
+    entries = [e for e in entries if e]
+    if len(entries) <= 1:
+        return [parse_url(entries[0] if entries else "")]
+    urls: list[AmqpUrl] = []
+    for i, entry in enumerate(entries, 1):
+        try:
+            url = parse_url(entry)
+        except UrlError as exc:
+            raise UrlError(f"AMQP URL {i} of {len(entries)} ({mask(entry)}): {exc}") from None
+        if urls and url.vhost != urls[0].vhost:
+            raise UrlError(
+                f"AMQP URL {i} of {len(entries)} ({url.redacted()}) names vhost {url.vhost!r}, "
+                f"URL 1 vhost {urls[0].vhost!r}: all URLs of a list must name the same vhost"
+            )
+        if url not in urls:
+            urls.append(url)
+    return urls
+
+
+def mask(entry: str) -> str:
+    """entry with whatever may be a password replaced by ***, even if it does not parse."""
+    start = entry.find("://")
+    start = start + 3 if start >= 0 else 0
+    at = entry.rfind("@")
+    if at < start:
+        return entry
+    colon = entry.find(":", start, at)
+    if colon < 0:
+        return entry
+    return f"{entry[: colon + 1]}***{entry[at:]}"
 
 
 def parse_url(url: str) -> AmqpUrl:

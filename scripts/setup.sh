@@ -12,6 +12,7 @@ command -v iperf3 >/dev/null || need+=(iperf3)
 command -v tshark >/dev/null || need+=(tshark)
 command -v openssl >/dev/null || need+=(openssl)
 command -v rabbitmq-server >/dev/null || need+=(rabbitmq-server)
+command -v runuser >/dev/null || need+=(util-linux)  # the test cluster runs as user rabbitmq
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"

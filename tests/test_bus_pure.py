@@ -22,7 +22,8 @@ from pika.adapters.utils.connection_workflow import (
     AMQPConnectorTransportSetupError,
 )
 
-from agent.bus import Backoff, connection_parameters, describe_error, queue_arguments
+from agent.bus import connection_parameters, describe_error, queue_arguments
+from agent.failover import Backoff
 from agent.url import parse_url
 
 PASSWORD = "Sup3r-S3cret!"  # noqa: S105 (test value)
@@ -293,7 +294,7 @@ def test_connection_parameters_amqp() -> None:
     assert params.credentials.username == "paul"
     assert params.credentials.password == PASSWORD
     assert params.ssl_options is None
-    assert params.heartbeat == 30
+    assert params.heartbeat == 2  # a frozen node is left within 15 s (docs/cluster.md)
     assert params.connection_attempts == 1
     assert params.client_properties["connection_name"] == "ioppytest-agent"
 

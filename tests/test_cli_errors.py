@@ -53,6 +53,10 @@ def assert_one_line_error(out: subprocess.CompletedProcess[str], *expected: str)
         (["--name", "agent_1", "--url", f"amqp://u:{SECRET}@h:99999/"], ["--url"]),
         (["--name", "agent_1", "--url", "amqp://h/?heartbeat=abc"], ["heartbeat"]),
         (["--name", "agent_1", "--exchange", "bad exchange"], ["exchange"]),
+        (["--name", "agent_1", "--url", f"amqp://u:{SECRET}@h1/v;amqp://u:{SECRET}@h2:0x/v"],
+         ["URL 2 of 2", "u:***@h2"]),
+        (["--name", "agent_1", "--url", "amqp://h1/v", "--url", f"amqp://u:{SECRET}@h2/w"],
+         ["URL 2 of 2", "same vhost"]),
     ],
 )
 def test_bad_options(args: list[str], expected: list[str]) -> None:

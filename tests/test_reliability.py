@@ -128,12 +128,29 @@ def test_spoofed_source_dropped_by_router(session: Session, listener) -> None:  
     assert ping(session.ns["agent_1"], "bbbb::2")
 
 
-def test_second_router_refused(session: Session, procs) -> None:  # type: ignore[no-untyped-def]
+def test_second_router_stands_by_and_takes_over(session: Session, procs) -> None:  # type: ignore[no-untyped-def]
+    """A second router waits (one line); when the first is killed it is active within 2 s,
+    the agents re-announce to it and traffic flows; never two routers (no DUP!)."""
     first = session.start_router()
+    session.start_agent("agent_1")
+    session.start_agent("agent_2")
+    assert session.learned("agent_1", "agent_2")
     second = procs("router", "--url", session.url, label="router2")
-    assert second.wait() == 1
-    assert "already running" in second.output and "Traceback" not in second.output
-    assert first.running()
+    assert second.wait_log("standing by", 10), second.output
+    assert first.running() and second.running()
+    out = ns_run(session.ns["agent_1"], "ping", "-6", "-c", "5", "-i", "0.2", "bbbb::2")
+    assert out.returncode == 0 and "DUP!" not in out.stdout, out.stdout
+    assert second.output.count("standing by") == 1 and "learned" not in second.output
+    first.send(signal.SIGKILL)
+    start = time.monotonic()
+    first.wait(5)
+    assert second.wait_log("active on", 5), second.output
+    took = time.monotonic() - start
+    assert took < 2.0, f"takeover took {took:.1f} s"
+    assert second.wait_log("learned agent_1", 5) and second.wait_log("learned agent_2", 5)
+    out = ns_run(session.ns["agent_1"], "ping", "-6", "-c", "5", "-i", "0.2", "-W", "2", "bbbb::2")
+    assert out.returncode == 0 and "DUP!" not in out.stdout, out.stdout + second.output
+    assert "Traceback" not in second.output
 
 
 def test_kill_9_leaves_nothing(session: Session, listener) -> None:  # type: ignore[no-untyped-def]
@@ -230,3 +247,14 @@ def test_amqps_with_test_ca(session: Session, tls_listener, procs) -> None:  # t
     assert refused.wait() == 1
     assert "not trusted" in refused.output and "Traceback" not in refused.output
     assert tun_links(ns_b) == []
+
+
+def test_url_list_skips_a_dead_node(session: Session, procs) -> None:  # type: ignore[no-untyped-def]
+    """A ';' list whose first node refuses: the next one is used at once, and named."""
+    dead = session.url.replace("127.0.0.1:5672", "127.0.0.1:1")
+    router = procs("router", "--url", f"{dead};{session.url};{session.url}", label="router")
+    start = time.monotonic()
+    assert router.wait_log("announced as packetrouting", 10), router.output
+    assert time.monotonic() - start < 10
+    assert "connected to node 127.0.0.1:5672 (URL 2 of 2)" in router.output  # duplicate dropped
+    assert "guest:guest" not in router.output

@@ -22,7 +22,7 @@ from agent.slip.port import DEFAULT_BAUDRATE, SerialPortError, SerialSettings
 if TYPE_CHECKING:
     from agent.node import Agent
     from agent.slip.link import SerialLink
-    from agent.url import AmqpUrl
+    from agent.url import Urls
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def attach_serial(
 
 def probe_runner(
     name: str,
-    url: AmqpUrl,
+    url: Urls,
     choice: SerialChoice,
     exchange: str,
     ca_file: str | None,

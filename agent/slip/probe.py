@@ -18,7 +18,7 @@ from agent.bus import Bus, agent_queue
 from agent.service import Service
 from agent.slip.framing import encode_frame
 from agent.slip.port import SerialPort, SerialSettings
-from agent.url import AmqpUrl
+from agent.url import Urls
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class SerialProbe(Service):
     def __init__(
         self,
         name: str,
-        url: AmqpUrl,
+        url: Urls,
         settings: SerialSettings,
         exchange: str = "amq.topic",
         ca_file: str | None = None,
@@ -75,7 +75,7 @@ class SerialProbe(Service):
             self.settings.device,
             self.settings.baudrate,
         )
-        log.info("connecting to %s as %s", self.url.redacted(), self.name)
+        log.info("connecting to %s as %s", self.bus.url.redacted(), self.name)
         self.bus.start()
 
     async def cleanup(self) -> None:
@@ -106,7 +106,7 @@ class SerialProbe(Service):
 
     def _on_bus_up(self) -> None:
         self.bus.publish(wire.READY_KEY, wire.encode_ready(self.name))
-        log.info("connected to %s; published ready", self.url.where)
+        log.info("connected to %s; published ready", self.bus.url.where)
         if self.port.is_open:
             self._publish_started()
 
