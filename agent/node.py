@@ -125,6 +125,7 @@ class Agent(Service):
         self._started_key = wire.started_key(self.name)
         self._announced: dict[str, set[IPNetwork]] = {}
         self._bootstrapping = False
+        self._router_epoch: str | None = None  # the router announcement last answered
         self.switch = Switch(accept_any=opts.accept_any)
         self.ports: dict[str, Port] = {}
         self.taps: list[Tap] = []
@@ -136,7 +137,8 @@ class Agent(Service):
             opts.exchange,
             agent_queue(
                 self.name,
-                [self._downlink_key, self._start_key, "fromAgent.*.ip.tun.started", wire.READY_KEY],
+                [self._downlink_key],
+                control=[self._start_key, "fromAgent.*.ip.tun.started", wire.READY_KEY],
             ),
             on_message=self._on_message,
             on_up=self._on_bus_up,
@@ -233,6 +235,7 @@ class Agent(Service):
     # -- bus ----------------------------------------------------------------------------
 
     def _on_bus_up(self) -> None:
+        self._router_epoch = None  # our queues are new: answer the next router ready
         self.bus.publish(wire.READY_KEY, wire.encode_ready(self.name))
         log.info("connected to %s; published ready", self.opts.url.where)
         self._publish_started()
@@ -258,8 +261,13 @@ class Agent(Service):
                         self.bus_port.flush()
                         self.bus_port.fast = not self.bus_port.fast
                         log.info("uplink wire: %s", "fast" if self.bus_port.fast else "json")
-                    log.info("packet router announced itself; re-publishing tun.started")
-                    self._publish_started()
+                    epoch = wire.router_epoch(msg)
+                    if epoch is None or epoch != self._router_epoch:
+                        # a router we have not told yet (or one that does not say): once
+                        # per router start, not once per ready (see docs/scale.md)
+                        self._router_epoch = epoch
+                        log.info("packet router announced itself; re-publishing tun.started")
+                        self._publish_started()
             elif key.endswith(".ip.tun.started"):
                 peer = wire.agent_of(key)
                 if peer and peer != self.name:

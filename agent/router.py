@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,12 +144,14 @@ class Router(Service):
         self.fast_wire = fast_wire  # offer our fast wire to agents that announce it
         self.fast_agents: set[str] = set()
         self._pending: dict[str, list[bytes]] = {}
+        self._epoch = ""
         self.bus = Bus(
             url,
             exchange,
             QueueSpec(
                 name="packetrouting@router",
-                bindings=["fromAgent.*.ip.tun.packet.raw", "fromAgent.*.ip.tun.started"],
+                bindings=["fromAgent.*.ip.tun.packet.raw"],
+                control=["fromAgent.*.ip.tun.started"],
                 arguments=queue_arguments(max_length=10000),
                 prefetch=512,
                 in_use_message="a packet router is already running on this vhost",
@@ -172,10 +175,15 @@ class Router(Service):
         await self.bus.close(timeout=1.0)
 
     def _announce(self) -> None:
-        extra = {wire.WIRE_FIELD: [wire.FAST_WIRE]} if self.fast_wire else {}
+        extra: dict[str, Any] = {wire.EPOCH_FIELD: self._epoch}
+        if self.fast_wire:
+            extra[wire.WIRE_FIELD] = [wire.FAST_WIRE]
         self.bus.publish(wire.READY_KEY, wire.encode_ready(wire.ROUTER_COMPONENT, **extra))
 
     def _on_up(self) -> None:
+        # a new epoch on every connection: agents answer it once with their tun.started
+        # (our queue is new, what they said while we were away is lost)
+        self._epoch = secrets.token_hex(6)
         self._announce()
         log.info("connected to %s; announced as %s", self.url.where, wire.ROUTER_COMPONENT)
 
@@ -217,7 +225,9 @@ class Router(Service):
         if self.fast_wire and wire.speaks_fast(msg):
             if agent not in self.fast_agents:
                 self.fast_agents.add(agent)
-                self._announce()  # its uplink switches to the fast wire on our ready
+                # its uplink switches to the fast wire on our ready; the others have seen
+                # this epoch already and do not answer it
+                self._announce()
         else:
             self.fast_agents.discard(agent)
 
