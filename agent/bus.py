@@ -255,6 +255,8 @@ class Bus:
         self.up = False
         self.reconnects = 0
         self.drop_reason = ""  # why the last publish() returned False
+        # called at the start of every flush: a last chance to publish what was held back
+        self.before_flush: Callable[[], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -538,6 +540,8 @@ class Bus:
 
     def flush(self) -> None:
         """Send what publish() queued, and the pending ack, now."""
+        if self.before_flush is not None:
+            self.before_flush()
         handle = self._flush_handle
         if handle is not None:
             handle.cancel()

@@ -30,6 +30,9 @@ from agent.url import AmqpUrl
 log = logging.getLogger(__name__)
 
 MAX_ANNOUNCED_ROUTES = 32
+# uplink coalescing (see BusPort.end_of_burst and docs/scale.md)
+COALESCE_S = 0.001  # hold a burst at most this long (epoll's resolution is 1 ms)...
+STREAM_GAP_S = 0.002  # ...and only if the previous message left less than this ago
 
 
 class Port(Protocol):
@@ -62,6 +65,7 @@ class BusPort:
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._flush_handle: asyncio.Handle | None = None
+        self._last_sent = 0.0  # loop time of the last fast-wire message
 
     def send(self, packet: bytes) -> bool:
         if not self.fast:
@@ -82,8 +86,32 @@ class BusPort:
             self._flush_handle.cancel()
             self._flush_handle = None
         packets, self._pending, self._pending_bytes = self._pending, [], 0
-        if packets and not self.bus.publish(self.key, wire.encode_batch(packets), FAST_PROPS):
+        if not packets:
+            return
+        self._last_sent = asyncio.get_running_loop().time()
+        if not self.bus.publish(self.key, wire.encode_batch(packets), FAST_PROPS):
             self.counters.drops[self.bus.drop_reason] += len(packets)
+
+    def end_of_burst(self) -> None:
+        """The TUN has nothing more for now: send what is pending, unless packets keep
+        coming (the previous message left under STREAM_GAP_S ago): then hold them up to
+        COALESCE_S for more. Batches stay large when processes share the cores (fewer
+        broker messages per packet); a lone packet (ping, idle session) leaves at once.
+        """
+        if not self._pending:
+            return
+        loop = asyncio.get_running_loop()
+        if (
+            self._pending_bytes < wire.MAX_BATCH_BYTES // 2
+            and loop.time() - self._last_sent < STREAM_GAP_S
+        ):
+            handle = self._flush_handle
+            if handle is None or not isinstance(handle, asyncio.TimerHandle):
+                if handle is not None:
+                    handle.cancel()
+                self._flush_handle = loop.call_later(COALESCE_S, self.flush)
+            return
+        self.flush()
 
     @property
     def drop_reason(self) -> str:
@@ -208,9 +236,9 @@ class Agent(Service):
         forward = self.forward
         for packet in tun.read_batch():
             forward(packet, TUN)
-        # all that was waiting has been read: send it now, not a loop iteration later
+        # all that was waiting has been read: send it now (or, amid a stream, very soon)
         if self.bus_port.fast:
-            self.bus_port.flush()
+            self.bus_port.end_of_burst()
         self.bus.flush()
 
     # -- the switch ----------------------------------------------------------------------
@@ -262,9 +290,12 @@ class Agent(Service):
                         self.bus_port.fast = not self.bus_port.fast
                         log.info("uplink wire: %s", "fast" if self.bus_port.fast else "json")
                     epoch = wire.router_epoch(msg)
-                    if epoch is None or epoch != self._router_epoch:
-                        # a router we have not told yet (or one that does not say): once
-                        # per router start, not once per ready (see docs/scale.md)
+                    # answer a router we have not told yet (or one that does not say):
+                    # once per router connection, not per ready (docs/scale.md). An agent
+                    # with networks behind it answers every ready: the router re-announces
+                    # for each new agent, which learns the routes from this answer.
+                    networks = self.plan is not None and bool(self.plan.reroute_prefixes)
+                    if epoch is None or epoch != self._router_epoch or networks:
                         self._router_epoch = epoch
                         log.info("packet router announced itself; re-publishing tun.started")
                         self._publish_started()

@@ -161,6 +161,9 @@ class Router(Service):
             on_fatal=self.on_fatal,
             ca_file=ca_file,
         )
+        # downlink batches are sent when the bus sends (after each read from the broker,
+        # same loop turn): the packets of several uplink messages for one target share one
+        self.bus.before_flush = self._flush
 
     # -- start / stop (the run loop is agent.service.Service.run) -------------------------
 
@@ -203,8 +206,6 @@ class Router(Service):
                     self.counters.count("rx json", len(body))
                     head, size = wire.peek_packet(body)  # no full parse to route it
                     self._forward(agent, head, body, size)
-                if self._pending:
-                    self._flush()  # now, not a loop iteration later: latency
             elif key.endswith(".ip.tun.started"):
                 msg = wire.decode_control(body)
                 try:
@@ -270,6 +271,8 @@ class Router(Service):
 
     def _flush(self) -> None:
         """Send each fast target the packets queued for it, as few messages as fit."""
+        if not self._pending:
+            return
         pending, self._pending = self._pending, {}
         for target, packets in pending.items():
             key = wire.downlink_key(target)

@@ -1,7 +1,7 @@
 """Sessions side by side on one broker host: throughput, batching and CPU per packet.
 
     sudo .venv/bin/python -m bench.sessions [--sessions 1,2,4,8] [--cc bbr,cubic]
-        [--seconds 8] [--old-tree DIR] [--pings 200] [--json FILE] [--logs DIR]
+        [--seconds 8] [--tree DIR] [--old-tree DIR] [--pings 200] [--json FILE] [--logs DIR]
 
 Each session is what a new user makes: its own vhost, `agent router`, two agents with
 their TUNs in namespaces of their own (bench.rig.Tunnel). For each congestion control
@@ -23,22 +23,24 @@ import argparse
 import json
 import os
 import re
+import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    IPERF_PORT,
     Stack,
-    iperf3,
     log,
     make_netns,
     make_vhost,
+    netns_exec,
     ping,
     rss_kb,
     run,
     run_cleanly,
+    start_iperf3_server,
     table,
 )
 from bench.rig import ADDR_2, Sample, Tunnel, delta
@@ -97,23 +99,47 @@ def _counter(d: dict[str, Any], name: str, pred: Any) -> int:
     return sum(v for k, v in counters.items() if pred(k))
 
 
+def iperf3_together(tunnels: list[Tunnel], cc: str, seconds: float) -> list[dict[str, Any]]:
+    """iperf3 TCP agent_1 -> agent_2 in each session, all at once; Mbit/s or an error each."""
+    with Stack() as local:
+        for t in tunnels:
+            start_iperf3_server(local, t.ns_b, t.logdir)
+        clients = [
+            subprocess.Popen(
+                netns_exec(t.ns_a, "iperf3", "-c", ADDR_2, "-p", str(IPERF_PORT), "-J",
+                           "-t", f"{seconds:g}", "--connect-timeout", "3000", "-C", cc),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                text=True,
+            )
+            for t in tunnels
+        ]
+        local.push("stop iperf3 clients", lambda: [c.kill() for c in clients if c.poll() is None])
+        out = []
+        for c in clients:
+            stdout, stderr = c.communicate(timeout=seconds + 30)
+            try:
+                data = json.loads(stdout)
+            except json.JSONDecodeError:
+                out.append({"error": (stderr or stdout).strip()[-200:]})
+                continue
+            if data.get("error"):
+                out.append({"error": data["error"]})
+                continue
+            end = data.get("end", {})
+            out.append({
+                "mbit_per_s": end.get("sum_received", {}).get("bits_per_second", 0) / 1e6,
+                "retransmits": end.get("sum_sent", {}).get("retransmits"),
+            })
+    return out
+
+
 def measure_round(
     tunnels: list[Tunnel], cc: str, seconds: float, logdir: Path
 ) -> dict[str, Any]:
     """iperf3 TCP in every given session at once; throughput, batching, CPU per packet."""
     before: list[Sample] = [t.sample() for t in tunnels]
     cpu0, t0 = cpu_times(), time.monotonic()
-    results: list[dict[str, Any]] = [{} for _ in tunnels]
-
-    def one(i: int) -> None:
-        t = tunnels[i]
-        results[i] = iperf3(t.logdir, t.ns_b, t.ns_a, ADDR_2, seconds, extra=("-C", cc))
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(tunnels))]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    results = iperf3_together(tunnels, cc, seconds)
     idle = idle_pct(cpu0, cpu_times())
     took = time.monotonic() - t0
     for t in tunnels:
@@ -184,7 +210,7 @@ def bench(args: argparse.Namespace, stack: Stack, logdir: Path) -> dict[str, Any
     bpid = broker_pid()
     log(f"broker pid {bpid}; starting {max(counts)} sessions; load {loadavg()}")
     tunnels = [
-        open_session(stack, f"{tag}n{i}", logdir, agent_command(None), bpid)
+        open_session(stack, f"{tag}n{i}", logdir, agent_command(args.tree), bpid)
         for i in range(max(counts))
     ]
     old = None
@@ -241,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cc", default="bbr,cubic", help="iperf3 -C values, comma separated")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--pings", type=int, default=200, help="echoes per idle ping round")
+    ap.add_argument("--tree", help="agent code to measure (a directory; default this checkout)")
     ap.add_argument("--old-tree", help="agent code to compare idle ping with (a directory)")
     ap.add_argument("--json", help="write the raw result here")
     ap.add_argument("--logs", help="keep the processes' logs in this directory")
