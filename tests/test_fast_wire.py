@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent import node, wire
+from agent import busport, wire
 from agent.bus import FAST_PROPS
+from agent.busport import BusPort
 from agent.counters import Counters
-from agent.node import BusPort
 from agent.router import Router
 from agent.url import parse_url
 from tests.conftest import Session, needs_root, ping, wait_for
@@ -78,7 +78,7 @@ def test_busport_batches_one_loop_iteration() -> None:
         port.fast = True
         pkts = [bytes([0x60]) + bytes(39 + i) for i in range(5)]
         for p in pkts:
-            assert port.send(p)
+            assert port.send(p) is None
         assert bus.sent == []
         await asyncio.sleep(0)
         assert len(bus.sent) == 1 and bus.sent[0][2] is FAST_PROPS
@@ -95,41 +95,47 @@ def test_busport_batches_one_loop_iteration() -> None:
     asyncio.run(go())
 
 
-def test_busport_holds_a_burst_only_amid_a_stream() -> None:
-    """Idle: a packet leaves at the end of its TUN read. Right after a message (a stream):
+def test_busport_holds_a_burst_only_amid_a_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Idle: a packet leaves at the end of its burst. Right after a message (a stream):
     held up to COALESCE_S so that followers share its message; half a batch goes at once."""
     async def go() -> None:
         loop = asyncio.get_running_loop()
         now = [1000.0]
         loop.time = lambda: now[0]  # type: ignore[method-assign]  # a clock of our own
+        monkeypatch.setattr(busport, "monotonic", lambda: now[0])
         bus = FakeBus()
         port = BusPort(bus, "fromAgent.a.ip.tun.packet.raw", Counters())  # type: ignore[arg-type]
         port.fast = True
         pkt = bytes([0x60]) + bytes(99)
         port.send(pkt)
-        port.end_of_burst()  # idle: sent at once
+        port.flush()  # idle: sent at once
         assert len(bus.sent) == 1
-        now[0] += node.STREAM_GAP_S / 2
+        now[0] += busport.STREAM_GAP_S / 2
         port.send(pkt)
-        port.end_of_burst()  # right after the previous message: held
-        now[0] += node.COALESCE_S / 2
+        port.flush()  # right after the previous message: held
+        now[0] += busport.COALESCE_S / 2
         port.send(pkt)  # a follower in the window joins it
-        port.end_of_burst()
+        port.flush()
         await asyncio.sleep(0)
         assert len(bus.sent) == 1
-        now[0] += node.COALESCE_S / 2 + 1e-6  # the window closes
+        now[0] += busport.COALESCE_S / 2 + 1e-6  # the window closes
         await asyncio.sleep(0)
         await asyncio.sleep(0)
         assert len(bus.sent) == 2 and wire.decode_batch(bus.sent[1][1]) == [pkt, pkt]
         big = bytes([0x60]) + bytes(1399)
         for _ in range(wire.MAX_BATCH_BYTES // 2 // 1402 + 1):
             port.send(big)
-        port.end_of_burst()  # half a batch: no reason to wait
+        port.flush()  # half a batch: no reason to wait
         assert len(bus.sent) == 3
-        now[0] += node.STREAM_GAP_S * 2
+        now[0] += busport.STREAM_GAP_S * 2
         port.send(pkt)
-        port.end_of_burst()  # the stream paused: no hold
+        port.flush()  # the stream paused: no hold
         assert len(bus.sent) == 4
+        now[0] += busport.STREAM_GAP_S / 2
+        port.send(pkt)
+        port.flush()  # held...
+        port.drain()  # ...but the agent stops or switches wires: out now
+        assert len(bus.sent) == 5
 
     asyncio.run(go())
 
@@ -216,3 +222,18 @@ def test_router_json_only_keeps_everyone_on_json(session: Session) -> None:
     assert session.learned("agent_1", "agent_2")
     assert ping(session.ns["agent_1"], "bbbb::2", count=3)
     assert not wait_for(lambda: "uplink wire: fast" in a1.output, 1)
+
+
+@given(st.lists(ip6 | ip4, max_size=120))
+def test_batches_split_by_the_one_rule(packets: list[bytes]) -> None:
+    """Bodies carry every packet in order; each closes once it reaches the limit, so each
+    but the last is at or over it by less than one packet, and none is empty."""
+    out = list(wire.batches(packets))
+    assert [p for body, _ in out for p in wire.decode_batch(body)] == packets
+    assert [len(wire.decode_batch(body)) for body, _ in out] == [n for _, n in out]
+    for i, (body, n) in enumerate(out):
+        assert n >= 1
+        last_size = len(wire.decode_batch(body)[-1]) + 2
+        assert len(body) - last_size < wire.MAX_BATCH_BYTES  # not full before its last one
+        if i < len(out) - 1:
+            assert wire.batch_full(len(body))
