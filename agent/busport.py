@@ -25,8 +25,8 @@ class BusPort:
     """Packets to the session on fromAgent.<name>.ip.tun.packet.raw.
 
     JSON (ioppytest's wire, one packet a message) unless `fast` is on: then the packets
-    handed in during one loop iteration leave as one fast-wire message (adaptive
-    batching: one packet when idle, many when they queue up; no timer, no added delay).
+    handed in during one burst leave as one fast-wire message (adaptive batching: one
+    packet when idle, many when they queue up; amid a stream held up to COALESCE_S).
     """
 
     name = BUS
