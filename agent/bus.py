@@ -78,6 +78,19 @@ class QueueSpec:
     arguments: dict[str, Any] = field(default_factory=dict)
     prefetch: int = 256
     in_use_message: str = "queue {queue} is in use by another process"
+    # control keys (announcements) get a queue of their own, consumed on the same channel,
+    # so that a data queue full of packets (drop-head) never drops an announcement
+    control: list[str] = field(default_factory=list)
+
+
+# the control queue: no TTL (an announcement stays true), a bound only against a flood;
+# it carries a constant number of messages per agent joining (see docs/scale.md)
+CONTROL_QUEUE_ARGUMENTS: dict[str, Any] = {"x-max-length": 100000, "x-overflow": "drop-head"}
+
+
+def control_queue_name(queue_name: str) -> str:
+    """The control queue beside queue_name ("" stays "": server-named, as its data queue)."""
+    return f"{queue_name}.control" if queue_name else ""
 
 
 def queue_arguments(ttl_ms: int = 5000, max_length: int = 1000) -> dict[str, Any]:
@@ -85,11 +98,12 @@ def queue_arguments(ttl_ms: int = 5000, max_length: int = 1000) -> dict[str, Any
     return {"x-message-ttl": ttl_ms, "x-max-length": max_length, "x-overflow": "drop-head"}
 
 
-def agent_queue(name: str, bindings: list[str]) -> QueueSpec:
+def agent_queue(name: str, bindings: list[str], control: list[str] | None = None) -> QueueSpec:
     """The queue of the agent called name: exclusive, so a second one is refused."""
     return QueueSpec(
         name=f"{name}@agent",
         bindings=bindings,
+        control=list(control or []),
         arguments=queue_arguments(),
         in_use_message=(
             f"an agent named {name!r} is already connected to this bus "
@@ -222,9 +236,12 @@ class Bus:
         self._flush_soon = Soon(self.flush)  # at the end of this loop turn, once
         self._loop: asyncio.AbstractEventLoop | None = None
         self.queue_name = queue.name  # the broker's name for a server-named queue, once declared
+        self.control_queue_name = control_queue_name(queue.name)
         self.up = False
         self.reconnects = 0
         self.drop_reason = ""  # why the last publish() returned False
+        # called at the start of every flush: a last chance to publish what was held back
+        self.before_flush: Callable[[], None] | None = None
 
     @property
     def url(self) -> AmqpUrl:
@@ -403,21 +420,43 @@ class Bus:
 
     def _declared(self, frame: Any) -> None:
         self.queue_name = frame.method.queue or self.queue.name
-        self._bind(list(self.queue.bindings))
+        self._bind(self.queue_name, list(self.queue.bindings), self._declare_control)
 
-    def _bind(self, remaining: list[str]) -> None:
+    def _declare_control(self) -> None:
+        q = self.queue
+        if not q.control:
+            self._qos()
+            return
+        self._channel.queue_declare(
+            control_queue_name(q.name),
+            exclusive=q.exclusive,
+            auto_delete=q.auto_delete,
+            arguments=CONTROL_QUEUE_ARGUMENTS,
+            callback=self._control_declared,
+        )
+
+    def _control_declared(self, frame: Any) -> None:
+        self.control_queue_name = frame.method.queue
+        self._bind(self.control_queue_name, list(self.queue.control), self._qos)
+
+    def _bind(self, queue: str, remaining: list[str], then: Callable[[], None]) -> None:
         if not remaining:
-            self._channel.basic_qos(prefetch_count=self.queue.prefetch, callback=self._consume)
+            then()
             return
         key = remaining.pop(0)
         self._channel.queue_bind(
-            self.queue_name,
+            queue,
             self.exchange,
             routing_key=key,
-            callback=lambda _f: self._bind(remaining),
+            callback=lambda _f: self._bind(queue, remaining, then),
         )
 
+    def _qos(self) -> None:
+        self._channel.basic_qos(prefetch_count=self.queue.prefetch, callback=self._consume)
+
     def _consume(self, _frame: Any) -> None:
+        if self.queue.control:
+            self._channel.basic_consume(self.control_queue_name, self._deliver, auto_ack=False)
         self._channel.basic_consume(self.queue_name, self._deliver, auto_ack=False)
         asyncio.get_running_loop().call_soon(self._take_over_reading, self._conn)
         self.up = True
@@ -538,6 +577,8 @@ class Bus:
 
     def flush(self) -> None:
         """Send what publish() queued, and the pending ack, now."""
+        if self.before_flush is not None:
+            self.before_flush()
         self._flush_soon.cancel()
         out = self._out
         if self._ack_tag:

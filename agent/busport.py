@@ -6,6 +6,9 @@ Down: the bus delivers every message to the agent, which parses it (agent/wire.p
 
 from __future__ import annotations
 
+import asyncio
+from time import monotonic
+
 from agent import wire
 from agent.bus import FAST_PROPS, Bus
 from agent.counters import Counters
@@ -13,13 +16,17 @@ from agent.port import LINKTYPE_RAW, Deliver
 from agent.soon import Soon
 from agent.switch import BUS
 
+# uplink coalescing amid a stream (see BusPort.flush and docs/scale.md)
+COALESCE_S = 0.001  # hold a burst at most this long (epoll's resolution is 1 ms)...
+STREAM_GAP_S = 0.002  # ...and only if the previous message left less than this ago
+
 
 class BusPort:
     """Packets to the session on fromAgent.<name>.ip.tun.packet.raw.
 
     JSON (ioppytest's wire, one packet a message) unless `fast` is on: then the packets
-    handed in during one loop iteration leave as one fast-wire message (adaptive
-    batching: one packet when idle, many when they queue up; no timer, no added delay).
+    handed in during one burst leave as one fast-wire message (adaptive batching: one
+    packet when idle, many when they queue up; amid a stream held up to COALESCE_S).
     """
 
     name = BUS
@@ -34,6 +41,8 @@ class BusPort:
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._flush_soon = Soon(self._flush_batch)
+        self._hold: asyncio.TimerHandle | None = None  # a held burst's send time
+        self._last_sent = -1.0  # monotonic() of the last fast-wire message
 
     async def open(self, deliver: Deliver, key: str) -> None:
         """Nothing to start: the bus delivers every message to the agent, which parses
@@ -51,18 +60,43 @@ class BusPort:
         self._pending_bytes += len(packet) + 2
         if wire.batch_full(self._pending_bytes):
             self._flush_batch()
-        else:
+        elif self._hold is None:
             self._flush_soon()
         return None
 
     def flush(self) -> None:
-        """The end of a burst: publish the batch, then write what waits for the broker."""
+        """The end of a burst: publish the batch, then write what waits for the broker.
+
+        Amid a stream (the previous message left under STREAM_GAP_S ago, less than half a
+        batch pending) the batch is held up to COALESCE_S for more packets: batches stay
+        large when processes share the cores (fewer broker messages per packet), while a
+        lone packet (ping, an idle session) leaves at once.
+        """
+        if self._pending:
+            if (
+                self._pending_bytes < wire.MAX_BATCH_BYTES // 2
+                and monotonic() - self._last_sent < STREAM_GAP_S
+            ):
+                if self._hold is None:
+                    self._flush_soon.cancel()
+                    self._hold = asyncio.get_running_loop().call_later(COALESCE_S, self.drain)
+            else:
+                self._flush_batch()
+        self.bus.flush()
+
+    def drain(self) -> None:
+        """Publish everything pending now (held or not), then write to the broker."""
         self._flush_batch()
         self.bus.flush()
 
     def _flush_batch(self) -> None:
         self._flush_soon.cancel()
+        if self._hold is not None:
+            self._hold.cancel()
+            self._hold = None
         packets, self._pending, self._pending_bytes = self._pending, [], 0
+        if packets:
+            self._last_sent = monotonic()
         for body, count in wire.batches(packets):
             if not self.bus.publish(self.key, body, FAST_PROPS):
                 self.counters.drops[self.bus.drop_reason] += count

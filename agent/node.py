@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 MAX_ANNOUNCED_ROUTES = 32
 
+
 class Tap(Protocol):
     """Sees every forwarded packet (agent/taps.py: -v lines, --pcap capture)."""
 
@@ -78,6 +79,7 @@ class Agent(Service):
         self._started_key = wire.started_key(self.name)
         self._announced: dict[str, set[IPNetwork]] = {}
         self._bootstrapping = False
+        self._router_epoch: str | None = None  # the router announcement last answered
         self.switch = Switch(accept_any=opts.accept_any)
         self.ports: dict[str, Port] = {}  # by the switch's names: "tun", "bus", "eth1"...
         self.taps: list[Tap] = []
@@ -93,7 +95,8 @@ class Agent(Service):
             opts.exchange,
             agent_queue(
                 self.name,
-                [self._downlink_key, self._start_key, "fromAgent.*.ip.tun.started", wire.READY_KEY],
+                [self._downlink_key],
+                control=[self._start_key, "fromAgent.*.ip.tun.started", wire.READY_KEY],
             ),
             on_message=self._on_message,
             on_up=self._on_bus_up,
@@ -124,7 +127,7 @@ class Agent(Service):
 
     async def cleanup(self) -> None:
         self._stop_work()
-        self.bus_port.flush()
+        self.bus_port.drain()
         await self.bus.close(timeout=1.0)
         closing = [port for key, port in self.ports.items() if key != BUS]
         for made in (self.iface, self.tun):  # made but not (yet) a port: close them too
@@ -241,6 +244,7 @@ class Agent(Service):
     # -- bus ----------------------------------------------------------------------------
 
     def _on_bus_up(self) -> None:
+        self._router_epoch = None  # our queues are new: answer the next router ready
         self.bus.publish(wire.READY_KEY, wire.encode_ready(self.name))
         log.info("connected to %s; published ready", self.bus.url.where)
         self._publish_started()
@@ -265,11 +269,19 @@ class Agent(Service):
             elif isinstance(msg, wire.Ready):
                 if msg.from_router:
                     if self.opts.wire == "auto" and self.bus_port.fast != msg.fast:
-                        self.bus_port.flush()
+                        self.bus_port.drain()
                         self.bus_port.fast = not self.bus_port.fast
                         log.info("uplink wire: %s", "fast" if self.bus_port.fast else "json")
-                    log.info("packet router announced itself; re-publishing tun.started")
-                    self._publish_started()
+                    epoch = wire.router_epoch(msg.fields)
+                    # answer a router we have not told yet (or one that does not say):
+                    # once per router connection, not per ready (docs/scale.md). An agent
+                    # with networks behind it answers every ready: the router re-announces
+                    # for each new agent, which learns the routes from this answer.
+                    networks = self.plan is not None and bool(self.plan.reroute_prefixes)
+                    if epoch is None or epoch != self._router_epoch or networks:
+                        self._router_epoch = epoch
+                        log.info("packet router announced itself; re-publishing tun.started")
+                        self._publish_started()
             elif isinstance(msg, wire.TunStarted):
                 if msg.agent != self.name:
                     self._on_peer_started(msg.agent, msg.fields)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,12 +144,14 @@ class Router(Service):
         self.fast_wire = fast_wire  # offer our fast wire to agents that announce it
         self.fast_agents: set[str] = set()
         self._pending: dict[str, list[bytes]] = {}
+        self._epoch = ""
         self.bus = Bus(
             url,
             exchange,
             QueueSpec(
                 name="packetrouting@router",
-                bindings=["fromAgent.*.ip.tun.packet.raw", "fromAgent.*.ip.tun.started"],
+                bindings=["fromAgent.*.ip.tun.packet.raw"],
+                control=["fromAgent.*.ip.tun.started"],
                 arguments=queue_arguments(max_length=10000),
                 prefetch=512,
                 in_use_message="a packet router is already running on this vhost",
@@ -159,6 +162,9 @@ class Router(Service):
             ca_file=ca_file,
             on_standby=self._on_standby,
         )
+        # downlink batches are sent when the bus sends (after each read from the broker,
+        # same loop turn): the packets of several uplink messages for one target share one
+        self.bus.before_flush = self._flush
 
     # -- start / stop (the run loop is agent.service.Service.run) -------------------------
 
@@ -173,10 +179,15 @@ class Router(Service):
         await self.bus.close(timeout=1.0)
 
     def _announce(self) -> None:
-        extra = {wire.WIRE_FIELD: [wire.FAST_WIRE]} if self.fast_wire else {}
+        extra: dict[str, Any] = {wire.EPOCH_FIELD: self._epoch}
+        if self.fast_wire:
+            extra[wire.WIRE_FIELD] = [wire.FAST_WIRE]
         self.bus.publish(wire.READY_KEY, wire.encode_ready(wire.ROUTER_COMPONENT, **extra))
 
     def _on_up(self) -> None:
+        # a new epoch on every connection: agents answer it once with their tun.started
+        # (our queue is new, what they said while we were away is lost)
+        self._epoch = secrets.token_hex(6)
         self._announce()
         log.info("active on %s; announced as %s", self.bus.url.where, wire.ROUTER_COMPONENT)
 
@@ -199,8 +210,6 @@ class Router(Service):
                     self.counters.count("rx json", len(body))
                     head, size = wire.peek_packet(body)  # no full parse to route it
                     self._forward(agent, head, body, size)
-                if self._pending:
-                    self._flush()  # now, not a loop iteration later: latency
             elif isinstance(msg, wire.TunStarted) and msg.uplink:
                 agent = msg.agent
                 try:
@@ -223,7 +232,9 @@ class Router(Service):
         if self.fast_wire and msg.fast:
             if agent not in self.fast_agents:
                 self.fast_agents.add(agent)
-                self._announce()  # its uplink switches to the fast wire on our ready
+                # its uplink switches to the fast wire on our ready; the others have seen
+                # this epoch already and do not answer it
+                self._announce()
         else:
             self.fast_agents.discard(agent)
 
@@ -266,6 +277,8 @@ class Router(Service):
 
     def _flush(self) -> None:
         """Send each fast target the packets queued for it, as few messages as fit."""
+        if not self._pending:
+            return
         pending, self._pending = self._pending, {}
         for target, packets in pending.items():
             key = wire.downlink_key(target)

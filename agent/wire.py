@@ -29,6 +29,7 @@ MAX_BODY = 65535 * 5 + 4096  # a 65535-byte packet as JSON ints ("255, " each) +
 FAST_CONTENT_TYPE = "application/x-ip-packet-batch"
 FAST_WIRE = "batch1"
 WIRE_FIELD = "x_agent_wire"  # in tun.started and in the router's ready: wires understood
+EPOCH_FIELD = "x_router_epoch"  # in the router's ready: new each time it (re)connects
 MAX_BATCH_BYTES = 60000
 
 IP_PACKET_KIND = "ip.tun.packet.raw"
@@ -479,6 +480,12 @@ def speaks_fast(msg: dict[str, Any]) -> bool:
     """Does a tun.started or ready body say its sender understands our fast wire?"""
     wires = msg.get(WIRE_FIELD)
     return isinstance(wires, list) and FAST_WIRE in wires
+
+
+def router_epoch(msg: dict[str, Any]) -> str | None:
+    """The epoch in a router's ready (None: a router that does not send one)."""
+    epoch = msg.get(EPOCH_FIELD)
+    return epoch if isinstance(epoch, str) and epoch else None
 
 
 def encode_tun_started(name: str, plan: AddressPlan, **extra: Any) -> bytes:

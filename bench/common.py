@@ -389,6 +389,7 @@ def iperf3(
     seconds: float,
     udp_mbit: float | None = None,
     udp_len: int = 1352,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """One iperf3 test (TCP, or UDP at udp_mbit) from client_ns to `iperf3 -s -1` in server_ns.
 
@@ -410,6 +411,7 @@ def iperf3(
             f"{seconds:g}",
             "--connect-timeout",
             "3000",
+            *extra,
         ]
         if udp_mbit is not None:
             argv += ["-u", "-b", f"{udp_mbit:g}M", "-l", str(udp_len)]

@@ -63,11 +63,12 @@ class Tunnel:
     wire_args: list[str] = field(default_factory=list)
     broker_pid: int | None = None
     procs: dict[str, Proc] = field(default_factory=dict)
+    python: list[str] = field(default_factory=list)  # how to run the agent; [] is this tree's
 
     def start(self, timeout: float = 30.0) -> float:
         """Start router and agents, wait until a ping crosses; returns the seconds it took."""
         t0 = time.monotonic()
-        py = [sys.executable, "-m", "agent"]
+        py = self.python or [sys.executable, "-m", "agent"]
         self.procs["router"] = Proc(
             self.stack, "router", py + ["router", "--url", self.url], self.logdir
         )

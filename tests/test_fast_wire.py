@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent import wire
+from agent import busport, wire
 from agent.bus import FAST_PROPS
 from agent.busport import BusPort
 from agent.counters import Counters
@@ -64,7 +64,10 @@ class FakeBus:
         return True
 
     def flush(self) -> None:
-        pass
+        """What the real bus does after each read from the broker."""
+        hook = getattr(self, "before_flush", None)
+        if hook is not None:
+            hook()
 
 
 def test_busport_batches_one_loop_iteration() -> None:
@@ -92,12 +95,58 @@ def test_busport_batches_one_loop_iteration() -> None:
     asyncio.run(go())
 
 
+def test_busport_holds_a_burst_only_amid_a_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Idle: a packet leaves at the end of its burst. Right after a message (a stream):
+    held up to COALESCE_S so that followers share its message; half a batch goes at once."""
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        now = [1000.0]
+        loop.time = lambda: now[0]  # type: ignore[method-assign]  # a clock of our own
+        monkeypatch.setattr(busport, "monotonic", lambda: now[0])
+        bus = FakeBus()
+        port = BusPort(bus, "fromAgent.a.ip.tun.packet.raw", Counters())  # type: ignore[arg-type]
+        port.fast = True
+        pkt = bytes([0x60]) + bytes(99)
+        port.send(pkt)
+        port.flush()  # idle: sent at once
+        assert len(bus.sent) == 1
+        now[0] += busport.STREAM_GAP_S / 2
+        port.send(pkt)
+        port.flush()  # right after the previous message: held
+        now[0] += busport.COALESCE_S / 2
+        port.send(pkt)  # a follower in the window joins it
+        port.flush()
+        await asyncio.sleep(0)
+        assert len(bus.sent) == 1
+        now[0] += busport.COALESCE_S / 2 + 1e-6  # the window closes
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert len(bus.sent) == 2 and wire.decode_batch(bus.sent[1][1]) == [pkt, pkt]
+        big = bytes([0x60]) + bytes(1399)
+        for _ in range(wire.MAX_BATCH_BYTES // 2 // 1402 + 1):
+            port.send(big)
+        port.flush()  # half a batch: no reason to wait
+        assert len(bus.sent) == 3
+        now[0] += busport.STREAM_GAP_S * 2
+        port.send(pkt)
+        port.flush()  # the stream paused: no hold
+        assert len(bus.sent) == 4
+        now[0] += busport.STREAM_GAP_S / 2
+        port.send(pkt)
+        port.flush()  # held...
+        port.drain()  # ...but the agent stops or switches wires: out now
+        assert len(bus.sent) == 5
+
+    asyncio.run(go())
+
+
 def test_router_transcodes_between_wires() -> None:
     """A fast packet to a JSON-only agent goes as JSON; to a fast agent as a batch."""
     async def go() -> None:
         router = Router(parse_url("amqp://guest:guest@127.0.0.1:1/x"))
         bus = FakeBus()
         router.bus = bus  # type: ignore[assignment]
+        bus.before_flush = router._flush  # type: ignore[attr-defined]
         started = {"ipv6_host": "1", "ipv4_address": "10.2.0.1", wire.WIRE_FIELD: ["batch1"]}
         router._on_message("fromAgent.agent_1.ip.tun.started", orjson.dumps(started), None)
         router._on_message("fromAgent.agent_2.ip.tun.started",
@@ -115,7 +164,9 @@ def test_router_transcodes_between_wires() -> None:
         bus.sent.clear()
         json_body = wire.encode_packet(to1, "tun0")
         router._on_message("fromAgent.agent_2.ip.tun.packet.raw", json_body, None)
-        assert len(bus.sent) == 1  # sent at once: no added latency
+        assert bus.sent == []  # held until the end of this read from the broker...
+        bus.flush()
+        assert len(bus.sent) == 1  # ...and sent with it: no added latency
         key, body, p = bus.sent[0]
         assert key == "toAgent.agent_1.ip.tun.packet.raw" and p is FAST_PROPS
         assert wire.decode_batch(body) == [to1]
@@ -127,9 +178,18 @@ def test_router_transcodes_between_wires() -> None:
         to1_from3 = to1[:8] + bytes.fromhex("bbbb" + "00" * 13 + "03") + to1[24:]
         router._on_message("fromAgent.agent_3.ip.tun.packet.raw",
                            wire.encode_batch([to1_from3] * 3), props)
+        bus.flush()
         assert len(bus.sent) == 1 and wire.decode_batch(bus.sent[0][1]) == [to1_from3] * 3
         await asyncio.sleep(0)
         assert len(bus.sent) == 1
+        # uplink messages of two agents read together: one downlink message per target
+        bus.sent.clear()
+        router._on_message("fromAgent.agent_3.ip.tun.packet.raw",
+                           wire.encode_batch([to1_from3] * 2), props)
+        router._on_message("fromAgent.agent_2.ip.tun.packet.raw", json_body, None)
+        bus.flush()
+        assert len(bus.sent) == 1 and bus.sent[0][0] == "toAgent.agent_1.ip.tun.packet.raw"
+        assert wire.decode_batch(bus.sent[0][1]) == [to1_from3, to1_from3, to1]
 
     asyncio.run(go())
 

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent import sniff, wire
-from agent.bus import agent_queue
+from agent.bus import agent_queue, control_queue_name
 from agent.session.accounts import (
     AccountError,
     account_url,
@@ -44,8 +44,8 @@ def agent_binds(n: str) -> list[str]:
 @given(names, names, exchanges, st.booleans())
 def test_an_agent_may_do_its_own_and_nothing_of_another(a: str, b: str, x: str, compat: bool):
     g = agent_grant("s05", a, x, compat)
-    q = agent_queue(a, []).name
-    assert g.allows("configure", q) and g.allows("write", q) and g.allows("read", q)
+    for q in (agent_queue(a, []).name, control_queue_name(agent_queue(a, []).name)):
+        assert g.allows("configure", q) and g.allows("write", q) and g.allows("read", q)
     assert g.allows("write", x) and g.allows("read", x)
     assert not g.allows("write", "amq.default")  # never straight into a queue
     for key in agent_publishes(a):
@@ -58,8 +58,8 @@ def test_an_agent_may_do_its_own_and_nothing_of_another(a: str, b: str, x: str, 
     assert not g.allows("topic_write", wire.start_key(a))  # tun.start is the testing tool's
     assert not g.allows("topic_write", wire.downlink_key(a))
     if a != b:
-        qb = agent_queue(b, []).name
-        assert not any(g.allows(w, qb) for w in ("configure", "write", "read"))
+        for qb in (agent_queue(b, []).name, control_queue_name(agent_queue(b, []).name)):
+            assert not any(g.allows(w, qb) for w in ("configure", "write", "read"))
         for key in [*agent_publishes(b)[1:], wire.downlink_key(b), wire.start_key(b)]:
             assert not g.allows("topic_write", key), key
         for key in agent_binds(b)[:2]:
@@ -70,6 +70,7 @@ def test_an_agent_may_do_its_own_and_nothing_of_another(a: str, b: str, x: str, 
 def test_the_router_routes_to_any_agent_and_binds_what_it_binds(a: str, x: str, compat: bool):
     g = router_grant("s05", x, compat)
     assert g.allows("configure", "packetrouting@router") and g.allows("write", x)
+    assert all(g.allows(w, "packetrouting@router.control") for w in ("configure", "write", "read"))
     for key in ("fromAgent.*.ip.tun.packet.raw", "fromAgent.*.ip.tun.started"):  # agent.router
         assert g.allows("topic_read", key)
     assert g.allows("topic_write", wire.downlink_key(a)) and g.allows("topic_write", wire.READY_KEY)

@@ -99,11 +99,12 @@ class Grant:
 def agent_grant(
     session: str, name: str, exchange: str = "amq.topic", compat: bool = False
 ) -> Grant:
-    """Our agent `name` (IP tunnel and 802.15.4 probe): its queue `<name>@agent`,
+    """Our agent `name` (IP tunnel and 802.15.4 probe): its queues `<name>@agent(.control)`,
     publishes ready and its own fromAgent keys, binds its own toAgent keys, everyone's
     tun.started (`fromAgent.*.ip.tun.started`, for announced routes) and ready."""
     n, x = _lit(name), _lit(exchange)
-    queues = [_lit(f"{name}@agent")]
+    # its packet queue and, beside it, its announcements' queue (agent.bus.control_queue_name)
+    queues = [_lit(f"{name}@agent"), _lit(f"{name}@agent.control")]
     if compat:  # the original agent: kombu queues, one per topic
         queues.append(rf"consumer: {n}\..*")
     configure = [*queues, *declared(exchange, compat)]
@@ -134,7 +135,7 @@ def router_grant(session: str, exchange: str = "amq.topic", compat: bool = False
     and its ready. compat: also ioppytest's router (`<key>@packet_router` queues, one per
     agent)."""
     x = _lit(exchange)
-    queues = [_lit(ROUTER_QUEUE)]
+    queues = [_lit(ROUTER_QUEUE), _lit(f"{ROUTER_QUEUE}.control")]
     if compat:
         queues.append(rf"fromAgent\.{WORD}\.ip\.tun\.packet\.raw@packet_router")
     configure = [*queues, *declared(exchange, compat)]

@@ -1,0 +1,287 @@
+"""Sessions side by side on one broker host: throughput, batching and CPU per packet.
+
+    sudo .venv/bin/python -m bench.sessions [--sessions 1,2,4,8] [--cc bbr,cubic]
+        [--seconds 8] [--tree DIR] [--old-tree DIR] [--pings 200] [--json FILE] [--logs DIR]
+
+Each session is what a new user makes: its own vhost, `agent router`, two agents with
+their TUNs in namespaces of their own (bench.rig.Tunnel). For each congestion control
+(iperf3 -C) and each count k, iperf3 TCP runs from agent_1's namespace to agent_2's in k
+sessions at once. Reported per round: aggregate and per-session Mbit/s, slowest/fastest,
+packets per bus message (agents' uplink, as the router receives them; the router's
+downlink), CPU microseconds per packet (agents, routers, broker: utime+stime from
+/proc/PID/stat, per packet arriving at a router), and the machine's idle share during the
+round (/proc/stat, as vmstat's `id`), since other work on the host moves every figure.
+The broker is the host's RabbitMQ: its CPU includes anything else using it meanwhile.
+
+--old-tree DIR: one more session run by the agent code in DIR (e.g. `git archive` of an
+older commit) to measure ping p50 on an idle session, new and old alternately in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    IPERF_PORT,
+    Stack,
+    log,
+    make_netns,
+    make_vhost,
+    netns_exec,
+    ping,
+    rss_kb,
+    run,
+    run_cleanly,
+    start_iperf3_server,
+    table,
+)
+from bench.rig import ADDR_2, Sample, Tunnel, delta
+
+
+def agent_command(tree: str | None) -> list[str]:
+    """How to run `python -m agent` from tree (None: this checkout)."""
+    if tree is None:
+        return [sys.executable, "-m", "agent"]
+    code = (
+        f"import sys, runpy; sys.path.insert(0, {str(Path(tree).resolve())!r}); "
+        "runpy.run_module('agent', run_name='__main__', alter_sys=True)"
+    )
+    return [sys.executable, "-c", code]
+
+
+def broker_pid() -> int | None:
+    """PID of the process listening on 127.0.0.1:5672 (the test broker), read-only use."""
+    r = run(["ss", "-Hltnp", "sport = :5672"], timeout=10)
+    m = re.search(r"pid=(\d+)", r.stdout)
+    return int(m.group(1)) if m else None
+
+
+def cpu_times() -> tuple[int, int]:
+    """(idle, total) jiffies of the whole machine, from /proc/stat's cpu line."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return fields[3] + fields[4], sum(fields[:8])
+
+
+def idle_pct(a: tuple[int, int], b: tuple[int, int]) -> float | None:
+    total = b[1] - a[1]
+    return 100.0 * (b[0] - a[0]) / total if total else None
+
+
+def loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def open_session(
+    stack: Stack, tag: str, logdir: Path, python: list[str], bpid: int | None
+) -> Tunnel:
+    url = make_vhost(stack, tag)
+    ns_a = make_netns(stack, f"{tag}a")
+    ns_b = make_netns(stack, f"{tag}b")
+    sdir = logdir / tag
+    sdir.mkdir(parents=True, exist_ok=True)
+    tunnel = Tunnel(stack, url, ns_a, ns_b, sdir, [], bpid, python=python)
+    tunnel.start(timeout=60)
+    return tunnel
+
+
+def _counter(d: dict[str, Any], name: str, pred: Any) -> int:
+    counters = d.get(name, {}).get("counters") or {}
+    return sum(v for k, v in counters.items() if pred(k))
+
+
+def iperf3_together(tunnels: list[Tunnel], cc: str, seconds: float) -> list[dict[str, Any]]:
+    """iperf3 TCP agent_1 -> agent_2 in each session, all at once; Mbit/s or an error each."""
+    with Stack() as local:
+        for t in tunnels:
+            start_iperf3_server(local, t.ns_b, t.logdir)
+        clients = [
+            subprocess.Popen(
+                netns_exec(t.ns_a, "iperf3", "-c", ADDR_2, "-p", str(IPERF_PORT), "-J",
+                           "-t", f"{seconds:g}", "--connect-timeout", "3000", "-C", cc),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                text=True,
+            )
+            for t in tunnels
+        ]
+        local.push("stop iperf3 clients", lambda: [c.kill() for c in clients if c.poll() is None])
+        out = []
+        for c in clients:
+            stdout, stderr = c.communicate(timeout=seconds + 30)
+            try:
+                data = json.loads(stdout)
+            except json.JSONDecodeError:
+                out.append({"error": (stderr or stdout).strip()[-200:]})
+                continue
+            if data.get("error"):
+                out.append({"error": data["error"]})
+                continue
+            end = data.get("end", {})
+            out.append({
+                "mbit_per_s": end.get("sum_received", {}).get("bits_per_second", 0) / 1e6,
+                "retransmits": end.get("sum_sent", {}).get("retransmits"),
+            })
+    return out
+
+
+def measure_round(
+    tunnels: list[Tunnel], cc: str, seconds: float, logdir: Path
+) -> dict[str, Any]:
+    """iperf3 TCP in every given session at once; throughput, batching, CPU per packet."""
+    before: list[Sample] = [t.sample() for t in tunnels]
+    cpu0, t0 = cpu_times(), time.monotonic()
+    results = iperf3_together(tunnels, cc, seconds)
+    idle = idle_pct(cpu0, cpu_times())
+    took = time.monotonic() - t0
+    for t in tunnels:
+        t.settle(3.0)
+    after = [t.sample() for t in tunnels]
+    deltas = [delta(a, b) for a, b in zip(before, after, strict=True)]
+    mbits = [r.get("mbit_per_s") or 0.0 for r in results]
+    cpu = {"agents": 0.0, "routers": 0.0}
+    packets = up_msgs = down_pkts = down_msgs = 0
+    for d in deltas:
+        for name in ("agent_1", "agent_2"):
+            cpu["agents"] += d.get(name, {}).get("cpu_s") or 0.0
+        cpu["routers"] += d.get("router", {}).get("cpu_s") or 0.0
+        packets += d.get("router", {}).get("packets") or 0
+        up_msgs += _counter(d, "router", lambda k: k in ("rx fast", "rx json"))
+        down_msgs += _counter(d, "router", lambda k: k in ("tx fast", "tx json"))
+        down_pkts += _counter(d, "router", lambda k: k.startswith(">"))
+    broker_cpu = deltas[0].get("broker", {}).get("cpu_s") if deltas else None
+    cpu["broker"] = broker_cpu or 0.0
+    us = {k: (v * 1e6 / packets if packets else None) for k, v in cpu.items()}
+    us["total"] = sum(cpu.values()) * 1e6 / packets if packets else None
+    return {
+        "sessions": len(tunnels),
+        "cc": cc,
+        "seconds": round(took, 1),
+        "mbit": [round(m, 1) for m in mbits],
+        "aggregate_mbit": round(sum(mbits), 1),
+        "slowest_fastest": round(min(mbits) / max(mbits), 2) if max(mbits) else None,
+        "errors": [r["error"] for r in results if "error" in r],
+        "retransmits": [r.get("retransmits") for r in results],
+        "packets": packets,
+        "uplink_packets_per_message": round(packets / up_msgs, 2) if up_msgs else None,
+        "downlink_packets_per_message": round(down_pkts / down_msgs, 2) if down_msgs else None,
+        "cpu_us_per_packet": {k: (round(v, 2) if v is not None else None) for k, v in us.items()},
+        "machine_idle_pct": round(idle, 1) if idle is not None else None,
+        "loadavg_after": loadavg(),
+    }
+
+
+def idle_pings(new: Tunnel, old: Tunnel | None, count: int, rounds: int = 3) -> dict[str, Any]:
+    """Ping p50 through an otherwise idle session, new and old code alternately."""
+    out: dict[str, Any] = {"new": [], "old": []}
+    for _ in range(rounds):
+        for label, t in (("new", new), ("old", old)):
+            if t is None:
+                continue
+            cpu0 = cpu_times()
+            p = ping(t.ns_a, ADDR_2, count, 0.05)
+            out[label].append(
+                {"p50_ms": p["p50_ms"], "p99_ms": p["p99_ms"], "loss_pct": p["loss_pct"],
+                 "machine_idle_pct": round(idle_pct(cpu0, cpu_times()) or 0.0, 1)}
+            )
+    return out
+
+
+def rss(tunnels: list[Tunnel]) -> dict[str, list[int | None]]:
+    out: dict[str, list[int | None]] = {"agent": [], "router": []}
+    for t in tunnels:
+        for name, p in t.procs.items():
+            kb = rss_kb(p.pid)
+            out["router" if name == "router" else "agent"].append(kb // 1024 if kb else None)
+    return out
+
+
+def bench(args: argparse.Namespace, stack: Stack, logdir: Path) -> dict[str, Any]:
+    counts = sorted({int(x) for x in args.sessions.split(",")})
+    tag = f"s12b{os.getpid() % 100000}"
+    bpid = broker_pid()
+    log(f"broker pid {bpid}; starting {max(counts)} sessions; load {loadavg()}")
+    tunnels = [
+        open_session(stack, f"{tag}n{i}", logdir, agent_command(args.tree), bpid)
+        for i in range(max(counts))
+    ]
+    old = None
+    if args.old_tree:
+        old = open_session(stack, f"{tag}o", logdir, agent_command(args.old_tree), bpid)
+    result: dict[str, Any] = {"rounds": [], "loadavg_start": loadavg()}
+    log("idle ping, new vs old")
+    result["idle_ping"] = idle_pings(tunnels[0], old, args.pings)
+    for cc in args.cc.split(","):
+        for k in counts:
+            log(f"{k} session(s), iperf3 TCP -C {cc}, {args.seconds:g} s")
+            r = measure_round(tunnels[:k], cc, args.seconds, logdir)
+            log(json.dumps(r))
+            result["rounds"].append(r)
+    result["rss_mib"] = rss(tunnels + ([old] if old else []))
+    result["rss_mib_old"] = rss([old]) if old else None
+    return result
+
+
+def render(result: dict[str, Any]) -> str:
+    rows = []
+    base: dict[str, dict[str, Any]] = {}
+    for r in result["rounds"]:
+        one = base.setdefault(r["cc"], r)
+        us = r["cpu_us_per_packet"]
+        ratio = (
+            us["total"] / one["cpu_us_per_packet"]["total"]
+            if us["total"] and one["cpu_us_per_packet"]["total"]
+            else None
+        )
+        rows.append([
+            r["cc"], r["sessions"], r["aggregate_mbit"],
+            r["aggregate_mbit"] / one["aggregate_mbit"] if one["aggregate_mbit"] else None,
+            r["slowest_fastest"], r["uplink_packets_per_message"],
+            r["downlink_packets_per_message"], us["agents"], us["routers"], us["broker"],
+            us["total"], ratio, r["machine_idle_pct"],
+        ])
+    header = ["cc", "sessions", "Mbit/s", "/one", "slow/fast", "pkt/msg up", "pkt/msg down",
+              "us/pkt agents", "routers", "broker", "total", "/one", "idle %"]
+    lines = [table(header, rows)]
+    ping_rows = []
+    for label, runs in result["idle_ping"].items():
+        for i, p in enumerate(runs):
+            ping_rows.append([label, i + 1, p["p50_ms"], p["p99_ms"], p["loss_pct"],
+                              p["machine_idle_pct"]])
+    lines.append(table(["code", "round", "p50 ms", "p99 ms", "loss %", "idle %"], ping_rows))
+    lines.append(f"RSS MiB (new sessions, then old): {result['rss_mib']}")
+    return "\n\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sessions", default="1,2,4,8")
+    ap.add_argument("--cc", default="bbr,cubic", help="iperf3 -C values, comma separated")
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--pings", type=int, default=200, help="echoes per idle ping round")
+    ap.add_argument("--tree", help="agent code to measure (a directory; default this checkout)")
+    ap.add_argument("--old-tree", help="agent code to compare idle ping with (a directory)")
+    ap.add_argument("--json", help="write the raw result here")
+    ap.add_argument("--logs", help="keep the processes' logs in this directory")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench.sessions: needs root (TUN, namespaces)", file=sys.stderr)
+        return 2
+    code, result = run_cleanly(args.logs, "bench-sessions-", lambda s, d: bench(args, s, d))
+    if result is not None:
+        print(render(result))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
