@@ -7,6 +7,7 @@ the test fails. Processes are ended by the PID we started.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -299,3 +301,84 @@ def listener(vhost: str) -> Iterator[Callable[[list[str]], Listener]]:
     yield make
     for lst in made:
         lst.close()
+
+
+NOBODY = 65534
+# what `pip install agent` puts on a user's path: the package and its dependencies
+_RUNTIME = ("agent", "pika", "click", "orjson", "scapy", "serial", "sliplib", "pyroute2")
+
+
+class Unprivileged:
+    """Runs `python -m agent ...` as nobody, like a user with the agent installed.
+
+    The checkout (and its .venv) may sit where nobody cannot enter (a clone in root's
+    home, a `mktemp -d` directory), so the agent and its dependencies are copied into a
+    world-readable directory, as an installation would be.
+    """
+
+    def __init__(self, python: str, lib: Path) -> None:
+        self.python, self.lib = python, lib
+
+    def popen(self, *args: str, **kw: object) -> subprocess.Popen[str]:
+        env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": str(self.lib), "PYTHONNOUSERSITE": "1", "LANG": "C.UTF-8"}
+        return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+            [self.python, "-s", "-m", "agent", *args], env=env, cwd=self.lib.parent,
+            user=NOBODY, group=NOBODY, extra_groups=[], text=True, **kw,
+        )
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link (fast) when the file is world-readable and on the same file system."""
+    if os.stat(src).st_mode & 0o004:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
+    os.chmod(dst, 0o644)
+
+
+def _copy_runtime(lib: Path) -> None:
+    for module in _RUNTIME:
+        spec = importlib.util.find_spec(module)
+        assert spec is not None and spec.origin is not None, module
+        src = Path(spec.origin)
+        if src.name == "__init__.py":  # __pycache__ too: no recompiling
+            shutil.copytree(src.parent, lib / module, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(str(src), str(lib / src.name))
+    for path in [lib.parent, lib, *(p for p in lib.rglob("*") if p.is_dir())]:
+        path.chmod(0o755)
+
+
+@pytest.fixture(scope="session")
+def unprivileged() -> Iterator[Unprivileged]:
+    """A copy of the agent that user nobody can run (see Unprivileged)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (to run a process as nobody)")
+    top = Path(tempfile.mkdtemp(prefix="agent-nobody-"))
+    try:
+        lib = top / "lib"
+        lib.mkdir()
+        _copy_runtime(lib)
+        version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+        tried = []
+        for python in dict.fromkeys([os.path.realpath(sys.executable), f"/usr/bin/{version}",
+                                     f"/usr/local/bin/{version}"]):
+            runner = Unprivileged(python, lib)
+            try:
+                probe = runner.popen("--help", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            except OSError as exc:
+                tried.append(f"{python}: {exc}")
+                continue
+            out, _ = probe.communicate(timeout=60)
+            if probe.returncode == 0:
+                break
+            tried.append(f"{python}: {out.strip().splitlines()[-1:]}")
+        else:
+            pytest.fail(f"no {version} that user nobody can run with the agent: {tried}")
+        yield runner
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
