@@ -169,10 +169,14 @@ def test_sigint_under_full_load(session: Session) -> None:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         time.sleep(3)
+        assert client.poll() is None, "iperf3 is not running"  # still loading the tunnel
         code, took = a1.stop(signal.SIGINT)
         assert code == 0, a1.output
         assert took < 2.0, f"stopped in {took:.2f} s"
         assert tun_links(ns1) == []
+        # it was under load: over a thousand iperf3 datagrams went up in those 3 s
+        sent = re.search(r"^\s*tun>bus\s+(\d+)\s+(\d+)$", a1.output, re.M)
+        assert sent and int(sent.group(1)) > 1000, a1.output[-2000:]
     finally:
         for p in (client, server):
             if p is not None and p.poll() is None:
