@@ -382,3 +382,87 @@ def unprivileged() -> Iterator[Unprivileged]:
         yield runner
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """PIDs of the processes in process group pgid (from /proc)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
+        if int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def _end_group(pgid: int, grace: float = 15.0) -> list[int]:
+    """SIGTERM the group (its own traps clean up), SIGKILL what is left after grace s.
+    Returns the PIDs that were still there for the SIGTERM."""
+    left = _group_members(pgid)
+    if not left:
+        return []
+    with_term = left
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return []
+    wait_for(lambda: not _group_members(pgid), grace, 0.2)
+    if _group_members(pgid):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return with_term
+
+
+def vhosts() -> list[str]:
+    out = subprocess.run(["rabbitmqctl", "-q", "list_vhosts"], capture_output=True, text=True,
+                         timeout=60, check=True)
+    return [line.strip() for line in out.stdout.splitlines() if line.strip() and
+            line.strip() != "name"]
+
+
+def run_example(script: str, tag_prefix: str, tmp_path: Path,
+                timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """Run examples/SCRIPT as a user would, on the test broker, and prove it left nothing.
+
+    The script picks its own vhost and namespaces on the local broker (AMQP_URL is never
+    passed on: a user's real broker must not get demo agents). It runs in a session of
+    its own: on a timeout, the whole process group is ended (agents, socat, pings, not only
+    bash), then the namespaces and vhost named after it (TAG = tag_prefix + bash's PID)
+    are removed. Its temporary files go to tmp_path.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AMQP_")}
+    env.pop("CAPTURE_DIR", None)
+    env["TMPDIR"] = str(tmp_path)
+    proc = subprocess.Popen(
+        ["bash", str(ROOT / "examples" / script)], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, start_new_session=True,
+    )
+    tag = f"{tag_prefix}{proc.pid}"
+    problems = []
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _end_group(proc.pid)
+        out, err = proc.communicate()
+        problems.append(f"timed out after {timeout} s")
+    finally:
+        stray = _end_group(proc.pid, grace=5)
+        if stray:
+            problems.append(f"processes left running: {stray}")
+        names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        for ns in (line.split()[0] for line in names.splitlines() if line.strip()):
+            if ns == tag or ns.startswith(f"{tag}-"):
+                subprocess.run(["ip", "netns", "del", ns], check=False)
+                problems.append(f"namespace {ns} left behind")
+        if tag in vhosts():
+            rabbitmqctl("delete_vhost", tag)
+            problems.append(f"vhost {tag} left behind")
+    assert not problems, f"{script}: {'; '.join(problems)}\n{out}\n{err}"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

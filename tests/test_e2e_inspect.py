@@ -34,6 +34,7 @@ from tests.conftest import (
     needs_root,
     ns_run,
     ping,
+    run_example,
     tun_links,
     wait_for,
 )
@@ -391,13 +392,8 @@ def test_router_counters_and_malformed(vhost: str, procs: Callable[..., Proc], l
 # --------------------------------------------------------------------------- the example
 
 
-def test_capture_session_script_runs() -> None:
-    out = subprocess.run(
-        ["bash", str(ROOT / "examples/capture_session.sh")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def test_capture_session_script_runs(tmp_path: Path) -> None:
+    out = run_example("capture_session.sh", "cap", tmp_path, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     text = out.stdout
     assert "capture: done" in text

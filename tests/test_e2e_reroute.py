@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 import pytest
@@ -31,6 +32,7 @@ from tests.conftest import (
     needs_root,
     ns_run,
     ping,
+    run_example,
     tun_links,
     wait_for,
 )
@@ -447,12 +449,9 @@ def test_reroute_from_a_tun_start(  # type: ignore[no-untyped-def]
     assert ping(ns_c, "bbbb::1")
 
 
-def test_example_script_runs() -> None:
+def test_example_script_runs(tmp_path: Path) -> None:
     """examples/reroute_to_interface.sh, as a user runs it; it leaves no namespace behind."""
-    out = subprocess.run(
-        ["bash", str(ROOT / "examples/reroute_to_interface.sh")],
-        capture_output=True, text=True, timeout=240,
-    )
+    out = run_example("reroute_to_interface.sh", "rr", tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "reroute demo: all 4 pings reached the device network and back" in out.stdout
     tag = next(w for w in out.stdout.split() if w.startswith("rr") and w.endswith("-a;"))[:-3]

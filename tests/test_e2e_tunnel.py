@@ -11,7 +11,16 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import ROOT, Session, needs_root, ns_run, ping, tun_links, wait_for
+from tests.conftest import (
+    ROOT,
+    Session,
+    needs_root,
+    ns_run,
+    ping,
+    run_example,
+    tun_links,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.e2e, needs_root]
 
@@ -143,10 +152,7 @@ def test_announced_prefix_is_routed_into_tun(session: Session, listener) -> None
 
 def test_demo_script_runs(tmp_path: Path) -> None:
     """The README's demo command, as a user runs it."""
-    out = subprocess.run(
-        ["bash", str(ROOT / "examples/two_agents_one_host.sh")],
-        capture_output=True, text=True, timeout=240,
-    )
+    out = run_example("two_agents_one_host.sh", "demo", tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "demo: all 4 pings went through the tunnel" in out.stdout
     assert len(re.findall(r"^PASS ", out.stdout, re.M)) == 4
