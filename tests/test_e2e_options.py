@@ -1,12 +1,17 @@
 """Options no other end-to-end test exercises: --url-file, an exchange of the session's own
-(not amq.*), sniff --name; and back-pressure on the real broker (queue length, TTL).
+(not amq.*), sniff --name; and back-pressure on the real broker (queue length, TTL, a
+broker that stops reading).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
+import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -141,3 +146,115 @@ def test_stalled_agent_gets_a_bounded_queue_and_no_stale_packets(  # type: ignor
     lst.publish(down, bodies[0])
     assert wait_for(lambda: _bus_to_tun(agent) == first + second + 1, 5)
     assert agent.running() and "Traceback" not in agent.output
+
+
+class StallProxy:
+    """A TCP relay to the broker whose agent-to-broker direction can be paused: the
+    broker stops reading what the agent sends, as a congested or blocked one would."""
+
+    def __init__(self, upstream: tuple[str, int] = ("127.0.0.1", 5672)) -> None:
+        self.upstream = upstream
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._server.getsockname()[1])
+        self._socks: list[socket.socket] = [self._server]
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            self._socks += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, may_stall: bool) -> None:
+        try:
+            while True:
+                if may_stall:
+                    self.flowing.wait()
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._closed = True
+        self.flowing.set()
+        for s in self._socks:
+            with contextlib.suppress(OSError):
+                s.close()
+
+
+FLOOD = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+payload = b"x" * 1200
+end = time.monotonic() + float(sys.argv[1])
+n = 0
+while time.monotonic() < end:
+    try:
+        s.sendto(payload, ("bbbb::2", 9))
+        n += 1
+    except OSError:
+        time.sleep(0.001)
+print(n)
+"""
+
+
+def test_stalled_broker_connection_drops_and_counts(  # type: ignore[no-untyped-def]
+    session: Session, procs: Callable[..., Proc], listener
+) -> None:
+    """The broker stops taking the agent's publishes while the TUN floods: the agent
+    buffers at most its limit (4 MB) and drops the rest, counted as `queue full`; once the
+    broker reads again, packets flow again on the same connection."""
+    proxy = StallProxy()
+    try:
+        url = session.url.replace("127.0.0.1:5672", f"127.0.0.1:{proxy.port}")
+        ns = session._netns()
+        agent = procs("connect", "--url", url, "--name", "agent_1", "--netns", ns,
+                      label="agent_1")
+        assert agent.wait_log("published ready"), agent.output
+        uplink = listener(["fromAgent.agent_1.ip.tun.packet.raw"])
+
+        proxy.flowing.clear()
+        sent = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", FLOOD, "3"],
+                              capture_output=True, text=True, timeout=30)
+        assert sent.returncode == 0 and int(sent.stdout) > 10_000, sent
+        agent.send(signal.SIGUSR1)
+        assert agent.wait_log(r"status: .*queue full \d+", 5), agent.output[-2000:]
+        dropped = int(re.findall(r"queue full (\d+)", agent.output)[-1])
+        went = re.findall(r"tun>bus (\d+)p/(\d+)B", agent.output)[-1]
+        # what was not dropped waits in buffers: the agent's 4 MB at most, the kernel's
+        # socket buffers (agent's send, relay's receive) and one JSON body's worth of slack
+        def sysctl(name: str) -> int:
+            return int(Path(f"/proc/sys/net/ipv4/{name}").read_text().split()[-1])
+
+        bound = 4 * 2**20 + sysctl("tcp_wmem") + sysctl("tcp_rmem") + 2**20
+        assert dropped > 1000 and int(went[1]) <= bound, (dropped, went, bound)
+        assert agent.running()
+
+        proxy.flowing.set()
+        while uplink.get(timeout=2) is not None:  # the backlog drains
+            pass
+        ping_sent = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", FLOOD, "0.05"],
+            capture_output=True, text=True, timeout=30)
+        assert int(ping_sent.stdout) > 0
+        assert uplink.get(timeout=5) is not None, agent.output[-2000:]  # flowing again
+        assert agent.output.count("lost the broker") == 0
+        code, _ = agent.stop()
+        assert code == 0, agent.output[-2000:]
+    finally:
+        proxy.close()
