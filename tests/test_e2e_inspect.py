@@ -242,7 +242,7 @@ def test_sniff_count_4_exits_after_a_two_echo_ping(
     quiet.start_agent("agent_1")
     quiet.start_agent("agent_2")
     quiet.learned("agent_1", "agent_2")
-    # no root needed: run as nobody, from an installation nobody can read
+    # no root needed: run as user nobody, from a copy of the agent that nobody may read
     sniff = unprivileged.popen("sniff", "--url", quiet.url, "--count", "4",
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
