@@ -89,15 +89,17 @@ def _echoes(out: str) -> list[tuple[str, int, int, int]]:
     return found
 
 
-def test_mirror_copies_every_packet_to_a_tester(session: Session) -> None:
-    """`router --mirror agent_TT`: a testing tool's agent (with --accept-any, so that its
-    TUN takes packets that are not addressed to it) sees the others' traffic."""
-    session.start_router("--mirror", "agent_TT")
+def test_mirror_copies_every_packet_to_testers(session: Session) -> None:
+    """`router --mirror agent_TT --mirror agent_TU`: a testing tool's agent with
+    --accept-any (its TUN takes packets not addressed to it) sees the others' traffic;
+    one without it gets the copies too but drops and counts them; others see nothing."""
+    session.start_router("--mirror", "agent_TT", "--mirror", "agent_TU")
     session.start_agent("agent_1")
     session.start_agent("agent_2")
     tt = session.start_agent("agent_TT", "--ipv6-host", "ff", "--accept-any")
-    other = session.start_agent("agent_3")  # not a mirror: sees none of it
-    assert session.learned("agent_1", "agent_2", "agent_TT", "agent_3")
+    tu = session.start_agent("agent_TU", "--ipv6-host", "fe")
+    other = session.start_agent("agent_3")  # not a mirror
+    assert session.learned("agent_1", "agent_2", "agent_TT", "agent_TU", "agent_3")
     cap_tt = _tun_capture(session.ns["agent_TT"], 4)
     cap_3 = _tun_capture(session.ns["agent_3"], 4)
     try:
@@ -108,23 +110,12 @@ def test_mirror_copies_every_packet_to_a_tester(session: Session) -> None:
         for cap in (cap_tt, cap_3):
             if cap.poll() is None:
                 cap.kill()
-    # both requests and both replies, written into agent_TT's TUN (direction "out" of the
-    # kernel's view: packets the agent wrote in arrive as incoming)
+    # both requests and both replies, written into agent_TT's TUN (incoming, to its kernel)
     assert sorted(_echoes(out_tt)) == sorted([("in", 128, 1, 2), ("in", 129, 2, 1)] * 2)
     assert _echoes(out_3) == []
-    assert tt.running() and other.running()
-
-
-def test_mirror_without_accept_any_is_dropped_by_the_agent(session: Session) -> None:
-    """The mirror's copies reach agent_TT's queue; without --accept-any it counts them."""
-    session.start_router("--mirror", "agent_TT")
-    session.start_agent("agent_1")
-    session.start_agent("agent_2")
-    tt = session.start_agent("agent_TT", "--ipv6-host", "ff")
-    assert session.learned("agent_1", "agent_2", "agent_TT")
-    assert ping(session.ns["agent_1"], "bbbb::2", count=2)
-    m = _status(tt, r"not for us (\d+)")
+    m = _status(tu, r"not for us (\d+)")
     assert m and int(m.group(1)) >= 4, m and m.string
+    assert tt.running() and tu.running() and other.running()
 
 
 def test_static_links_forward_only_between_linked_agents(session: Session) -> None:

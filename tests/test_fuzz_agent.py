@@ -155,7 +155,7 @@ def test_agent_handlers_never_fail(key: str, body: bytes) -> None:
     _run(go)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 @given(body=near_valid_starts.map(dumps) | start_bodies.map(dumps) | packet_bodies)
 def test_bootstrap_from_any_tun_start_never_fails(body: bytes) -> None:
     """--wait-bootstrap: a tun.start's plan goes to the TUN set-up (a task) only if valid."""
