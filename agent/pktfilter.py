@@ -34,14 +34,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.ipheader import ipv6_upper_layer
+
 __all__ = ["Filter", "FilterError", "Header", "compile_filter", "parse", "parse_header"]
 
 PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "icmp6": 58}
 PORT_NAMES = {"coap": 5683, "coaps": 5684}
 COAP_PORTS = (5683, 5684)
-_IPV6_EXT = {0, 43, 60, 135, 139, 140}  # hop-by-hop, routing, destination, mobility, HIP, shim6
-_IPV6_FRAG = 44
-_IPV6_AH = 51
 _MAX_DEPTH = 64  # nesting of parentheses / not
 
 
@@ -306,23 +305,7 @@ def parse_header(packet: bytes, wpan: bool = False) -> Header:
     if version == 6:
         if n < 40:
             return Header(n)
-        nh, off, first = packet[6], 40, True
-        for _ in range(16):
-            if nh in _IPV6_EXT:
-                if off + 2 > n:
-                    break
-                nh, off = packet[off], off + (packet[off + 1] + 1) * 8
-            elif nh == _IPV6_FRAG:
-                if off + 8 > n:
-                    break
-                first = first and (int.from_bytes(packet[off + 2 : off + 4], "big") >> 3) == 0
-                nh, off = packet[off], off + 8
-            elif nh == _IPV6_AH:
-                if off + 2 > n:
-                    break
-                nh, off = packet[off], off + (packet[off + 1] + 2) * 4
-            else:
-                break
+        nh, off, first, _seen = ipv6_upper_layer(packet, n)
         return _ports(packet, n, 6, packet[8:24], packet[24:40], nh, off, first)
     return Header(n)
 
