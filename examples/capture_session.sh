@@ -27,7 +27,7 @@ wait_log "$logs/router.log" "announced as" || exit 1
 demo_track $!
 "$py" -m agent sniff --filter 'udp port 5683' --count 1 >"$logs/coap.txt" 2>"$logs/coap.log" &
 demo_track $!
-wait_log "$logs/sniff.log" "sniffing" && wait_log "$logs/coap.log" "sniffing" || exit 1
+wait_log "$logs/sniff.log" "sniffing" 30 && wait_log "$logs/coap.log" "sniffing" 30 || exit 1
 "$py" -m agent connect --name agent_1 --netns "$ns_a" -v --pcap "$caps/agent_1.pcapng" \
     >"$logs/agent_1.log" 2>&1 &
 agent_1=$!; demo_track $agent_1

@@ -7,6 +7,7 @@ the test fails. Processes are ended by the PID we started.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -301,9 +303,174 @@ def listener(vhost: str) -> Iterator[Callable[[list[str]], Listener]]:
         lst.close()
 
 
+NOBODY = 65534
+# what `pip install agent` puts on a user's path: the package and its dependencies
+_RUNTIME = ("agent", "pika", "click", "orjson", "scapy", "serial", "sliplib", "pyroute2")
+
+
+class Unprivileged:
+    """Runs `python -m agent ...` as nobody, like a user with the agent installed.
+
+    The checkout (and its .venv) may sit where nobody cannot enter (a clone in root's
+    home, a `mktemp -d` directory), so the agent and its dependencies are copied into a
+    world-readable directory, as an installation would be.
+    """
+
+    def __init__(self, python: str, lib: Path) -> None:
+        self.python, self.lib = python, lib
+
+    def popen(self, *args: str, **kw: object) -> subprocess.Popen[str]:
+        env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": str(self.lib), "PYTHONNOUSERSITE": "1", "LANG": "C.UTF-8"}
+        return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+            [self.python, "-s", "-m", "agent", *args], env=env, cwd=self.lib.parent,
+            user=NOBODY, group=NOBODY, extra_groups=[], text=True, **kw,
+        )
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link (fast) when the file is world-readable and on the same file system."""
+    if os.stat(src).st_mode & 0o004:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
+    os.chmod(dst, 0o644)
+
+
+def _copy_runtime(lib: Path) -> None:
+    for module in _RUNTIME:
+        spec = importlib.util.find_spec(module)
+        assert spec is not None and spec.origin is not None, module
+        src = Path(spec.origin)
+        if src.name == "__init__.py":  # __pycache__ too: no recompiling
+            shutil.copytree(src.parent, lib / module, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(str(src), str(lib / src.name))
+    for path in [lib.parent, lib, *(p for p in lib.rglob("*") if p.is_dir())]:
+        path.chmod(0o755)
+
+
+@pytest.fixture(scope="session")
+def unprivileged() -> Iterator[Unprivileged]:
+    """A copy of the agent that user nobody can run (see Unprivileged)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (to run a process as nobody)")
+    top = Path(tempfile.mkdtemp(prefix="agent-nobody-"))
+    try:
+        lib = top / "lib"
+        lib.mkdir()
+        _copy_runtime(lib)
+        version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+        tried = []
+        for python in dict.fromkeys([os.path.realpath(sys.executable), f"/usr/bin/{version}",
+                                     f"/usr/local/bin/{version}"]):
+            runner = Unprivileged(python, lib)
+            try:
+                probe = runner.popen("--help", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            except OSError as exc:
+                tried.append(f"{python}: {exc}")
+                continue
+            out, _ = probe.communicate(timeout=60)
+            if probe.returncode == 0:
+                break
+            tried.append(f"{python}: {out.strip().splitlines()[-1:]}")
+        else:
+            pytest.fail(f"no {version} that user nobody can run with the agent: {tried}")
+        yield runner
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """PIDs of the processes in process group pgid (from /proc)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
+        if int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def _end_group(pgid: int, grace: float = 15.0) -> list[int]:
+    """SIGTERM the group (its own traps clean up), SIGKILL what is left after grace s.
+    Returns the PIDs that were still there for the SIGTERM."""
+    left = _group_members(pgid)
+    if not left:
+        return []
+    with_term = left
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return []
+    wait_for(lambda: not _group_members(pgid), grace, 0.2)
+    if _group_members(pgid):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return with_term
+
+
+def vhosts() -> list[str]:
+    out = subprocess.run(["rabbitmqctl", "-q", "list_vhosts"], capture_output=True, text=True,
+                         timeout=60, check=True)
+    return [line.strip() for line in out.stdout.splitlines() if line.strip() and
+            line.strip() != "name"]
+
+
+def run_example(script: str, tag_prefix: str, tmp_path: Path,
+                timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """Run examples/SCRIPT as a user would, on the test broker, and prove it left nothing.
+
+    The script picks its own vhost and namespaces on the local broker (AMQP_URL is never
+    passed on: a user's real broker must not get demo agents). It runs in a session of
+    its own: on a timeout, the whole process group is ended (agents, socat, pings, not only
+    bash), then the namespaces and vhost named after it (TAG = tag_prefix + bash's PID)
+    are removed. Its temporary files go to tmp_path.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AMQP_")}
+    env.pop("CAPTURE_DIR", None)
+    env["TMPDIR"] = str(tmp_path)
+    proc = subprocess.Popen(
+        ["bash", str(ROOT / "examples" / script)], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, start_new_session=True,
+    )
+    tag = f"{tag_prefix}{proc.pid}"
+    problems = []
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _end_group(proc.pid)
+        out, err = proc.communicate()
+        problems.append(f"timed out after {timeout} s")
+    finally:
+        stray = _end_group(proc.pid, grace=5)
+        if stray:
+            problems.append(f"processes left running: {stray}")
+        names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        for ns in (line.split()[0] for line in names.splitlines() if line.strip()):
+            if ns == tag or ns.startswith(f"{tag}-"):
+                subprocess.run(["ip", "netns", "del", ns], check=False)
+                problems.append(f"namespace {ns} left behind")
+        if tag in vhosts():
+            rabbitmqctl("delete_vhost", tag)
+            problems.append(f"vhost {tag} left behind")
+    assert not problems, f"{script}: {'; '.join(problems)}\n{out}\n{err}"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 # Fixtures that need root or the broker: a test using one (directly or through another
 # fixture) is end-to-end, as is a test skipped without root or without the broker.
-_E2E_FIXTURES = {"vhost", "netns", "procs", "session", "listener", "one_ns"}
+_E2E_FIXTURES = {"vhost", "netns", "procs", "session", "listener", "one_ns", "unprivileged"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

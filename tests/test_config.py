@@ -653,24 +653,36 @@ def test_wrong_types_in_any_field_are_refused(field: str, value: Any) -> None:
 
 @pytest.mark.parametrize("value", WRONG_TYPES + [None, 0, "", [], {}], ids=lambda v: repr(v)[:24])
 def test_a_netmask_that_is_not_a_string_never_changes_the_plan(value: Any) -> None:
-    """Missing or unusable ipv4_netmask: the /24 default, not whatever the value says."""
-    try:
-        plan = plan_from_bus(golden() | {"ipv4_netmask": value})
-    except ConfigError:
-        return
+    """Missing or unusable ipv4_netmask: the /24 default, not whatever the value says
+    (and not a refusal: the rest of the tun.start is good)."""
+    plan = plan_from_bus(golden() | {"ipv4_netmask": value})
     assert plan.ipv4 == IPv4Interface("10.2.0.2/24")
+    assert plan.ipv6 == IPv6Address("bbbb::2")
+
+
+# what is left of the golden plan when the field is null: (IPv6 address, IPv4 interface)
+NULL_LEAVES = {
+    "ipv6_prefix": ("bbbb::2", "10.2.0.2/24"),  # the default prefix
+    "ipv6_host": (None, "10.2.0.2/24"),
+    "ipv4_address": ("bbbb::2", None),
+    "ipv4_host": ("bbbb::2", None),
+    "ipv4_netmask": ("bbbb::2", "10.2.0.2/24"),
+    "re_route_packets_prefix": ("bbbb::2", "10.2.0.2/24"),
+    "re_route_packets_host": ("bbbb::2", "10.2.0.2/24"),
+    "re_route_packets_if": ("bbbb::2", "10.2.0.2/24"),
+}
 
 
 @pytest.mark.parametrize("field", sorted(FIELDS))
 def test_null_fields_mean_missing(field: str) -> None:
+    """A null field is read as an absent one: same plan, and the rest still configured."""
     body = dict(FIELDS[field]) | {field: None}
-    try:
-        plan = plan_from_bus(body)
-    except ConfigError:
-        # only when nothing is left to configure
-        assert field not in ("ipv6_prefix", "ipv4_netmask", "re_route_packets_prefix")
-        return
-    assert plan.ipv6 == IPv6Address("bbbb::2") or plan.ipv4 == IPv4Interface("10.2.0.2/24")
+    without = {k: v for k, v in FIELDS[field].items() if k != field}
+    plan = plan_from_bus(body)
+    assert plan == plan_from_bus(without)
+    ipv6, ipv4 = NULL_LEAVES[field]
+    assert plan.ipv6 == (IPv6Address(ipv6) if ipv6 else None)
+    assert plan.ipv4 == (IPv4Interface(ipv4) if ipv4 else None)
 
 
 def test_too_many_reroute_prefixes_are_refused() -> None:

@@ -25,7 +25,19 @@ from scapy.layers.inet import ICMP, IP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 
 from agent import wire
-from tests.conftest import ROOT, Listener, Proc, needs_root, ns_run, ping, tun_links, wait_for
+from tests.conftest import (
+    NOBODY,
+    ROOT,
+    Listener,
+    Proc,
+    Unprivileged,
+    needs_root,
+    ns_run,
+    ping,
+    run_example,
+    tun_links,
+    wait_for,
+)
 from tests.tools.pcap import TSHARK, read_raw
 from tests.tools.pcap import tshark_fields as _tshark
 
@@ -181,10 +193,8 @@ def test_no_packet_lines_without_v(quiet: QuietSession) -> None:
 # --------------------------------------------------------------------------- sniff
 
 
-def _sniff(url: str, *args: str, as_nobody: bool = False) -> subprocess.Popen[str]:
+def _sniff(url: str, *args: str) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "agent", "sniff", "--url", url, *args]
-    if as_nobody and shutil.which("setpriv"):
-        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
     env = dict(os.environ, PYTHONUNBUFFERED="1", HOME="/tmp")
     env.pop("AMQP_URL", None)
     return subprocess.Popen(
@@ -220,14 +230,24 @@ def _stop(proc: subprocess.Popen[str]) -> None:
             proc.wait()
 
 
-def test_sniff_count_4_exits_after_a_two_echo_ping(quiet: QuietSession) -> None:
+def _uids(pid: int) -> list[int]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return [int(u) for u in re.search(r"^Uid:\s+(.*)$", status, re.M).group(1).split()]  # type: ignore[union-attr]
+
+
+def test_sniff_count_4_exits_after_a_two_echo_ping(
+    quiet: QuietSession, unprivileged: Unprivileged
+) -> None:
     quiet.start_router()
     quiet.start_agent("agent_1")
     quiet.start_agent("agent_2")
     quiet.learned("agent_1", "agent_2")
-    sniff = _sniff(quiet.url, "--count", "4", as_nobody=True)  # no root needed
+    # no root needed: run as user nobody, from a copy of the agent that nobody may read
+    sniff = unprivileged.popen("sniff", "--url", quiet.url, "--count", "4",
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_stderr(sniff, r"sniffing all agents")
+        assert _uids(sniff.pid) == [NOBODY] * 4  # real, effective, saved, fs
         assert ping(quiet.ns["agent_1"], "bbbb::2", count=2)
         out, err = sniff.communicate(timeout=10)
     finally:
@@ -372,13 +392,8 @@ def test_router_counters_and_malformed(vhost: str, procs: Callable[..., Proc], l
 # --------------------------------------------------------------------------- the example
 
 
-def test_capture_session_script_runs() -> None:
-    out = subprocess.run(
-        ["bash", str(ROOT / "examples/capture_session.sh")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def test_capture_session_script_runs(tmp_path: Path) -> None:
+    out = run_example("capture_session.sh", "cap", tmp_path, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     text = out.stdout
     assert "capture: done" in text

@@ -9,12 +9,14 @@ user space; forwarding stays off in B.
 from __future__ import annotations
 
 import ipaddress
+import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 import pytest
@@ -31,6 +33,7 @@ from tests.conftest import (
     needs_root,
     ns_run,
     ping,
+    run_example,
     tun_links,
     wait_for,
 )
@@ -414,6 +417,7 @@ def test_re_route_if_needs_a_prefix() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "agent", "connect", "--name", "agent_2", "--re-route-if", "eth1"],
         capture_output=True, text=True, timeout=30, cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "AMQP_URL"},  # never a user's broker
     )
     assert out.returncode == 2 and "--re-route-prefix" in out.stderr, out.stderr
 
@@ -447,12 +451,9 @@ def test_reroute_from_a_tun_start(  # type: ignore[no-untyped-def]
     assert ping(ns_c, "bbbb::1")
 
 
-def test_example_script_runs() -> None:
+def test_example_script_runs(tmp_path: Path) -> None:
     """examples/reroute_to_interface.sh, as a user runs it; it leaves no namespace behind."""
-    out = subprocess.run(
-        ["bash", str(ROOT / "examples/reroute_to_interface.sh")],
-        capture_output=True, text=True, timeout=240,
-    )
+    out = run_example("reroute_to_interface.sh", "rr", tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "reroute demo: all 4 pings reached the device network and back" in out.stdout
     tag = next(w for w in out.stdout.split() if w.startswith("rr") and w.endswith("-a;"))[:-3]

@@ -21,7 +21,17 @@ import pytest
 import serial
 
 from agent import wire
-from tests.conftest import ROOT, Proc, Session, needs_root, ns_run, ping, tun_links, wait_for
+from tests.conftest import (
+    ROOT,
+    Proc,
+    Session,
+    needs_root,
+    ns_run,
+    ping,
+    run_example,
+    tun_links,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.e2e, needs_root]
 
@@ -410,14 +420,9 @@ def test_802154_probe_mode(  # type: ignore[no-untyped-def]
         os.close(fd)
 
 
-def test_slip_demo_script_runs() -> None:
+def test_slip_demo_script_runs(tmp_path: Path) -> None:
     """examples/mote_over_slip.sh, as a user runs it."""
-    out = subprocess.run(
-        ["bash", str(ROOT / "examples/mote_over_slip.sh")],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    out = run_example("mote_over_slip.sh", "slip", tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "demo: all 4 steps passed" in out.stdout
     assert len(re.findall(r"^PASS ", out.stdout, re.M)) == 4

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import signal
 import subprocess
@@ -12,7 +11,16 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import ROOT, Session, needs_root, ns_run, ping, tun_links, wait_for
+from tests.conftest import (
+    ROOT,
+    Session,
+    needs_root,
+    ns_run,
+    ping,
+    run_example,
+    tun_links,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.e2e, needs_root]
 
@@ -64,26 +72,30 @@ def test_unicast_does_not_reach_third_agent(session: Session) -> None:
     tun3 = tun_links(ns3)[0]
     cap = subprocess.Popen(
         ["ip", "netns", "exec", ns3, sys.executable, str(ROOT / "tests/tools/iface_capture.py"),
-         tun3, "4"],
+         tun3, "6"],
         stdout=subprocess.PIPE, text=True,
     )
     try:
         assert cap.stdout is not None and cap.stdout.readline().strip() == "ready"
         assert ping(session.ns["agent_1"], "bbbb::2", count=5)
         assert ping(session.ns["agent_2"], "10.2.0.1", count=5, version=4)
-        out, _ = cap.communicate(timeout=10)
+        # positive control: the capture does see echoes that are agent_3's
+        assert ping(session.ns["agent_1"], "bbbb::3", count=1)
+        assert ping(session.ns["agent_2"], "10.2.0.3", count=1, version=4)
+        out, _ = cap.communicate(timeout=15)
     finally:
         if cap.poll() is None:
             cap.kill()
-    echoes = []
+    echoes = []  # (version, source, destination) of each echo request or reply
     for line in out.splitlines():
         _direction, hexdata = line.split()
         pkt = bytes.fromhex(hexdata)
         if pkt[0] >> 4 == 6 and pkt[6] == 58 and pkt[40] in (128, 129):
-            echoes.append(pkt)
+            echoes.append((6, pkt[8:24][-1], pkt[24:40][-1]))
         if pkt[0] >> 4 == 4 and pkt[9] == 1:
-            echoes.append(pkt)
-    assert echoes == [], f"agent_3 saw {len(echoes)} echo packets of others"
+            echoes.append((4, pkt[12:16][-1], pkt[16:20][-1]))
+    # request in and reply out, per version: what the capture saw of agent_3's own pings
+    assert sorted(echoes) == [(4, 2, 3), (4, 3, 2), (6, 1, 3), (6, 3, 1)], echoes
     # the router did forward the echoes, to the right agents only
     router_log = session.router.output if session.router else ""
     assert re.search(r"agent_1 > agent_2  IPv6 bbbb::1 > bbbb::2 ICMPv6 Echo Request", router_log)
@@ -140,10 +152,7 @@ def test_announced_prefix_is_routed_into_tun(session: Session, listener) -> None
 
 def test_demo_script_runs(tmp_path: Path) -> None:
     """The README's demo command, as a user runs it."""
-    out = subprocess.run(
-        ["bash", str(ROOT / "examples/two_agents_one_host.sh")],
-        capture_output=True, text=True, timeout=240,
-    )
+    out = run_example("two_agents_one_host.sh", "demo", tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "demo: all 4 pings went through the tunnel" in out.stdout
     assert len(re.findall(r"^PASS ", out.stdout, re.M)) == 4
@@ -160,4 +169,8 @@ def test_addresses_match_plan(session: Session) -> None:
     tun = tun_links(ns)[0]
     val = ns_run(ns, "cat", f"/proc/sys/net/ipv4/conf/{tun}/send_redirects").stdout.strip()
     assert val == "0"
-    assert ipaddress.ip_address("bbbb::3")
+    for scope in ("all", "default"):  # a fresh namespace's defaults, untouched
+        path = f"/proc/sys/net/ipv4/conf/{scope}/send_redirects"
+        assert ns_run(ns, "cat", path).stdout.strip() == "1", scope
+        path = f"/proc/sys/net/ipv6/conf/{scope}/addr_gen_mode"
+        assert ns_run(ns, "cat", path).stdout.strip() == "0", scope

@@ -76,6 +76,14 @@ START_KEYS = ["ipv6_prefix", "ipv6_host", "ipv4_host", "ipv4_address", "ipv4_net
               "re_route_packets_prefix", "re_route_packets_host", "re_route_packets_if", "name"]
 start_bodies = st.dictionaries(st.sampled_from(START_KEYS), json_values | st.sampled_from(
     ["bbbb", "1", ":1", "10.2.0.1", "255.255.255.0", "cccc", "cccc::/64", "eth1", "a;b"]))
+# valid plans with fuzzed extras (a random body is almost never a valid plan): these
+# reach what a valid tun.start / tun.started starts, the TUN set-up and route tasks
+BASES = [{"ipv6_host": "5"}, {"ipv4_address": "10.2.0.5"},
+         {"ipv6_host": "5", "ipv4_address": "10.2.0.5", "re_route_packets_prefix": "cccc"}]
+near_valid_starts = st.tuples(st.sampled_from(BASES), start_bodies, st.booleans()).map(
+    lambda t: t[0] | t[1] if t[2] else t[1] | t[0])
+
+
 def dumps(value: object) -> bytes:
     """stdlib json: unlike orjson it writes big ints and NaN, which peers could send."""
     return json.dumps(value).encode()
@@ -96,10 +104,35 @@ KEYS = [
 
 
 _LOOP = asyncio.new_event_loop()
+_TASKS: list[asyncio.Task[Any]] = []  # every task the handlers start (create_task)
+_LOOP_ERRORS: list[dict[str, Any]] = []  # what the loop reports: failed callbacks, tasks
+
+
+def _task_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Task[Any]:
+    task = asyncio.Task(coro, loop=loop, **kw)
+    _TASKS.append(task)
+    return task
+
+
+_LOOP.set_task_factory(_task_factory)  # type: ignore[arg-type]
+_LOOP.set_exception_handler(lambda _loop, context: _LOOP_ERRORS.append(context))
 
 
 def _run(coro_fn) -> None:  # type: ignore[no-untyped-def]
+    """Run one example; then every task it started must end without an exception, and
+    no callback may have failed (errors there never reach a handler's own try)."""
+    _TASKS.clear()
+    _LOOP_ERRORS.clear()
     _LOOP.run_until_complete(coro_fn())
+    started = [t for t in _TASKS if not t.done()]
+    if started:
+        _LOOP.run_until_complete(asyncio.wait(started, timeout=5))
+    for task in _TASKS:
+        assert task.done(), f"task still running: {task}"
+        if not task.cancelled() and task.exception() is not None:
+            raise AssertionError(f"a task failed: {task}") from task.exception()
+    _LOOP.run_until_complete(asyncio.sleep(0))  # call_soon callbacks (flushes)
+    assert _LOOP_ERRORS == [], _LOOP_ERRORS
 
 
 @pytest.fixture(autouse=True)
@@ -113,7 +146,8 @@ def _quiet_logs():  # type: ignore[no-untyped-def]
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
-@given(key=st.sampled_from(KEYS), body=packet_bodies | start_bodies.map(dumps))
+@given(key=st.sampled_from(KEYS),
+       body=packet_bodies | start_bodies.map(dumps) | near_valid_starts.map(dumps))
 def test_agent_handlers_never_fail(key: str, body: bytes) -> None:
     async def go() -> None:
         agent, tun = make_agent()
@@ -123,6 +157,31 @@ def test_agent_handlers_never_fail(key: str, body: bytes) -> None:
         assert agent.counters.drops["error"] == 0
         for pkt in tun.sent:
             assert pkt[0] >> 4 in (4, 6)
+
+    _run(go)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=near_valid_starts.map(dumps) | start_bodies.map(dumps) | packet_bodies)
+def test_bootstrap_from_any_tun_start_never_fails(body: bytes) -> None:
+    """--wait-bootstrap: a tun.start's plan goes to the TUN set-up (a task) only if valid."""
+    async def go() -> None:
+        agent, tun = make_agent()
+        agent.tun = None
+        del agent.ports[TUN]
+        agent.plan = None
+        brought_up: list[Any] = []
+
+        async def bring_up(plan: Any) -> None:  # stands in for the TUN set-up
+            assert plan.interfaces(), plan
+            brought_up.append(plan)
+            agent.tun, agent.plan = tun, plan  # type: ignore[assignment]
+
+        agent._bring_up_tun = bring_up  # type: ignore[method-assign]
+        agent._on_message("toAgent.agent_1.ip.tun.start", body, None)
+        await agent.idle()  # the set-up runs as background work: its errors count too
+        assert agent.task_errors == [] and agent.counters.drops["error"] == 0
+        assert len(brought_up) <= 1 and not agent._bootstrapping
 
     _run(go)
 
