@@ -5,7 +5,9 @@ frames read from the line are classified (`agent.slip.framing.classify`):
 
 * IPv6 / IPv4 packets enter the agent's switch (`Agent.forward(packet, "serial")`): to the
   TUN when addressed to this host, else to the bus;
-* text (Contiki debug output) is logged at DEBUG and never forwarded;
+* text (Contiki debug output) is logged at INFO as the mote's output, counted and never
+  forwarded; when a line of text was written without SLIP framing just before a frame,
+  the IP packet after it is recovered (`agent.slip.framing.split_text`) and forwarded;
 * a tunslip6 prefix request ``?P`` is answered with ``!P`` + the first IPv6 re-route
   prefix, so that a Contiki border router learns its prefix;
 * anything else is dropped and counted.
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from agent.config import AddressPlan, IPNetwork
 from agent.reroute.options import RerouteOptions
-from agent.slip.framing import FrameKind, classify, prefix_answer
+from agent.slip.framing import FrameKind, classify, prefix_answer, split_text
 from agent.slip.port import SerialPort, SerialSettings
 
 if TYPE_CHECKING:
@@ -114,12 +116,19 @@ class SerialLink:
 
     def _on_frame(self, frame: bytes) -> None:
         counters = self.agent.counters
+        parts = split_text(frame)  # None for a frame that is exactly one IP packet
+        if parts is not None:  # an unframed text line, then a frame: keep both
+            text, packet = parts
+            counters.count("serial>log", len(text))
+            log.info("serial text: %s", text_line(text))
+            self.agent.forward(packet, PORT_NAME)
+            return
         kind = classify(frame)
         if kind is FrameKind.IPV6 or kind is FrameKind.IPV4:
             self.agent.forward(frame, PORT_NAME)
         elif kind is FrameKind.TEXT:
             counters.count("serial>log", len(frame))
-            log.debug("serial text: %s", text_line(frame))
+            log.info("serial text: %s", text_line(frame))
         elif kind is FrameKind.PREFIX_REQUEST:
             if self._answer is None:
                 counters.drop("serial ?P unanswered")
