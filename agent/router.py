@@ -22,6 +22,7 @@ from agent.ipheader import (
     source,
     to_address,
 )
+from agent.lossy import LOSSY_KEY, LossyCommandError, LossyLink, packets_to_drop
 from agent.service import Service
 from agent.url import AmqpUrl
 
@@ -143,12 +144,17 @@ class Router(Service):
         self.fast_wire = fast_wire  # offer our fast wire to agents that announce it
         self.fast_agents: set[str] = set()
         self._pending: dict[str, list[bytes]] = {}
+        self.lossy = LossyLink()  # ioppytest's routing.lossy.link.start (agent.lossy)
         self.bus = Bus(
             url,
             exchange,
             QueueSpec(
                 name="packetrouting@router",
-                bindings=["fromAgent.*.ip.tun.packet.raw", "fromAgent.*.ip.tun.started"],
+                bindings=[
+                    "fromAgent.*.ip.tun.packet.raw",
+                    "fromAgent.*.ip.tun.started",
+                    LOSSY_KEY,
+                ],
                 arguments=queue_arguments(max_length=10000),
                 prefetch=512,
                 in_use_message="a packet router is already running on this vhost",
@@ -180,6 +186,9 @@ class Router(Service):
         log.info("connected to %s; announced as %s", self.url.where, wire.ROUTER_COMPONENT)
 
     def _on_message(self, key: str, body: bytes, content_type: str | None) -> None:
+        if key == LOSSY_KEY:
+            self._on_lossy(body)
+            return
         agent = wire.agent_of(key)
         try:
             if agent is None:
@@ -212,6 +221,18 @@ class Router(Service):
             self.counters.drop("error")
             log.exception("error handling a message on %s", key)
 
+    def _on_lossy(self, body: bytes) -> None:
+        try:
+            count = packets_to_drop(wire.decode_control(body))
+        except (wire.WireError, LossyCommandError) as exc:
+            self.counters.drop("bad lossy command")
+            log.warning("ignored %s: %s", LOSSY_KEY, exc)
+            return
+        if self.lossy.pending:
+            log.info("lossy link: %d packet(s) were still to drop", self.lossy.pending)
+        self.lossy.start(count)
+        log.info("lossy link: dropping the next %d packet(s) from any agent", count)
+
     def _learn_wire(self, agent: str, msg: dict[str, Any]) -> None:
         """Which wire to send this agent; tell a newly fast agent that we read it too."""
         if self.fast_wire and wire.speaks_fast(msg):
@@ -229,6 +250,11 @@ class Router(Service):
         unchanged, and the full packet is decoded only if a fast target needs it. Fast
         targets get the packets of one incoming message batched (see _flush).
         """
+        if self.lossy.pending and self.lossy.take():
+            self.counters.drop("lossy link")
+            if not self.lossy.pending:
+                log.info("lossy link: dropped %d packet(s); forwarding again", self.lossy.dropped)
+            return
         table = self.table
         if not table.check_source(agent, packet):
             self.counters.drop(f"spoofed by {agent}")
