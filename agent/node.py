@@ -162,6 +162,7 @@ class Agent(Service):
         await self.bus.close(timeout=1.0)
         if self.iface is not None:
             self.iface, iface = None, self.iface
+            await iface.remove_routes()  # the on-link routes it added, if any
             iface.close()
         if self.tun is not None:
             tun, self.tun = self.tun, None
