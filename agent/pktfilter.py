@@ -48,10 +48,16 @@ class _Program(ctypes.Structure):
 
 @cache
 def _libpcap() -> ctypes.CDLL:
-    name = ctypes.util.find_library("pcap")
-    if name is None:
+    lib = None
+    for name in (ctypes.util.find_library("pcap"), "libpcap.so.0.8", "libpcap.so.1"):
+        if name:
+            try:
+                lib = ctypes.CDLL(name)
+                break
+            except OSError:
+                continue
+    if lib is None:
         raise FilterError("--filter needs libpcap: install it (Debian: apt-get install libpcap0.8)")
-    lib = ctypes.CDLL(name)
     lib.pcap_open_dead.restype = ctypes.c_void_p
     lib.pcap_open_dead.argtypes = [ctypes.c_int, ctypes.c_int]
     lib.pcap_compile.restype = ctypes.c_int
