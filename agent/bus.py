@@ -356,9 +356,14 @@ class Bus:
                     self._on_fatal(reason)
                     self._safe_close()
                     return
-            elif exc.reply_code in (403, 404, 406) and not self._ever_up:
+            elif exc.reply_code == 403 or (exc.reply_code in (404, 406) and not self._ever_up):
+                # 403: the account may not (publish on that key, bind, declare): retrying
+                # cannot help, so one line naming what was refused, and the end
                 self._closing = True
-                self._on_fatal(f"broker refused a declaration: {exc.reply_text}")
+                if exc.reply_code == 403:
+                    self._on_fatal(f"broker at {self.url.where} refused: {exc.reply_text}")
+                else:
+                    self._on_fatal(f"broker refused a declaration: {exc.reply_text}")
                 self._safe_close()
                 return
         log.warning("%s; reconnecting", reason)

@@ -463,6 +463,11 @@ def sniff(
     _run(sniffer.run)
 
 
+from agent.session.cli import session as _session  # noqa: E402  (`agent session ...`)
+
+cli.add_command(_session)
+
+
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     # SIGUSR1 prints the counters once the loop runs; before that it must not kill us

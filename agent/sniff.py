@@ -1,6 +1,7 @@
 """`agent sniff`: watch a session from the bus side. No root, no TUN.
 
-An exclusive, auto-delete, server-named queue is bound to `fromAgent.#` and `toAgent.#`
+An exclusive, auto-delete queue `<16 random hex digits>@sniff` (a name that an observer
+account can be limited to, see agent.session) is bound to `fromAgent.#` and `toAgent.#`
 (or to `fromAgent.<name>.#` / `toAgent.<name>.#` for each `--name`), plus
 `testingtool.component.ready` and `testingtool.terminate`. Every packet message gives
 one line on stdout:
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import sys
 import time
 from typing import Any, TextIO
@@ -129,7 +131,7 @@ class Sniffer(Service):
             url,
             exchange,
             QueueSpec(
-                name="",  # server-named
+                name=f"{secrets.token_hex(8)}@sniff",  # agent.session.accounts.SNIFF_QUEUE_RE
                 bindings=bindings(self.names),
                 exclusive=True,
                 auto_delete=True,

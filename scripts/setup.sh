@@ -47,3 +47,22 @@ if ! broker_up; then
     for _ in $(seq 1 60); do broker_up && break; sleep 1; done
     broker_up || { echo "setup: RabbitMQ did not start on 127.0.0.1:5672" >&2; exit 1; }
 fi
+
+# the management HTTP API (`agent session` and its tests); enabling is idempotent
+mgmt_up() { (exec 3<>/dev/tcp/127.0.0.1/15672) 2>/dev/null; }
+if ! mgmt_up; then
+    echo "setup: enabling the rabbitmq_management plugin"
+    rabbitmq-plugins enable rabbitmq_management >/dev/null
+fi
+for _ in $(seq 1 60); do
+    code=$(python3 - <<'PY' 2>/dev/null || true
+import base64, urllib.request
+req = urllib.request.Request("http://127.0.0.1:15672/api/overview")
+req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+print(urllib.request.urlopen(req, timeout=3).status)
+PY
+)
+    [ "$code" = 200 ] && break
+    sleep 1
+done
+[ "$code" = 200 ] || { echo "setup: the RabbitMQ management API does not answer on 127.0.0.1:15672" >&2; exit 1; }

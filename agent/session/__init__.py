@@ -1,0 +1,1 @@
+"""`agent session`: one RabbitMQ vhost per session, one least-privilege account per participant."""
