@@ -252,6 +252,11 @@ class Router(Service):
         """
         if self.lossy.pending and self.lossy.take():
             self.counters.drop("lossy link")
+            if trace.isEnabledFor(logging.INFO):
+                from agent.taps import summarize
+
+                whole = wire.decode_packet(json_body) if json_body else packet
+                trace.info("%s > - (lossy link, dropped)  %s", agent, summarize(whole))
             if not self.lossy.pending:
                 log.info("lossy link: dropped %d packet(s); forwarding again", self.lossy.dropped)
             return

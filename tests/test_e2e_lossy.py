@@ -91,6 +91,8 @@ def test_coap_con_request_dropped_once_is_retransmitted_and_answered(
     requests = re.findall(r"^request (\d+) ", coap_server.text(), re.M)
     assert len(requests) == 2, coap_server.text()  # the control's and the retransmission
     assert router.wait_log(r"lossy link: dropped 1 packet\(s\); forwarding again")
+    # -v: the dropped packet has its line, like every drop
+    assert re.search(r"agent_1 > - \(lossy link, dropped\)  IPv6 bbbb::1 > bbbb::2", router.output)
 
     # a new command sets the count anew (5, then 2: two drops, not seven)
     lossy(session, b'{"number_of_packets_to_drop": 5}')
