@@ -76,6 +76,18 @@ def test_bare_interface_gets_an_on_link_route_for_the_session(  # type: ignore[n
     assert "3 received" in out.stdout, out.stdout + agent.output[-3000:]
     assert "does" not in agent.output or "have a route" not in agent.output
 
+    # down and up again: the kernel deleted the route with the link; the agent adds it again
+    ip("-n", ns_b, "link", "set", veth_b, "down")
+    assert wait_for(lambda: route_to_device(ns_b) == "", 5)
+    assert agent.wait_log(r"is down: packets for cccc::/64 are dropped")
+    ip("-n", ns_b, "link", "set", veth_b, "up")
+    added = rf"route cccc::/64 dev {veth_b} in namespace {ns_b} added"
+    assert wait_for(lambda: len(re.findall(added, agent.output)) == 2, 10), agent.output
+    assert "proto 172" in route_to_device(ns_b)
+    assert wait_for(lambda: _link_ready(ns_b, veth_b), 5)
+    out = ns_run(ns_a, "ping", "-6", "-c", "3", "-i", "0.3", "-W", "2", DEVICE6)
+    assert "3 received" in out.stdout, out.stdout + agent.output[-3000:]
+
     code, _ = agent.stop(signal.SIGINT)
     assert code == 0 and "Traceback" not in agent.output, agent.output
     assert re.search(rf"route cccc::/64 dev {veth_b} removed", agent.output), agent.output

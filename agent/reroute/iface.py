@@ -23,7 +23,8 @@ Routes: when no route to a re-route network leads out of the interface (the kern
 lookup for the network's address, restricted to the interface as the send socket's is,
 fails or picks another interface: a bare cable with only link-local addresses), the agent
 adds an on-link route for it there (`ip route add NET dev IFACE proto 172`), logs it and
-deletes that route, and only that one, when it stops. A route the user made is never
+deletes that route, and only that one, when it stops; when the link comes back up (taking
+it down deletes its IPv6 routes) the check is made again. A route the user made is never
 changed: if adding ours fails because one exists, that is logged and left alone.
 
 What enters the switch from the interface (`accept_from_link`): unicast packets for this
@@ -310,6 +311,7 @@ class IfacePort:
                     os.strerror(exc.code),
                 )
                 continue
+            self.added_routes = [(n, i) for n, i in self.added_routes if n != net]
             self.added_routes.append((net, self.index))
             log.info(
                 "route %s dev %s%s added (on-link: no route to it led out of %s); "
@@ -464,7 +466,11 @@ class IfacePort:
             await asyncio.sleep(WATCH_INTERVAL)
             tick += 1
             try:
+                before = self.state
                 self._set_state(*self._probe())
+                if self.state == UP and before != UP:
+                    # taking a link down deletes its IPv6 routes, ours too: add it again
+                    await self._ensure_routes()
                 if tick % ADDRESS_REFRESH == 0 and self.state != GONE:
                     await self._refresh_addresses()
             except Exception:  # the watch must not die and take the port with it
