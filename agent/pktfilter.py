@@ -121,8 +121,11 @@ class _Bpf:
 
     def __del__(self) -> None:
         if getattr(self, "insns", None):
-            self._lib.pcap_freecode(ctypes.byref(self._prog))
             self.insns = None
+            try:
+                self._lib.pcap_freecode(ctypes.byref(self._prog))
+            except Exception:  # noqa: S110 (interpreter shutdown: ctypes may be half gone)
+                pass
 
 
 class Filter:
