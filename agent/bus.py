@@ -8,7 +8,8 @@ forever).
 pika runs the connection; the per-packet messages take a shorter road once consuming
 (see "data path" below and agent.amqpframes): deliveries are read from the socket's
 bytes without pika's frame objects, publishes and acks are encoded once per routing key
-and sent in one send() per burst.
+and sent in one send() per burst. What that needs of pika's internals is in
+agent.pikaedge, and only there.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pika.exceptions as pex
 from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.adapters.utils.connection_workflow import AMQPConnectionWorkflowFailed
 
+from agent import pikaedge
 from agent.amqpframes import (
     Delivery,
     FrameError,
@@ -34,6 +36,7 @@ from agent.amqpframes import (
     PublishEncoder,
     encode_properties,
 )
+from agent.soon import Soon
 from agent.url import AmqpUrl
 from agent.wire import CONTENT_ENCODING, CONTENT_TYPE, FAST_CONTENT_TYPE
 
@@ -47,6 +50,11 @@ Handler = Callable[[str, bytes, "str | None"], None]  # (routing key, body, cont
 # encoded content-header properties of the two kinds of packet message
 JSON_PROPS = encode_properties(CONTENT_TYPE, CONTENT_ENCODING)
 FAST_PROPS = encode_properties(FAST_CONTENT_TYPE)
+# the same, for pika's own publish (when agent.pikaedge finds no transport to write on)
+_PIKA_PROPS = {
+    JSON_PROPS: pika.BasicProperties(content_type=CONTENT_TYPE, content_encoding=CONTENT_ENCODING),
+    FAST_PROPS: pika.BasicProperties(content_type=FAST_CONTENT_TYPE),
+}
 
 
 class BusFatal(Exception):
@@ -166,22 +174,6 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def _direct_socket(transport: Any) -> socket.socket | None:
-    """The plain TCP socket under pika's transport, if we may send on it ourselves.
-
-    Sending directly when pika has nothing queued saves, per burst, the writability
-    watcher pika would add and remove (two epoll_ctl calls and a loop iteration). TLS
-    transports are left to pika (the SSL object owns their socket). Uses pika internals,
-    so it is None when they are not what we know.
-    """
-    if type(transport).__name__ != "_AsyncPlaintextTransport":
-        return None
-    sock = getattr(transport, "_sock", None)
-    if not isinstance(sock, socket.socket) or not hasattr(transport, "_tx_buffers"):
-        return None
-    return sock
-
-
 class Backoff:
     """Capped exponential backoff with full jitter."""
 
@@ -230,11 +222,11 @@ class Bus:
         # the data path (agent.amqpframes), per connection once its channel is open
         self._encoder: PublishEncoder | None = None
         self._reader: FrameReader | None = None
-        self._transport: Any = None
-        self._sock: socket.socket | None = None
+        self._pika_in: pikaedge.Reader | None = None  # our reader's hold on pika's input
+        self._writer: pikaedge.Writer | None = None
         self._out: list[bytes] = []  # frames to send at the next flush
         self._out_bytes = 0
-        self._flush_handle: asyncio.Handle | None = None
+        self._flush_soon = Soon(self.flush)  # at the end of this loop turn, once
         self._loop: asyncio.AbstractEventLoop | None = None
         self.queue_name = queue.name  # the broker's name for a server-named queue, once declared
         self.up = False
@@ -284,12 +276,7 @@ class Bus:
     # -- connection callbacks ---------------------------------------------------------------
 
     def _on_open(self, conn: AsyncioConnection) -> None:
-        transport = getattr(conn, "_transport", None)
-        if hasattr(transport, "_MAX_RECV_BYTES"):
-            # pika's 4 KiB is less than one JSON packet message; 64 KiB reads (each a
-            # 64 KiB allocation shrunk to what came) fragmented the heap: the JSON
-            # router's RSS grew 7 % in 5 minutes under load, flat with 16 KiB
-            transport._MAX_RECV_BYTES = 16384
+        pikaedge.tune_reads(conn)
         conn.channel(on_open_callback=self._on_channel)
 
     def _on_open_error(self, conn: AsyncioConnection, exc: BaseException) -> None:
@@ -327,7 +314,7 @@ class Bus:
         self._channel = channel
         conn = self._conn
         assert conn is not None
-        self._transport = getattr(conn, "_transport", None)
+        self._writer = pikaedge.writer(conn)
         self._encoder = PublishEncoder(channel.channel_number, conn.params.frame_max, self.exchange)
         channel.add_on_close_callback(self._on_channel_closed)
         if self.exchange.startswith("amq."):
@@ -420,38 +407,40 @@ class Bus:
     # one buffer, sent in one send() per burst. Without the pika internals this needs,
     # deliveries stay on pika's own path (`_deliver`).
 
+    @property
+    def lean(self) -> bool:
+        """Is the lean data path on (our reader owns the input, one send() per burst)?"""
+        return self._reader is not None and self._writer is not None and self._writer.lean
+
     def _take_over_reading(self, conn: AsyncioConnection | None) -> None:
         if conn is None or conn is not self._conn or not conn.is_open or self._channel is None:
             return
-        transport = getattr(conn, "_transport", None)
-        shim = getattr(transport, "_protocol", None)
-        if shim is None or not all(hasattr(conn, a) for a in ("_frame_buffer", "_process_frame")):
-            log.debug("pika internals not as expected: deliveries through pika")
-            return
+        pika_in = pikaedge.take_over(conn)
+        if pika_in is None:
+            return  # deliveries stay on pika's path (a WARNING said so)
+        self._pika_in = pika_in
         self._reader = FrameReader(self._channel.channel_number, conn.params.frame_max)
-        self._sock = _direct_socket(transport)
-        leftover, conn._frame_buffer = conn._frame_buffer, b""
-        shim.data_received = self._data_received
+        leftover = pika_in.install(self._data_received)
         if leftover:  # a partial frame pika had not consumed (nor counted) yet
             self._data_received(leftover)
 
     def _forget_data_path(self) -> None:
-        self._encoder = self._reader = self._transport = self._sock = None
+        self._encoder = self._reader = self._pika_in = self._writer = None
         self._out.clear()
         self._out_bytes = 0
         self._ack_tag = 0
 
     def _data_received(self, data: bytes) -> None:
-        conn, reader = self._conn, self._reader
-        if conn is None or reader is None:
+        conn, reader, pika_in = self._conn, self._reader, self._pika_in
+        if conn is None or reader is None or pika_in is None:
             return
-        conn.bytes_received += len(data)  # pika's heartbeat checker watches this
+        pika_in.count(len(data))
         try:
             events = reader.feed(data)
         except FrameError as exc:
             log.warning("unreadable data from the broker (%s); reconnecting", exc)
             self._reader = None
-            conn._transport.abort()  # type: ignore[union-attr]
+            pika_in.abort()
             return
         handler = self._on_message
         for event in events:
@@ -462,9 +451,7 @@ class Bus:
                 except Exception:  # handlers catch their own; this is the last resort
                     log.exception("error handling a message on %s", event.routing_key)
             else:
-                _n, frame_value = pika.frame.decode_frame(event.raw)
-                if frame_value is not None:
-                    conn._process_frame(frame_value)
+                pika_in.to_pika(event.raw)  # heartbeats, RPC replies, channel.close...
                 if conn is not self._conn or conn.is_closed or self._reader is not reader:
                     return
         self.flush()  # publishes made while handling, and the ack, in one send()
@@ -485,9 +472,10 @@ class Bus:
         if not self.up or encoder is None:
             self.drop_reason = "bus down"
             return False
-        transport = self._transport
-        backlog = self._out_bytes + (transport.get_write_buffer_size() if transport else 0)
-        if backlog > WRITE_BUFFER_LIMIT:
+        writer = self._writer
+        if writer is None:
+            return self._pika_publish(routing_key, body, props)
+        if self._out_bytes + writer.backlog() > WRITE_BUFFER_LIMIT:
             self.drop_reason = "queue full"
             return False
         try:
@@ -499,22 +487,32 @@ class Bus:
         self._flush_soon()
         return True
 
-    def _flush_soon(self) -> None:
-        """Flush at the latest one loop iteration from now (sooner if someone flushes)."""
-        if self._flush_handle is None and self._loop is not None:
-            self._flush_handle = self._loop.call_soon(self.flush)
+    def _pika_publish(self, routing_key: str, body: bytes, props: bytes | None) -> bool:
+        """publish() through pika's channel: only when agent.pikaedge found no writer."""
+        channel = self._channel
+        if channel is None or not channel.is_open:
+            self.drop_reason = "bus down"
+            return False
+        try:
+            channel.basic_publish(
+                self.exchange, routing_key, body, _PIKA_PROPS[props or self._props]
+            )
+        except (pex.AMQPError, ValueError):
+            self.drop_reason = "bus error"
+            return False
+        return True
 
     def flush(self) -> None:
         """Send what publish() queued, and the pending ack, now."""
-        handle = self._flush_handle
-        if handle is not None:
-            handle.cancel()
-            self._flush_handle = None
+        self._flush_soon.cancel()
         out = self._out
         if self._ack_tag:
             channel = self._channel
             if self._encoder is not None and channel is not None and channel.is_open:
-                out.append(self._encoder.ack(self._ack_tag))
+                if self._writer is not None:
+                    out.append(self._encoder.ack(self._ack_tag))
+                else:
+                    channel.basic_ack(self._ack_tag, multiple=True)
             self._ack_tag = 0
         if not out:
             return
@@ -524,19 +522,6 @@ class Bus:
         self._write(data)
 
     def _write(self, data: bytes) -> None:
-        conn, transport = self._conn, self._transport
-        if conn is None or transport is None or conn.is_closed:
-            return
-        conn.bytes_sent += len(data)
-        sock = self._sock
-        if sock is not None and not transport._tx_buffers:
-            if transport._state != transport._STATE_ACTIVE:
-                return  # closing: pika drops writes now too
-            try:
-                sent = sock.send(data)
-            except OSError:  # would block, or an error pika meets and reports on its write
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        transport.write(data)
+        writer = self._writer
+        if writer is not None:
+            writer.write(data)

@@ -323,7 +323,6 @@ def connect(
         wire=wire,
         reroute=reroute,
     )
-    from agent.slip.link import run_agent
     from agent.slip.options import attach_serial
 
     agent = Agent(opts)
@@ -331,8 +330,8 @@ def connect(
         from agent.taps import install_cli
 
         install_cli(agent, verbose, pcap)
-    serial_link = attach_serial(agent, serial, reroute)  # None without --serial-port
-    _run(lambda: run_agent(agent, serial_link))
+    attach_serial(agent, serial, reroute)  # --serial-port: the port "serial"
+    _run(agent.run)
 
 
 def _links(
@@ -423,7 +422,7 @@ def _filter(ctx: click.Context, param: click.Parameter, value: str | None) -> An
     default=None,
     callback=_filter,
     help="tcpdump-like filter on the packets, e.g. 'udp port 5683', 'icmp6 and host "
-    "bbbb::1', 'coap or (ip and not icmp)' (see README, Debugging a session).",
+    "bbbb::1', 'coap or (ip and not icmp)' (see docs/debugging.md).",
 )
 @with_options(url_options)
 def sniff(

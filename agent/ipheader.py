@@ -1,8 +1,10 @@
-"""Cheap reads of IP headers and a longest-prefix-match table. Pure, no Scapy.
+"""Reads of IP headers and a longest-prefix-match table. Pure, no Scapy.
 
-This is the per-packet decision input: the version nibble and the address bytes at
-fixed offsets are all a switch needs. Extension headers and fragments do not move
-the IPv6 destination, so no dissection is needed.
+The hot path (the per-packet decision) reads the version nibble and the address bytes
+at fixed offsets: extension headers and fragments do not move the IPv6 destination, so
+no dissection is needed. The slow paths (the sniffer's filter, checksum completion of
+offloaded packets) walk the IPv6 extension headers with `ipv6_upper_layer`, the one
+list of them in the code.
 """
 
 from __future__ import annotations
@@ -12,6 +14,44 @@ from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 V = TypeVar("V")
+
+IPV6_ROUTING = 43
+IPV6_FRAGMENT = 44
+IPV6_AH = 51
+IPV6_EXT_HEADERS = frozenset({0, IPV6_ROUTING, 60, 135, 139, 140})
+"""extension headers sized in 8-octet units after the first 8: hop-by-hop, routing,
+destination options, mobility, HIP, shim6 (the fragment header and AH are sized apart)"""
+MAX_EXT_HEADERS = 16
+
+
+def ipv6_upper_layer(packet: bytes, end: int) -> tuple[int, int, bool, frozenset[int]]:
+    """Walk the extension headers of an IPv6 packet (at least 40 bytes, ending at `end`):
+    (next header where the walk stopped, its offset, first fragment or not fragmented,
+    the extension header types crossed). The walk stops at the first header that is not
+    an extension header, or that does not fit before end (then the next header returned
+    is still an extension header type), and after MAX_EXT_HEADERS."""
+    nh, off, first = packet[6], 40, True
+    seen: set[int] = set()
+    for _ in range(MAX_EXT_HEADERS):
+        if nh in IPV6_EXT_HEADERS:
+            if off + 2 > end:
+                break
+            seen.add(nh)
+            nh, off = packet[off], off + (packet[off + 1] + 1) * 8
+        elif nh == IPV6_FRAGMENT:
+            if off + 8 > end:
+                break
+            seen.add(nh)
+            first = first and (int.from_bytes(packet[off + 2 : off + 4], "big") >> 3) == 0
+            nh, off = packet[off], off + 8
+        elif nh == IPV6_AH:
+            if off + 2 > end:
+                break
+            seen.add(nh)
+            nh, off = packet[off], off + (packet[off + 1] + 2) * 4
+        else:
+            break
+    return nh, off, first, frozenset(seen)
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-LOSSY_KEY = "routing.lossy.link.start"
+from agent import wire
+
+LOSSY_KEY = wire.LOSSY_KEY
 COUNT_FIELD = "number_of_packets_to_drop"
 MAX_TO_DROP = 1_000_000
 
@@ -29,6 +31,15 @@ def packets_to_drop(msg: dict[str, Any]) -> int:
     if not 0 <= value <= MAX_TO_DROP:
         raise LossyCommandError(f"{COUNT_FIELD} must be 0..{MAX_TO_DROP}, got {value}")
     return value
+
+
+def packets_to_drop_in(body: bytes) -> int:
+    """N from a command's body; LossyCommandError (one line) when it has no usable count."""
+    try:
+        msg = wire.decode_control(body)
+    except wire.WireError as exc:
+        raise LossyCommandError(str(exc)) from None
+    return packets_to_drop(msg)
 
 
 class LossyLink:

@@ -1,29 +1,32 @@
 """The agent: a switch between ports (TUN, bus, re-route ports), control messages, stop.
 
-Per-packet path, every direction, in one place (`Agent.forward`):
-    a port hands in (packet, port it came from)
-    -> Switch.decide reads the destination -> the port it leaves by (or a drop reason)
+Per-packet path, every direction, in one place (`Agent.receive` / `Agent.forward`):
+    a port hands in a burst of packets and the name of the port they came by
+    -> Switch.decide reads each destination -> the port it leaves by (or a drop reason)
     -> taps (packet trace, capture) -> port.send -> counters
-TUN reads arrive from `_on_tun_readable`, bus packets from `_downlink`; re-route ports
-call `forward` themselves.
+    -> at the end of the burst, every other port flushes what it queued.
+The agent owns its ports (agent/port.py): it opens them, keeps them in `ports` under the
+switch's names, and closes them. Bus messages arrive as typed messages (agent/wire.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agent import wire
-from agent.bus import FAST_PROPS, Bus, agent_queue
+from agent.bus import Bus, agent_queue
+from agent.busport import BusPort
 from agent.config import AddressPlan, ConfigError, IPNetwork, plan_from_bus
-from agent.counters import Counters
-from agent.reroute.decide import BUS, TUN, Switch, is_drop
+from agent.port import Port
 from agent.reroute.iface import IfaceError, IfacePort, open_for_plan
 from agent.reroute.options import RerouteOptions
 from agent.service import Service
+from agent.slip.link import SerialLink
+from agent.switch import BUS, SERIAL, TUN, Switch, is_drop, plan_for_serial, routes
 from agent.tun import Tun, TunError
 from agent.url import AmqpUrl
 
@@ -31,64 +34,14 @@ log = logging.getLogger(__name__)
 
 MAX_ANNOUNCED_ROUTES = 32
 
+class Tap(Protocol):
+    """Sees every forwarded packet (agent/taps.py: -v lines, --pcap capture)."""
 
-class Port(Protocol):
-    """Where packets leave the agent. `name` is what logs and captures show."""
+    def __call__(self, packet: bytes, from_port: str, to_port: str) -> None: ...
 
-    name: str
-
-    def send(self, packet: bytes) -> bool: ...
-
-
-Tap = Callable[[bytes, str, str], None]  # (packet, from port, to port)
-
-
-class BusPort:
-    """Packets to the session on fromAgent.<name>.ip.tun.packet.raw.
-
-    JSON (ioppytest's wire, one packet a message) unless `fast` is on: then the packets
-    handed in during one loop iteration leave as one fast-wire message (adaptive
-    batching: one packet when idle, many when they queue up; no timer, no added delay).
-    """
-
-    name = "bus"
-
-    def __init__(self, bus: Bus, key: str, counters: Counters) -> None:
-        self.bus = bus
-        self.key = key
-        self.counters = counters
-        self.interface_name = "tun0"  # the TUN's name once it exists (peers classify by it)
-        self.fast = False
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
-        self._flush_handle: asyncio.Handle | None = None
-
-    def send(self, packet: bytes) -> bool:
-        if not self.fast:
-            return self.bus.publish(self.key, wire.encode_packet(packet, self.interface_name))
-        if not self.bus.up:
-            self.bus.drop_reason = "bus down"
-            return False
-        self._pending.append(packet)
-        self._pending_bytes += len(packet) + 2
-        if self._pending_bytes >= wire.MAX_BATCH_BYTES:
-            self.flush()
-        elif self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
-        return True
-
-    def flush(self) -> None:
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        packets, self._pending, self._pending_bytes = self._pending, [], 0
-        if packets and not self.bus.publish(self.key, wire.encode_batch(packets), FAST_PROPS):
-            self.counters.drops[self.bus.drop_reason] += len(packets)
-
-    @property
-    def drop_reason(self) -> str:
-        """Why the last send() failed: "bus down", "queue full" (counted as a drop)."""
-        return self.bus.drop_reason
+    def close(self) -> None:
+        """The agent stops: write out what is pending."""
+        ...
 
 
 @dataclass
@@ -126,11 +79,15 @@ class Agent(Service):
         self._announced: dict[str, set[IPNetwork]] = {}
         self._bootstrapping = False
         self.switch = Switch(accept_any=opts.accept_any)
-        self.ports: dict[str, Port] = {}
+        self.ports: dict[str, Port] = {}  # by the switch's names: "tun", "bus", "eth1"...
         self.taps: list[Tap] = []
-        # called with each plan before its TUN comes up; may amend it (re-route ports)
-        self.plan_hooks: list[Callable[[AddressPlan], AddressPlan]] = []
         self.iface: IfacePort | None = None  # the --re-route-if port (agent.reroute.iface)
+        self.serial: SerialLink | None = None  # the --serial-port port (agent.slip.link)
+        self._serial_routed: list[IPNetwork] = []
+        # background work (bootstrap, route changes): kept, run one at a time, in order
+        self._work: asyncio.Queue[Coroutine[Any, Any, None]] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self.task_errors: list[BaseException] = []
         self.bus = Bus(
             opts.url,
             opts.exchange,
@@ -147,9 +104,17 @@ class Agent(Service):
         self.bus_port.fast = opts.wire == "fast"
         self.ports[BUS] = self.bus_port
 
+    def attach_serial(self, link: SerialLink) -> None:
+        """Use a serial line (opened, not yet started) as the re-route port "serial"."""
+        self.serial = link
+        self.ports[SERIAL] = link
+        self._add_routes(dict.fromkeys(self.opts.reroute.prefixes, SERIAL))
+
     # -- start / stop (the run loop is agent.service.Service.run) -------------------------
 
     async def start(self) -> None:
+        for key, port in list(self.ports.items()):
+            await port.open(self.receive, key)  # the bus port, a serial line
         if self.plan is not None and self.opts.bootstrap:
             await self._bring_up_tun(self.plan)
         else:
@@ -158,61 +123,102 @@ class Agent(Service):
         self.bus.start()
 
     async def cleanup(self) -> None:
+        self._stop_work()
         self.bus_port.flush()
         await self.bus.close(timeout=1.0)
-        if self.iface is not None:
-            self.iface, iface = None, self.iface
-            await iface.remove_routes()  # the on-link routes it added, if any
-            iface.close()
-        if self.tun is not None:
-            tun, self.tun = self.tun, None
-            if tun.fd >= 0:
-                asyncio.get_running_loop().remove_reader(tun.fd)
-            name = tun.name
-            await tun.close()
-            log.info("removed %s and its routes", name)
-        for tap in self.taps:  # taps with a close() (capture files): flush and close
-            close = getattr(tap, "close", None)
-            if close is not None:
-                close()
+        closing = [port for key, port in self.ports.items() if key != BUS]
+        for made in (self.iface, self.tun):  # made but not (yet) a port: close them too
+            if made is not None and made not in closing:
+                closing.append(made)
+        self.iface = self.tun = None
+        for port in reversed(closing):
+            await port.close()
+            if isinstance(port, Tun):
+                log.info("removed %s and its routes", port.name)
+        for tap in self.taps:  # capture files: flush and close
+            tap.close()
+
+    # -- background work -------------------------------------------------------------------
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run work after the work queued before it, on the loop; errors are kept in
+        task_errors and logged (a handler never awaits, so this is how it changes routes)."""
+        if self._work is None:
+            self._work = asyncio.Queue()
+        self._work.put_nowait(work)
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._run_work())
+
+    async def _run_work(self) -> None:
+        assert self._work is not None
+        while not self._work.empty():
+            work = self._work.get_nowait()
+            try:
+                await work
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug: keep the agent up, say so
+                self.task_errors.append(exc)
+                self.counters.drop("error")
+                log.exception("error in background work")
+
+    def _stop_work(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            self._worker = None
+        while self._work is not None and not self._work.empty():
+            self._work.get_nowait().close()  # never started: nothing to undo
+
+    async def idle(self) -> None:
+        """Wait until the queued background work is done (tests)."""
+        while self._worker is not None and not self._worker.done():
+            await asyncio.sleep(0)
 
     # -- TUN ----------------------------------------------------------------------------
 
     async def _bring_up_tun(self, plan: AddressPlan) -> None:
         plan = self.opts.reroute.apply(plan)
-        for hook in self.plan_hooks:
-            plan = hook(plan)
-        self.iface = self.iface or open_for_plan(plan, self.opts.netns, self.forward)
+        if self.serial is not None:
+            plan = plan_for_serial(plan)
+        self.iface = self.iface or open_for_plan(plan, self.opts.netns)
         tun = Tun.create(self.opts.tun_name, self.opts.netns)
         self.tun = tun
         await tun.configure(plan, self.opts.mtu)
         self.plan = plan
         self.switch.set_local(plan.owns())
-        if self.iface is not None:
-            await self.iface.start(self)
+        self._add_routes(routes(plan, serial=self.serial is not None))
+        if self.iface is not None and self.iface.name not in self.ports:
+            await self.iface.open(self.receive, self.iface.name)
+            self.ports[self.iface.name] = self.iface
         self.ports[TUN] = tun
         self.bus_port.interface_name = tun.name
         addrs = ", ".join(str(i) for i in plan.interfaces())
         where = f" in namespace {self.opts.netns}" if self.opts.netns else ""
         log.info("TUN %s up%s: %s, mtu %d", tun.name, where, addrs, self.opts.mtu)
-        asyncio.get_running_loop().add_reader(tun.fd, self._on_tun_readable)
+        await tun.open(self.receive, TUN)
         for nets in list(self._announced.values()):
             for net in nets:
                 await tun.add_route(net)
 
-    def _on_tun_readable(self) -> None:
-        tun = self.tun
-        if tun is None:
-            return
-        forward = self.forward
-        for packet in tun.read_batch():
-            forward(packet, TUN)
-        # all that was waiting has been read: send it now, not a loop iteration later
-        if self.bus_port.fast:
-            self.bus_port.flush()
-        self.bus.flush()
+    def _add_routes(self, table: dict[IPNetwork, str]) -> None:
+        self.switch.add_routes(table)
+        if self.serial is not None:
+            for net, port in table.items():
+                if port == SERIAL and net not in self._serial_routed:
+                    self._serial_routed.append(net)
+            self.serial.set_prefixes(self._serial_routed)
 
     # -- the switch ----------------------------------------------------------------------
+
+    def receive(self, packets: list[bytes], came_from: str) -> None:
+        """A burst of packets entering by port `came_from`; then the other ports flush."""
+        forward = self.forward
+        for packet in packets:
+            forward(packet, came_from)
+        # all that was waiting has been read: send it now, not a loop iteration later
+        for key, port in self.ports.items():
+            if key != came_from:
+                port.flush()
 
     def forward(self, packet: bytes, came_from: str) -> None:
         """One packet entering by port `came_from`: decide, tap, send, count."""
@@ -226,10 +232,11 @@ class Agent(Service):
             return
         for tap in self.taps:
             tap(packet, came_from, decision)
-        if port.send(packet):
+        reason = port.send(packet)
+        if reason is None:
             self.counters.count(f"{came_from}>{decision}", len(packet))
         else:
-            self.counters.drop(getattr(port, "drop_reason", "") or f"{decision} down")
+            self.counters.drop(reason)
 
     # -- bus ----------------------------------------------------------------------------
 
@@ -248,23 +255,24 @@ class Agent(Service):
 
     def _on_message(self, key: str, body: bytes, content_type: str | None) -> None:
         try:
-            if key == self._downlink_key:
-                self._downlink(body, content_type)
-            elif key == self._start_key:
-                self._on_tun_start(body)
-            elif key == wire.READY_KEY:
-                msg = wire.decode_control(body)
-                if msg.get("component") == wire.ROUTER_COMPONENT:
-                    if self.opts.wire == "auto" and self.bus_port.fast != wire.speaks_fast(msg):
+            msg = wire.parse(key, body, content_type)
+            if isinstance(msg, wire.Packets):
+                if msg.agent == self.name and not msg.uplink:
+                    self.receive(msg.packets(), BUS)
+            elif isinstance(msg, wire.TunStart):
+                if msg.agent == self.name and not msg.uplink:
+                    self._on_tun_start(msg)
+            elif isinstance(msg, wire.Ready):
+                if msg.from_router:
+                    if self.opts.wire == "auto" and self.bus_port.fast != msg.fast:
                         self.bus_port.flush()
                         self.bus_port.fast = not self.bus_port.fast
                         log.info("uplink wire: %s", "fast" if self.bus_port.fast else "json")
                     log.info("packet router announced itself; re-publishing tun.started")
                     self._publish_started()
-            elif key.endswith(".ip.tun.started"):
-                peer = wire.agent_of(key)
-                if peer and peer != self.name:
-                    self._on_peer_started(peer, wire.decode_control(body))
+            elif isinstance(msg, wire.TunStarted):
+                if msg.agent != self.name:
+                    self._on_peer_started(msg.agent, msg.fields)
         except wire.WireError as exc:
             self.counters.drop(exc.reason)
             log.warning("dropped a malformed message on %s: %s", key, exc)
@@ -272,17 +280,9 @@ class Agent(Service):
             self.counters.drop("error")
             log.exception("error handling a message on %s", key)
 
-    def _downlink(self, body: bytes, content_type: str | None) -> None:
-        if content_type == wire.FAST_CONTENT_TYPE:
-            for packet in wire.decode_batch(body):
-                self.forward(packet, BUS)
-        else:
-            self.forward(wire.decode_packet(body), BUS)
-
-    def _on_tun_start(self, body: bytes) -> None:
-        msg = wire.decode_control(body)
+    def _on_tun_start(self, msg: wire.TunStart) -> None:
         try:
-            plan = plan_from_bus(msg)
+            plan = plan_from_bus(msg.fields)
         except ConfigError as exc:
             self.counters.drop("bad tun.start")
             log.warning("refused tun.start: %s", exc)
@@ -292,7 +292,7 @@ class Agent(Service):
             self._publish_started()
             return
         self._bootstrapping = True
-        asyncio.get_running_loop().create_task(self._bootstrap(plan))
+        self._later(self._bootstrap(plan))
 
     async def _bootstrap(self, plan: AddressPlan) -> None:
         try:
@@ -327,7 +327,7 @@ class Agent(Service):
             return
         self._announced[peer] = wanted
         if self.tun is not None:
-            asyncio.get_running_loop().create_task(self._sync_routes(old, wanted))
+            self._later(self._sync_routes(old, wanted))
 
     async def _sync_routes(self, old: set[IPNetwork], new: set[IPNetwork]) -> None:
         tun = self.tun

@@ -22,7 +22,7 @@ from agent.ipheader import (
     source,
     to_address,
 )
-from agent.lossy import LOSSY_KEY, LossyCommandError, LossyLink, packets_to_drop
+from agent.lossy import LOSSY_KEY, LossyCommandError, LossyLink, packets_to_drop_in
 from agent.service import Service
 from agent.url import AmqpUrl
 
@@ -186,17 +186,13 @@ class Router(Service):
         log.info("connected to %s; announced as %s", self.url.where, wire.ROUTER_COMPONENT)
 
     def _on_message(self, key: str, body: bytes, content_type: str | None) -> None:
-        if key == LOSSY_KEY:
-            self._on_lossy(body)
-            return
-        agent = wire.agent_of(key)
+        agent: str | None = None
         try:
-            if agent is None:
-                raise wire.WireError(f"unexpected routing key {key!r}")
-            if key.endswith(".ip.tun.packet.raw"):
-                ctype = content_type
-                if ctype == wire.FAST_CONTENT_TYPE:
-                    packets = wire.decode_batch(body)
+            msg = wire.parse(key, body, content_type)
+            if isinstance(msg, wire.Packets) and msg.uplink:
+                agent = msg.agent
+                if msg.fast:
+                    packets = msg.packets()
                     self.counters.count("rx fast", len(body))
                     for packet in packets:
                         self._forward(agent, packet, None, len(packet))
@@ -206,25 +202,29 @@ class Router(Service):
                     self._forward(agent, head, body, size)
                 if self._pending:
                     self._flush()  # now, not a loop iteration later: latency
-            elif key.endswith(".ip.tun.started"):
-                msg = wire.decode_control(body)
+            elif isinstance(msg, wire.TunStarted) and msg.uplink:
+                agent = msg.agent
                 try:
-                    self.table.learn_started(agent, msg)
+                    self.table.learn_started(agent, msg.fields)
                 except ConfigError as exc:
                     raise wire.WireError(f"invalid tun.started: {exc}") from None
                 log.info("learned %s", agent)
                 self._learn_wire(agent, msg)
+            elif isinstance(msg, wire.LossyLinkStart):
+                self._on_lossy(msg)
+            elif wire.topic(key).agent is None:
+                raise wire.WireError(f"unexpected routing key {key!r}")
         except wire.WireError as exc:
             self.counters.drop(exc.reason)
-            log.warning("dropped a message from %s: %s", agent or key, exc)
+            log.warning("dropped a message from %s: %s", agent or wire.topic(key).agent or key, exc)
         except Exception:
             self.counters.drop("error")
             log.exception("error handling a message on %s", key)
 
-    def _on_lossy(self, body: bytes) -> None:
+    def _on_lossy(self, msg: wire.LossyLinkStart) -> None:
         try:
-            count = packets_to_drop(wire.decode_control(body))
-        except (wire.WireError, LossyCommandError) as exc:
+            count = packets_to_drop_in(msg.body)
+        except LossyCommandError as exc:
             self.counters.drop("bad lossy command")
             log.warning("ignored %s: %s", LOSSY_KEY, exc)
             return
@@ -233,9 +233,9 @@ class Router(Service):
         self.lossy.start(count)
         log.info("lossy link: dropping the next %d packet(s) from any agent", count)
 
-    def _learn_wire(self, agent: str, msg: dict[str, Any]) -> None:
+    def _learn_wire(self, agent: str, msg: wire.TunStarted) -> None:
         """Which wire to send this agent; tell a newly fast agent that we read it too."""
-        if self.fast_wire and wire.speaks_fast(msg):
+        if self.fast_wire and msg.fast:
             if agent not in self.fast_agents:
                 self.fast_agents.add(agent)
                 self._announce()  # its uplink switches to the fast wire on our ready
@@ -294,18 +294,11 @@ class Router(Service):
         pending, self._pending = self._pending, {}
         for target, packets in pending.items():
             key = wire.downlink_key(target)
-            start = 0
-            while start < len(packets):
-                end, size = start, 0
-                while end < len(packets) and (end == start or size < wire.MAX_BATCH_BYTES):
-                    size += len(packets[end]) + 2
-                    end += 1
-                body = wire.encode_batch(packets[start:end])
+            for body, count in wire.batches(packets):
                 if self.bus.publish(key, body, FAST_PROPS):
                     self.counters.count("tx fast", len(body))
                 else:
-                    self.counters.drops[self.bus.drop_reason or "bus down"] += end - start
-                start = end
+                    self.counters.drops[self.bus.drop_reason or "bus down"] += count
 
 
 def _trace(agent: str, targets: list[str] | None, packet: bytes) -> None:

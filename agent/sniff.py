@@ -20,7 +20,6 @@ Stops on SIGINT/SIGTERM, after `--count` packets, or on `testingtool.terminate`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import secrets
@@ -40,13 +39,14 @@ from agent.capture import (
 from agent.config import ConfigError, plan_from_bus
 from agent.pktfilter import Filter
 from agent.service import Service
+from agent.soon import Soon
 from agent.url import AmqpUrl
 
 log = logging.getLogger(__name__)
 
 MAX_QUEUE = 100_000  # messages the broker keeps for a slow sniffer (oldest dropped)
-IP_PACKET = "ip.tun.packet.raw"
-WPAN_PACKET = "802154.serial.packet.raw"
+IP_PACKET = wire.IP_PACKET_KIND
+WPAN_PACKET = wire.WPAN_PACKET_KIND
 WHO_WIDTH = 13  # fits "packetrouting" (the router's ready)
 
 
@@ -126,7 +126,7 @@ class Sniffer(Service):
         self.writer = PcapNgWriter(pcap, autoflush=False) if pcap else None  # OSError to caller
         self._ifaces: dict[tuple[str, str, int], int] = {}
         self._done = False
-        self._flush_scheduled = False
+        self._flush_soon = Soon(self._flush)
         self.bus = Bus(
             url,
             exchange,
@@ -179,13 +179,11 @@ class Sniffer(Service):
         except BrokenPipeError:  # `agent sniff | head`: the reader is gone
             self._out_gone()
             return
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        self._flush_soon()
 
     def _flush(self) -> None:
         """Once per loop iteration: push lines and capture blocks out together."""
-        self._flush_scheduled = False
+        self._flush_soon.cancel()
         try:
             self.out.flush()
         except BrokenPipeError:
@@ -232,41 +230,38 @@ class Sniffer(Service):
         now = time.time()
         who, way = "?", ""
         try:
-            if key == wire.TERMINATE_KEY:
-                desc = wire.decode_control(body).get("description")
+            topic = wire.topic(key)
+            if topic.agent is not None:
+                who = _printable(topic.agent, 40)
+                way = "up" if topic.uplink else "down"
+            msg = wire.parse(key, body, content_type)
+            if isinstance(msg, wire.Terminate):
+                desc = msg.fields.get("description")
                 self._emit(line(now, "testingtool", "", f"terminate: {_printable(desc)}"))
                 log.info("testingtool.terminate received; stopping")
                 self.stop()
-                return
-            if key == wire.READY_KEY:
-                component = wire.decode_control(body).get("component")
-                if self.names and component not in self.names:
+            elif isinstance(msg, wire.Ready):
+                if self.names and msg.component not in self.names:
                     return
-                self._emit(line(now, _printable(component, 40), "up", "ready"))
-                return
-            parts = key.split(".", 2)
-            if len(parts) < 3 or parts[0] not in ("fromAgent", "toAgent"):
-                self._emit(line(now, "?", "", f"{_printable(key)} ({len(body)} B)"))
-                return
-            who = _printable(parts[1], 40)
-            way = "up" if parts[0] == "fromAgent" else "down"
-            kind = parts[2]
-            if kind == IP_PACKET:  # JSON, or our fast wire (several packets a message)
-                for packet in wire.decode_packets(body, content_type):
+                self._emit(line(now, _printable(msg.component, 40), "up", "ready"))
+            elif isinstance(msg, wire.Packets):  # JSON, or our fast wire (several a message)
+                for packet in msg.packets():
                     if self._done:
                         break
-                    self._packet(parts[1], who, way, packet, now, wpan=False)
-            elif kind == WPAN_PACKET:
-                self._packet(parts[1], who, way, wire.decode_frame(body), now, wpan=True)
-            elif kind in ("ip.tun.start", "ip.tun.started"):
-                text = describe_plan(wire.decode_control(body))
-                self._emit(line(now, who, way, f"{kind[3:]}: {text}"))
-            elif kind == "802154.serial.started":
-                msg = wire.decode_control(body)
-                port, baud = _printable(msg.get("port")), _printable(msg.get("boudrate"))
+                    self._packet(msg.agent, who, way, packet, now, wpan=False)
+            elif isinstance(msg, wire.Frames):
+                self._packet(msg.agent, who, way, msg.frame(), now, wpan=True)
+            elif isinstance(msg, wire.TunStart | wire.TunStarted):
+                text = describe_plan(msg.fields)
+                self._emit(line(now, who, way, f"{topic.kind[3:]}: {text}"))
+            elif isinstance(msg, wire.SerialStarted):
+                port = _printable(msg.fields.get("port"))
+                baud = _printable(msg.fields.get("boudrate"))
                 self._emit(line(now, who, way, f"serial.started: {port} at {baud} baud"))
+            elif topic.agent is None:
+                self._emit(line(now, "?", "", f"{_printable(key)} ({len(body)} B)"))
             else:
-                self._emit(line(now, who, way, f"{_printable(kind)} ({len(body)} B)"))
+                self._emit(line(now, who, way, f"{_printable(topic.kind)} ({len(body)} B)"))
         except wire.WireError as exc:
             self.counters.drop(exc.reason)
             self._emit(line(now, who, way, f"malformed message on {_printable(key)}: {exc}"))

@@ -4,18 +4,16 @@ A tap is a callable `(packet, from_port, to_port)` in `Agent.taps`, called for e
 forwarded packet. Taps are only installed when asked for (`-v`, `--pcap`), so without
 them the per-packet path pays nothing. Ports are named by their key in `Agent.ports`
 ("tun", "bus", "eth1", "serial"...); what a trace line or a capture shows is the port
-object's `name` (the TUN's device name, e.g. tun0) and its `linktype`, if it has one
-(raw IP unless a port says otherwise, e.g. 230 for 802.15.4).
+object's `name` (the TUN's device name, e.g. tun0) and its `linktype` (agent/port.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.capture import (
     INBOUND,
@@ -26,11 +24,15 @@ from agent.capture import (
     dump,
     summarize,
 )
+from agent.soon import Soon
+
+if TYPE_CHECKING:
+    from agent.port import Port
 
 log = logging.getLogger(__name__)
 trace = logging.getLogger("agent.packets")
 
-BUS = "bus"  # the bus port's key (agent.reroute.decide.BUS)
+BUS = "bus"  # the bus port's key (agent.switch.BUS)
 
 _LINKTYPE_SUFFIX = {LINKTYPE_IEEE802_15_4_NOFCS: "wpan"}
 
@@ -59,17 +61,16 @@ def router_line(agent: str, targets: list[str] | None, packet: bytes) -> str:
     return f"{agent} > {where}  {summarize(packet)}"
 
 
-def _label(ports: Mapping[str, Any], key: str) -> str:
+def _label(ports: Mapping[str, Port], key: str) -> str:
     port = ports.get(key)
-    name = getattr(port, "name", None) if port is not None else None
-    return name if isinstance(name, str) and name else key
+    return port.name if port is not None and port.name else key
 
 
 class TraceTap:
     """`-v`: one log line per packet on the logger agent.packets; `-vv` adds the dump."""
 
     def __init__(
-        self, ports: Mapping[str, Any], full_dump: bool = False, logger: logging.Logger = trace
+        self, ports: Mapping[str, Port], full_dump: bool = False, logger: logging.Logger = trace
     ) -> None:
         self.ports = ports
         self.full_dump = full_dump
@@ -91,6 +92,9 @@ class TraceTap:
             self.log.info("%s", line)
 
 
+    def close(self) -> None:
+        """Nothing pending: each line is logged as it comes."""
+
 class PcapTap:
     """`--pcap FILE`: every forwarded packet, written twice like `tcpdump -i any` sees a
     routed packet: inbound on the interface of the port it came from, outbound on the one
@@ -100,23 +104,23 @@ class PcapTap:
     per batch of packets.
     """
 
-    def __init__(self, writer: PcapNgWriter, ports: Mapping[str, Any], owner: str = "") -> None:
+    def __init__(self, writer: PcapNgWriter, ports: Mapping[str, Port], owner: str = "") -> None:
         self.writer = writer
         self.ports = ports
         self.owner = owner
         self.packets = 0
         self._ifaces: dict[tuple[str, int], int] = {}
-        self._flush_scheduled = False
+        self._flush_soon = Soon(self.flush)
         self._failed = False
 
     @classmethod
-    def open(cls, path: str, ports: Mapping[str, Any], owner: str = "") -> PcapTap:
+    def open(cls, path: str, ports: Mapping[str, Port], owner: str = "") -> PcapTap:
         """Create (truncate) path; OSError with a one-line message if it cannot be."""
         return cls(PcapNgWriter(path, autoflush=False), ports, owner)
 
     def _linktype(self, key: str) -> int:
-        lt = getattr(self.ports.get(key), "linktype", LINKTYPE_RAW)
-        return lt if isinstance(lt, int) else LINKTYPE_RAW
+        port = self.ports.get(key)
+        return port.linktype if port is not None else LINKTYPE_RAW
 
     def _iface(self, key: str, linktype: int) -> int:
         iface = self._ifaces.get((key, linktype))
@@ -144,15 +148,10 @@ class PcapTap:
             self._fail(exc)
             return
         self.packets += 1
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            try:
-                asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:  # no loop (direct calls): write now
-                self.flush()
+        self._flush_soon()  # at the end of this loop turn (no loop: now)
 
     def flush(self) -> None:
-        self._flush_scheduled = False
+        self._flush_soon.cancel()
         if self._failed:
             return
         try:
@@ -201,7 +200,7 @@ def install_cli(agent: Any, verbose: int, pcap_path: str | None) -> None:
         import click
 
         try:
-            pcap = PcapTap.open(pcap_path, agent.ports, owner=getattr(agent, "name", ""))
+            pcap = PcapTap.open(pcap_path, agent.ports, owner=agent.name)
         except OSError as exc:
             raise click.FileError(pcap_path, hint=file_error_hint(exc)) from None
     install(agent, verbose, pcap)

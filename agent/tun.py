@@ -8,6 +8,7 @@ are still deleted explicitly on a clean stop.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import fcntl
 import logging
@@ -19,6 +20,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.config import AddressPlan, IPNetwork
 from agent.netns import Netlink, entered, netns_path
+from agent.port import LINKTYPE_RAW, Deliver
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +88,15 @@ def open_tun(name: str | None, netns: str | None) -> tuple[int, str, Netlink, st
 
 
 class Tun:
-    """A configured TUN device. `read_batch`/`write` are the per-packet calls."""
+    """A configured TUN device, the agent's port "tun" (agent/port.py): `open` reads
+    bursts of packets on the loop, `send` writes one."""
+
+    linktype = LINKTYPE_RAW
 
     def __init__(self, fd: int, name: str, netlink: Netlink, netns: str | None) -> None:
         self.fd = fd
         self.name = name
+        self._reading = False
         self.netns = netns
         self._netlink = netlink
         self.index = 0
@@ -124,13 +130,15 @@ class Tun:
         """Route network into the TUN; False if it could not be added."""
         if network in self._routes:
             return True
+        self._routes.append(network)  # before the await: a second call does not add it twice
         ipr = await self._netlink.ipr()
         try:
             await ipr.route("add", dst=str(network), oif=self.index)
         except NetlinkError as exc:
+            if network in self._routes:
+                self._routes.remove(network)
             log.warning("cannot add route %s dev %s: %s", network, self.name, os.strerror(exc.code))
             return False
-        self._routes.append(network)
         log.info("route %s dev %s added", network, self.name)
         return True
 
@@ -159,15 +167,33 @@ class Tun:
             pass
         return out
 
-    def send(self, packet: bytes) -> bool:
+    async def open(self, deliver: Deliver, key: str) -> None:
+        """Read on the running loop: each burst of waiting packets goes to deliver."""
+        read_batch = self.read_batch
+
+        def on_readable() -> None:
+            packets = read_batch()
+            if packets:
+                deliver(packets, key)
+
+        asyncio.get_running_loop().add_reader(self.fd, on_readable)
+        self._reading = True
+
+    def send(self, packet: bytes) -> str | None:
         try:
             os.write(self.fd, packet)
         except OSError:
-            return False
-        return True
+            return "tun down"
+        return None
+
+    def flush(self) -> None:
+        """Nothing waits: every send() is one write()."""
 
     async def close(self) -> None:
-        """Delete our routes, then the device (by closing its descriptor)."""
+        """Stop reading; delete our routes, then the device (by closing its descriptor)."""
+        if self._reading and self.fd >= 0:
+            self._reading = False
+            asyncio.get_running_loop().remove_reader(self.fd)
         for network in list(self._routes):
             await self.remove_route(network)
         self._netlink.close()

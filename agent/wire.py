@@ -1,9 +1,18 @@
-"""ioppytest message bodies and routing keys, both ways. Pure: bytes in, bytes out."""
+"""The bus vocabulary, both ways. Pure: bytes in, bytes out.
+
+`parse(routing key, body, content type)` turns a message into one typed message
+(`Packets`, `Frames`, `TunStart`, `TunStarted`, `Ready`, `SerialStarted`, `Terminate`,
+`Other`); agent, router, sniffer and probe dispatch on its type. The routing keys, the
+ioppytest JSON bodies and our fast wire (`batches`: the one batching rule) are built here
+too; nothing else takes a routing key or a body apart.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -15,15 +24,18 @@ CONTENT_TYPE = "application/json"
 CONTENT_ENCODING = "utf-8"
 MAX_BODY = 65535 * 5 + 4096  # a 65535-byte packet as JSON ints ("255, " each) + the rest
 
-# Our fast wire, between our agents and our router only (negotiated, see README):
+# Our fast wire, between our agents and our router only (negotiated, see docs/wire-format.md):
 # a body is one or more packets, each as a 2-byte big-endian length then the bytes.
 FAST_CONTENT_TYPE = "application/x-ip-packet-batch"
 FAST_WIRE = "batch1"
 WIRE_FIELD = "x_agent_wire"  # in tun.started and in the router's ready: wires understood
 MAX_BATCH_BYTES = 60000
 
+IP_PACKET_KIND = "ip.tun.packet.raw"
+WPAN_PACKET_KIND = "802154.serial.packet.raw"
 READY_KEY = "testingtool.component.ready"
 TERMINATE_KEY = "testingtool.terminate"
+LOSSY_KEY = "routing.lossy.link.start"  # ioppytest coordinator -> packet router
 ROUTER_COMPONENT = "packetrouting"
 
 
@@ -77,6 +89,192 @@ def agent_of(routing_key: str) -> str | None:
     if len(parts) < 3 or parts[0] not in ("fromAgent", "toAgent") or not parts[1]:
         return None
     return parts[1]
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """What a routing key says: whose message, which way, what kind (its key's tail)."""
+
+    agent: str | None
+    """the agent's name (None for testingtool.* keys and keys that are not ours)"""
+    uplink: bool
+    """True on fromAgent.* (the agent published it), False on toAgent.*"""
+    kind: str
+    """the rest of the key: "ip.tun.packet.raw", "ip.tun.started"... or the whole key"""
+
+
+def topic(routing_key: str) -> Topic:
+    parts = routing_key.split(".", 2)
+    if len(parts) < 3 or parts[0] not in ("fromAgent", "toAgent") or not parts[1]:
+        return Topic(None, False, routing_key)
+    return Topic(parts[1], parts[0] == "fromAgent", parts[2])
+
+
+# -- typed messages ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Packets:
+    """IP packets on <dir>Agent.<name>.ip.tun.packet.raw: one (JSON) or several (fast)."""
+
+    agent: str
+    uplink: bool
+    body: bytes
+    """the message body as it came (a router forwards JSON bodies unchanged)"""
+    content_type: str | None
+
+    @property
+    def fast(self) -> bool:
+        return self.content_type == FAST_CONTENT_TYPE
+
+    def packets(self) -> list[bytes]:
+        """The packets, checked to be IP; WireError if the body is not usable."""
+        return decode_packets(self.body, self.content_type)
+
+
+@dataclass(frozen=True, slots=True)
+class Frames:
+    """An 802.15.4 frame on <dir>Agent.<name>.802154.serial.packet.raw (probe mode)."""
+
+    agent: str
+    uplink: bool
+    body: bytes
+
+    def frame(self) -> bytes:
+        return decode_frame(self.body)
+
+
+@dataclass(frozen=True, slots=True)
+class TunStart:
+    """toAgent.<name>.ip.tun.start: the testing tool's bootstrap (fields not yet validated)."""
+
+    agent: str
+    uplink: bool
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TunStarted:
+    """fromAgent.<name>.ip.tun.started: an agent's configuration (fields not yet validated)."""
+
+    agent: str
+    uplink: bool
+    fields: dict[str, Any]
+
+    @property
+    def fast(self) -> bool:
+        """Its sender reads our fast wire."""
+        return speaks_fast(self.fields)
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """testingtool.component.ready of a component (our router: `packetrouting`)."""
+
+    component: Any
+    """as sent: normally a str, but the body is untrusted"""
+    fields: dict[str, Any]
+
+    @property
+    def from_router(self) -> bool:
+        return self.component == ROUTER_COMPONENT
+
+    @property
+    def fast(self) -> bool:
+        return speaks_fast(self.fields)
+
+
+@dataclass(frozen=True, slots=True)
+class SerialStarted:
+    """fromAgent.<name>.802154.serial.started: the probe's serial port is open."""
+
+    agent: str
+    uplink: bool
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Terminate:
+    """testingtool.terminate: the session is over."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LossyLinkStart:
+    """routing.lossy.link.start: the coordinator asks the router to drop the next packets
+    (ioppytest's lossy context); the body is read by `agent.lossy.packets_to_drop`."""
+
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Other:
+    """Any other routing key (shown by the sniffer, ignored by everyone else)."""
+
+    topic: Topic
+    size: int
+
+
+Message = (
+    Packets | Frames | TunStart | TunStarted | Ready | SerialStarted | Terminate | LossyLinkStart
+    | Other
+)
+
+_AGENT_KINDS: dict[str, type] = {
+    "ip.tun.start": TunStart,
+    "ip.tun.started": TunStarted,
+    "802154.serial.started": SerialStarted,
+}
+
+
+def parse(routing_key: str, body: bytes, content_type: str | None = None) -> Message:
+    """The typed message of a delivery; WireError (with a short reason) if its body is
+    not usable. Packet bodies are checked when their packets are read (`packets()`)."""
+    t = topic(routing_key)
+    if t.agent is not None:
+        if t.kind == IP_PACKET_KIND:
+            return Packets(t.agent, t.uplink, body, content_type)
+        if t.kind == WPAN_PACKET_KIND:
+            return Frames(t.agent, t.uplink, body)
+        cls = _AGENT_KINDS.get(t.kind)
+        if cls is not None:
+            return cls(t.agent, t.uplink, _json_object(body))  # type: ignore[no-any-return]
+    elif routing_key == READY_KEY:
+        fields = _json_object(body)
+        return Ready(fields.get("component"), fields)
+    elif routing_key == TERMINATE_KEY:
+        return Terminate(_json_object(body))
+    elif routing_key == LOSSY_KEY:
+        return LossyLinkStart(body)
+    return Other(t, len(body))
+
+
+def encode(msg: Message) -> tuple[str, bytes, str]:
+    """(routing key, body, content type) of a message to publish; packets are published
+    with `encode_packet`/`batches` on the hot path, not through here."""
+    if isinstance(msg, Ready):
+        extra = {k: v for k, v in msg.fields.items() if k not in ("_api_version", "component")}
+        extra.pop("description", None)
+        return READY_KEY, encode_ready(msg.component, **extra), CONTENT_TYPE
+    if isinstance(msg, TunStarted | TunStart | SerialStarted):
+        kind = {TunStarted: "ip.tun.started", TunStart: "ip.tun.start"}.get(
+            type(msg), "802154.serial.started"
+        )
+        way = "fromAgent" if msg.uplink else "toAgent"
+        body = orjson.dumps({"_api_version": API_VERSION, **msg.fields})
+        return f"{way}.{msg.agent}.{kind}", body, CONTENT_TYPE
+    if isinstance(msg, Terminate):
+        body = orjson.dumps({"_api_version": API_VERSION, **msg.fields})
+        return TERMINATE_KEY, body, CONTENT_TYPE
+    if isinstance(msg, Packets):
+        way = "fromAgent" if msg.uplink else "toAgent"
+        ctype = msg.content_type or CONTENT_TYPE
+        return f"{way}.{msg.agent}.{IP_PACKET_KIND}", msg.body, ctype
+    if isinstance(msg, Frames):
+        way = "fromAgent" if msg.uplink else "toAgent"
+        return f"{way}.{msg.agent}.{WPAN_PACKET_KIND}", msg.body, CONTENT_TYPE
+    raise TypeError(f"cannot encode {type(msg).__name__}")
 
 
 # -- packets ---------------------------------------------------------------------------
@@ -182,6 +380,25 @@ def encode_batch(packets: list[bytes]) -> bytes:
         out += len(packet).to_bytes(2, "big")
         out += packet
     return bytes(out)
+
+
+def batches(packets: list[bytes]) -> Iterator[tuple[bytes, int]]:
+    """(fast-wire body, number of packets in it) for packets, in order: the one batching
+    rule of agent and router. A body takes packets until it holds MAX_BATCH_BYTES or more
+    (so at least one packet, and at most one packet beyond the limit)."""
+    start, n = 0, len(packets)
+    while start < n:
+        end, size = start, 0
+        while end < n and (end == start or size < MAX_BATCH_BYTES):
+            size += len(packets[end]) + 2
+            end += 1
+        yield encode_batch(packets[start:end]), end - start
+        start = end
+
+
+def batch_full(pending_bytes: int) -> bool:
+    """Has a batch being filled (its packets' sizes + 2 each) reached the limit?"""
+    return pending_bytes >= MAX_BATCH_BYTES
 
 
 def decode_batch(body: bytes) -> list[bytes]:

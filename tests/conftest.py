@@ -299,3 +299,25 @@ def listener(vhost: str) -> Iterator[Callable[[list[str]], Listener]]:
     yield make
     for lst in made:
         lst.close()
+
+
+# Fixtures that need root or the broker: a test using one (directly or through another
+# fixture) is end-to-end, as is a test skipped without root or without the broker.
+_E2E_FIXTURES = {"vhost", "netns", "procs", "session", "listener", "one_ns"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `e2e` every test that needs root or the broker, so that `-m "not e2e"` runs
+    only tests that need neither (as any user, with no broker reachable)."""
+    for item in items:
+        if item.get_closest_marker("e2e"):
+            continue
+        callspec = getattr(item, "callspec", None)
+        params = set(callspec.params) if callspec else set()
+        needs = _E2E_FIXTURES & (set(getattr(item, "fixturenames", ())) - params)
+        for mark in item.iter_markers("skipif"):
+            reason = str(mark.kwargs.get("reason", ""))
+            if "root" in reason or "RabbitMQ" in reason:
+                needs.add(reason)
+        if needs:
+            item.add_marker(pytest.mark.e2e)

@@ -8,12 +8,14 @@ socket.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Callable
 
 import pika
 import pytest
 
+from agent import pikaedge
 from agent.bus import FAST_PROPS, JSON_PROPS, Bus, QueueSpec
 from agent.url import parse_url
 from agent.wire import CONTENT_TYPE, FAST_CONTENT_TYPE
@@ -122,3 +124,46 @@ def test_heartbeats_pass_through_while_the_reader_owns_the_socket(vhost: str) ->
 
     got = asyncio.run(_with_bus(url, ["dp.hb"], body))
     assert got == [("dp.hb", b"x", None)]
+
+
+def test_lean_path_is_active_on_the_pinned_pika(
+    vhost: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On the pika setup.py pins, our reader owns the input and publishes leave by one
+    send() on the socket: if a pika upgrade breaks agent.pikaedge, this fails (the bus
+    itself would only fall back, slower, with a WARNING)."""
+    caplog.set_level(logging.WARNING, logger="agent.bus")
+
+    async def body(bus: Bus, got: list) -> None:
+        await until(lambda: bus.lean, 5)
+        assert bus._reader is not None, "deliveries are not on our reader"
+        assert bus._writer is not None and bus._writer.lean, "publishes are not sent directly"
+        assert bus.publish("dp.lean", b"x")
+        await until(lambda: bool(got), 5)
+
+    got = asyncio.run(_with_bus(vhost, ["dp.lean"], body))
+    assert got == [("dp.lean", b"x", CONTENT_TYPE)]
+    assert "falls back" not in caplog.text
+
+
+def test_without_pika_internals_the_bus_still_works(
+    vhost: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pika whose internals agent.pikaedge does not find: deliveries, acks and
+    publishes go through pika's own API, with one WARNING each, and nothing raises."""
+    caplog.set_level(logging.WARNING, logger="agent.bus")
+    monkeypatch.setattr(pikaedge, "_warned", set())
+    monkeypatch.setattr(pikaedge, "take_over", lambda conn: pikaedge._fallback("receiving", "x"))
+    monkeypatch.setattr(pikaedge, "writer", lambda conn: pikaedge._fallback("publishing", "y"))
+    sent = [(f"dp.fb.{i}", bytes([i]) * (i * 100), CONTENT_TYPE) for i in range(20)]
+
+    async def body(bus: Bus, got: list) -> None:
+        await asyncio.sleep(0.2)
+        assert not bus.lean
+        for key, payload, _ctype in sent:
+            assert bus.publish(key, payload, JSON_PROPS)
+        await until(lambda: len(got) >= len(sent), 10)
+
+    got = asyncio.run(_with_bus(vhost + "?frame_max=4096", ["dp.fb.*"], body))
+    assert got == sent
+    assert caplog.text.count("falls back") == 2

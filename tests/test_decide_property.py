@@ -22,7 +22,7 @@ from scapy.layers.inet6 import (
 from scapy.packet import Packet, Raw, raw
 
 from agent.ipheader import destination
-from agent.reroute.decide import BUS, DROP_HAIRPIN, DROP_NOT_IP, DROP_NOT_OURS, TUN, Switch
+from agent.switch import BUS, DROP_HAIRPIN, DROP_NOT_IP, DROP_NOT_OURS, TUN, Switch
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 Addr = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from agent import wire
 from agent.bus import FAST_PROPS
+from agent.busport import BusPort
 from agent.counters import Counters
-from agent.node import BusPort
 from agent.router import Router
 from agent.url import parse_url
 from tests.conftest import Session, needs_root, ping, wait_for
@@ -63,6 +63,9 @@ class FakeBus:
         self.sent.append((key, body, props))
         return True
 
+    def flush(self) -> None:
+        pass
+
 
 def test_busport_batches_one_loop_iteration() -> None:
     """Packets handed in during one loop iteration leave as one message; idle: one each."""
@@ -72,7 +75,7 @@ def test_busport_batches_one_loop_iteration() -> None:
         port.fast = True
         pkts = [bytes([0x60]) + bytes(39 + i) for i in range(5)]
         for p in pkts:
-            assert port.send(p)
+            assert port.send(p) is None
         assert bus.sent == []
         await asyncio.sleep(0)
         assert len(bus.sent) == 1 and bus.sent[0][2] is FAST_PROPS
@@ -159,3 +162,18 @@ def test_router_json_only_keeps_everyone_on_json(session: Session) -> None:
     assert session.learned("agent_1", "agent_2")
     assert ping(session.ns["agent_1"], "bbbb::2", count=3)
     assert not wait_for(lambda: "uplink wire: fast" in a1.output, 1)
+
+
+@given(st.lists(ip6 | ip4, max_size=120))
+def test_batches_split_by_the_one_rule(packets: list[bytes]) -> None:
+    """Bodies carry every packet in order; each closes once it reaches the limit, so each
+    but the last is at or over it by less than one packet, and none is empty."""
+    out = list(wire.batches(packets))
+    assert [p for body, _ in out for p in wire.decode_batch(body)] == packets
+    assert [len(wire.decode_batch(body)) for body, _ in out] == [n for _, n in out]
+    for i, (body, n) in enumerate(out):
+        assert n >= 1
+        last_size = len(wire.decode_batch(body)[-1]) + 2
+        assert len(body) - last_size < wire.MAX_BATCH_BYTES  # not full before its last one
+        if i < len(out) - 1:
+            assert wire.batch_full(len(body))

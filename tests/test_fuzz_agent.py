@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 from agent import wire
 from agent.config import default_plan
 from agent.node import Agent, AgentOptions
-from agent.reroute.decide import TUN
+from agent.port import LINKTYPE_RAW
 from agent.router import Router
+from agent.switch import TUN
 from agent.url import parse_url
 
 URL = parse_url("amqp://guest:guest@127.0.0.1:1/fuzz")
@@ -31,14 +32,18 @@ class FakeTun:
 
     name = "tun9"
     fd = -1
+    linktype = LINKTYPE_RAW
 
     def __init__(self) -> None:
         self.sent: list[bytes] = []
         self.routes: list[Any] = []
 
-    def send(self, packet: bytes) -> bool:
+    def send(self, packet: bytes) -> str | None:
         self.sent.append(packet)
-        return True
+        return None
+
+    def flush(self) -> None:
+        pass
 
     async def add_route(self, net: Any) -> bool:
         self.routes.append(net)
@@ -113,7 +118,8 @@ def test_agent_handlers_never_fail(key: str, body: bytes) -> None:
     async def go() -> None:
         agent, tun = make_agent()
         agent._on_message(key, body, None)
-        await asyncio.sleep(0)  # let route tasks run
+        await agent.idle()  # let route tasks run: their errors count too
+        assert agent.task_errors == []
         assert agent.counters.drops["error"] == 0
         for pkt in tun.sent:
             assert pkt[0] >> 4 in (4, 6)
@@ -164,5 +170,60 @@ def test_valid_downlink_reaches_tun() -> None:
                           None)
         assert tun.sent == [pkt]
         assert agent.counters.drops["not for us"] == 1
+
+    _run(go)
+
+
+class SlowTun(FakeTun):
+    """Route changes take a netlink round trip (an await) as on a real TUN, which keeps
+    one route per network."""
+
+    async def add_route(self, net: Any) -> bool:
+        await asyncio.sleep(0.01)
+        if net in self.routes:
+            return True
+        return await super().add_route(net)
+
+    async def remove_route(self, net: Any) -> None:
+        await asyncio.sleep(0.01)
+        await super().remove_route(net)
+
+
+def test_quick_announcements_leave_the_last_routes() -> None:
+    """Two tun.started from one peer in one burst: the routes end as the second says, no
+    stale route of the first; the route work is kept (not fire-and-forget) and in order."""
+    async def go() -> None:
+        agent, _ = make_agent()
+        tun = SlowTun()
+        agent.tun = tun  # type: ignore[assignment]
+        agent.ports[TUN] = tun  # type: ignore[assignment]
+        key = "fromAgent.agent_2.ip.tun.started"
+        first = {"ipv6_host": "2", "re_route_packets_prefix": "cccc"}
+        second = {"ipv6_host": "2", "re_route_packets_prefix": "dddd"}
+        agent._on_message(key, orjson.dumps(first), None)
+        agent._on_message(key, orjson.dumps(second), None)
+        agent._on_message(key, orjson.dumps(first), None)
+        agent._on_message(key, orjson.dumps(second), None)
+        await agent.idle()
+        assert [str(n) for n in tun.routes] == ["dddd::/64"]
+        assert agent.task_errors == []
+
+    _run(go)
+
+
+def test_errors_in_background_work_are_kept() -> None:
+    """A bug in route work is logged, counted and kept for the tests to see."""
+    async def go() -> None:
+        agent, tun = make_agent()
+
+        async def broken(net: Any) -> bool:
+            raise RuntimeError("bug")
+
+        tun.add_route = broken  # type: ignore[method-assign]
+        agent._on_message("fromAgent.agent_2.ip.tun.started",
+                          orjson.dumps({"ipv6_host": "2", "re_route_packets_prefix": "cccc"}), None)
+        await agent.idle()
+        assert [str(e) for e in agent.task_errors] == ["bug"]
+        assert agent.counters.drops["error"] == 1
 
     _run(go)

@@ -43,8 +43,11 @@ class FakePort:
     name: str
     linktype: int = LINKTYPE_RAW
 
-    def send(self, packet: bytes) -> bool:
-        return True
+    def send(self, packet: bytes) -> str | None:
+        return None
+
+    def flush(self) -> None:
+        pass
 
 
 PORTS = {"tun": FakePort("tun0"), "bus": FakePort("bus"), "eth1": FakePort("eth1")}

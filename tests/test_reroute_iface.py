@@ -105,15 +105,15 @@ def test_port_name_avoids_reserved_names() -> None:
 
 
 def test_missing_interface_is_one_line_error() -> None:
-    port = IfacePort("nosuch0", None, [CCCC], lambda packet, came_from: None)
+    port = IfacePort("nosuch0", None, [CCCC])
     with pytest.raises(IfaceError, match=r"^re-route interface nosuch0 does not exist$"):
-        port.open()
+        port.check()
 
 
 def test_interface_without_prefix_is_refused() -> None:
-    port = IfacePort("lo", None, [], lambda packet, came_from: None)
+    port = IfacePort("lo", None, [])
     with pytest.raises(IfaceError, match="--re-route-prefix"):
-        port.open()
+        port.check()
 
 
 # -- options, plan, announcement -----------------------------------------------------------

@@ -23,7 +23,7 @@ from agent.config import AddressPlan, parse_reroute_prefix
 from agent.node import Agent, AgentOptions
 from agent.reroute.options import RerouteOptions
 from agent.slip.framing import SlipDecoder
-from agent.slip.link import SerialLink, answer_prefix, run_agent, text_line
+from agent.slip.link import SerialLink, answer_prefix, text_line
 from agent.slip.options import (
     BAUDRATE_ENV,
     SERIAL_PORT_ENV,
@@ -32,6 +32,7 @@ from agent.slip.options import (
 )
 from agent.slip.port import SerialSettings
 from agent.slip.probe import data_slip
+from agent.switch import plan_for_serial, routes
 from agent.url import parse_url
 from tests.conftest import until
 
@@ -69,10 +70,25 @@ def read_master(master: int) -> bytes:
         return b""
 
 
-def make_agent(plan: AddressPlan | None = None) -> Agent:
+def make_agent(plan: AddressPlan | None = None, reroute: RerouteOptions | None = None) -> Agent:
     return Agent(
-        AgentOptions(name="mote_gw", url=parse_url("amqp://guest:guest@localhost/"), plan=plan)
+        AgentOptions(
+            name="mote_gw",
+            url=parse_url("amqp://guest:guest@localhost/"),
+            plan=plan,
+            reroute=reroute or RerouteOptions(),
+        )
     )
+
+
+def serial_agent(
+    link_path: Path, reroute: RerouteOptions | None = None, **settings: object
+) -> tuple[Agent, SerialLink]:
+    """An agent with a serial port on link_path, assembled as `agent connect` does."""
+    agent = make_agent(reroute=reroute)
+    link = SerialLink(SerialSettings(str(link_path), **settings), agent.counters)  # type: ignore[arg-type]
+    agent.attach_serial(link)
+    return agent, link
 
 
 def ping6(dst: str, src: str = "bbbb::1") -> bytes:
@@ -231,9 +247,7 @@ def test_attach_missing_device_is_click_error(tmp_path: Path) -> None:
 
 def test_attach_routes_prefixes_and_amends_plans(pty_path: tuple[Path, int]) -> None:
     link_path, _master = pty_path
-    agent = make_agent()
-    link = SerialLink(agent, SerialSettings(str(link_path)), RerouteOptions((CCCC,), "1"))
-    link.attach()
+    agent, link = serial_agent(link_path, RerouteOptions((CCCC,), "1"))
     assert agent.ports["serial"] is link
     assert agent.switch.decide(ping6("cccc::1"), "bus") == "serial"
     assert agent.switch.decide(ping6("cccc::1"), "tun") == "serial"
@@ -246,36 +260,32 @@ def test_attach_routes_prefixes_and_amends_plans(pty_path: tuple[Path, int]) -> 
     bus_plan = AddressPlan(
         parse_reroute_prefix("bbbb"), "5", None, (parse_reroute_prefix("dddd"),), "9", None
     )
-    amended = agent.plan_hooks[0](bus_plan)
+    amended = plan_for_serial(agent.opts.reroute.apply(bus_plan))
     assert amended.reroute_prefixes == (CCCC,) and amended.reroute_host == "1"
-    plan_only = SerialLink(make_agent(), SerialSettings(str(link_path)))
-    plan_only.attach()
-    kept = plan_only.amend_plan(bus_plan)
+    assert routes(amended, serial=True) == {CCCC: "serial"}
+    plan_only, _ = serial_agent(link_path)
+    kept = plan_for_serial(plan_only.opts.reroute.apply(bus_plan))
     assert kept.reroute_prefixes == bus_plan.reroute_prefixes
-    assert plan_only.agent.switch.decide(ping6("dddd::1"), "bus") == "serial"
+    plan_only._add_routes(routes(kept, serial=True))
+    assert plan_only.switch.decide(ping6("dddd::1"), "bus") == "serial"
 
     # an interface named by a tun.start is ignored: the networks are behind the line
     eth = AddressPlan(
         parse_reroute_prefix("bbbb"), "5", None, (parse_reroute_prefix("eeee"),), None, "eth1"
     )
-    other = SerialLink(make_agent(), SerialSettings(str(link_path)))
-    other.attach()
-    amended = other.amend_plan(eth)
+    amended = plan_for_serial(eth)
     assert amended.reroute_if is None
-    assert other.agent.switch.decide(ping6("eeee::1"), "bus") == "serial"
+    assert routes(eth, serial=True) == {parse_reroute_prefix("eeee"): "serial"}
+    assert routes(eth, serial=False) == {parse_reroute_prefix("eeee"): "eth1"}
 
 
 def test_frames_from_the_line(pty_path: tuple[Path, int]) -> None:
     link_path, master = pty_path
-    agent = make_agent()
+    agent, link = serial_agent(
+        link_path, RerouteOptions((parse_reroute_prefix("192.0.2.0/24"), CCCC), "1"), mtu=1280
+    )
     forwarded: list[tuple[bytes, str]] = []
     agent.forward = lambda packet, came_from: forwarded.append((packet, came_from))  # type: ignore[method-assign]
-    link = SerialLink(
-        agent,
-        SerialSettings(str(link_path), mtu=1280),
-        RerouteOptions((parse_reroute_prefix("192.0.2.0/24"), CCCC), "1"),
-    )
-    link.attach()
     reply6 = ping6("bbbb::1", src="cccc::1")
     reply4 = bytes(IP(src="192.0.2.1", dst="10.2.0.1") / UDP(sport=7, dport=9) / b"hi")
     got = bytearray()
@@ -310,9 +320,8 @@ def test_frames_from_the_line(pty_path: tuple[Path, int]) -> None:
 async def run_agent_briefly(
     agent: Agent, link: SerialLink, master: int, got: bytearray, chunks: list[bytes]
 ) -> None:
-    """Start the link as run_agent does, feed the line, collect what the link writes."""
-    agent.run = _wait_then_zero  # type: ignore[method-assign]
-    task = asyncio.ensure_future(run_agent(agent, link))
+    """Open the link as the agent does, feed the line, collect what the link writes."""
+    await link.open(agent.receive, "serial")
     await asyncio.sleep(0.05)
     for chunk in chunks:
         os.write(master, chunk)
@@ -320,24 +329,13 @@ async def run_agent_briefly(
     await until(lambda: got.extend(read_master(master)) or len(got) >= 11, timeout=2)
     await asyncio.sleep(0.1)
     got.extend(read_master(master))
-    assert await task == 0
-    assert not link.port.is_open  # run_agent closed it
-
-
-async def _wait_then_zero() -> int:
-    await asyncio.sleep(0.6)
-    return 0
+    await link.close()
+    assert not link.port.is_open
 
 
 def test_prefix_request_without_ipv6_prefix(pty_path: tuple[Path, int]) -> None:
     link_path, master = pty_path
-    agent = make_agent()
-    link = SerialLink(
-        agent,
-        SerialSettings(str(link_path)),
-        RerouteOptions((parse_reroute_prefix("192.0.2.0/24"),)),
-    )
-    link.attach()
+    agent, link = serial_agent(link_path, RerouteOptions((parse_reroute_prefix("192.0.2.0/24"),)))
     got = bytearray()
     asyncio.run(run_agent_briefly(agent, link, master, got, [b"?P" + END]))
     assert bytes(got) == b""
@@ -346,18 +344,14 @@ def test_prefix_request_without_ipv6_prefix(pty_path: tuple[Path, int]) -> None:
 
 def test_send_reaches_the_line_slip_encoded(pty_path: tuple[Path, int]) -> None:
     link_path, master = pty_path
-    agent = make_agent()
-    link = SerialLink(
-        agent, SerialSettings(str(link_path), leading_end=True), RerouteOptions((CCCC,))
-    )
-    link.attach()
+    agent, link = serial_agent(link_path, RerouteOptions((CCCC,)), leading_end=True)
     packet = ping6("cccc::1") + b"\xc0\xdb"
     got = bytearray()
 
     async def main() -> None:
         link.port.start()
         try:
-            assert agent.ports["serial"].send(packet)
+            assert agent.ports["serial"].send(packet) is None
             await until(
                 lambda: (
                     got.extend(read_master(master))
@@ -366,7 +360,7 @@ def test_send_reaches_the_line_slip_encoded(pty_path: tuple[Path, int]) -> None:
                 )
             )
         finally:
-            link.close()
+            await link.close()
 
     asyncio.run(main())
     assert bytes(got) == END + rfc1055_encode(packet) + END

@@ -416,3 +416,54 @@ def test_decode_control() -> None:
 def test_decode_control_refuses(body: bytes) -> None:
     with pytest.raises(WireError):
         wire.decode_control(body)
+
+
+# -- typed messages ----------------------------------------------------------------------
+
+names = st.from_regex(r"[A-Za-z0-9_-]{1,20}", fullmatch=True)
+
+
+@given(names, st.booleans())
+def test_parse_types_every_key(name: str, up: bool) -> None:
+    way = "fromAgent" if up else "toAgent"
+    fields = {"_api_version": wire.API_VERSION, "name": name}
+    body = orjson.dumps(fields)
+    for kind, cls in [
+        ("ip.tun.start", wire.TunStart),
+        ("ip.tun.started", wire.TunStarted),
+        ("802154.serial.started", wire.SerialStarted),
+    ]:
+        msg = wire.parse(f"{way}.{name}.{kind}", body, wire.CONTENT_TYPE)
+        assert isinstance(msg, cls)
+        assert (msg.agent, msg.uplink, msg.fields) == (name, up, fields)
+        assert wire.parse(*wire.encode(msg)) == msg
+    pkt = wire.parse(f"{way}.{name}.ip.tun.packet.raw", b"x", wire.FAST_CONTENT_TYPE)
+    assert isinstance(pkt, wire.Packets) and pkt.fast and (pkt.agent, pkt.uplink) == (name, up)
+    assert wire.parse(*wire.encode(pkt)) == pkt
+    frames = wire.parse(f"{way}.{name}.802154.serial.packet.raw", b"{}")
+    assert isinstance(frames, wire.Frames) and (frames.agent, frames.uplink) == (name, up)
+    other = wire.parse(f"{way}.{name}.something.else", b"abc")
+    assert other == wire.Other(wire.Topic(name, up, "something.else"), 3)
+
+
+def test_parse_ready_and_terminate() -> None:
+    ready = wire.parse(wire.READY_KEY, wire.encode_ready("packetrouting", x_agent_wire=["batch1"]))
+    assert isinstance(ready, wire.Ready) and ready.from_router and ready.fast
+    assert wire.parse(*wire.encode(ready)) == ready
+    plain = wire.parse(wire.READY_KEY, wire.encode_ready("agent_1"))
+    assert isinstance(plain, wire.Ready) and not plain.from_router and not plain.fast
+    end = wire.parse(wire.TERMINATE_KEY, b'{"description": "bye"}')
+    assert end == wire.Terminate({"description": "bye"})
+    assert wire.parse(*wire.encode(end)).fields["description"] == "bye"  # type: ignore[union-attr]
+    other = wire.parse("somebody.else", b"")
+    assert other == wire.Other(wire.Topic(None, False, "somebody.else"), 0)
+
+
+@given(st.sampled_from(["ip.tun.start", "ip.tun.started", "802154.serial.started"]),
+       st.binary(max_size=40))
+def test_parse_refuses_bad_control_bodies_cleanly(kind: str, body: bytes) -> None:
+    try:
+        msg = wire.parse(f"toAgent.a.{kind}", body)
+    except wire.WireError:
+        return
+    assert isinstance(msg.fields, dict)  # type: ignore[union-attr]

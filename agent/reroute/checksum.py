@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import struct
 
+from agent.ipheader import ipv6_upper_layer
+
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
-# IPv6 extension headers that are walked over (fragment and AH end the walk)
-_EXT = {0, 43, 60}
+# IPv6 extension headers a completed checksum may sit behind: with a routing header the
+# pseudo-header would need the final destination; a fragment's checksum spans several
+# packets; AH, mobility, HIP and shim6 are left as they are
+_WALKED = frozenset({0, 60})
 _CSUM_OFFSET = {TCP: 16, UDP: 6, ICMP: 2, ICMPV6: 2}
 
 
@@ -43,13 +47,9 @@ def _transport(packet: bytes) -> tuple[int, int, bytes] | None:
         end = 40 + int.from_bytes(packet[4:6], "big")
         if end > len(packet):
             return None
-        proto, offset = packet[6], 40
-        while proto in _EXT:
-            if offset + 8 > end:
-                return None
-            if proto == 43:
-                return None  # the pseudo-header would need the final destination
-            proto, offset = packet[offset], offset + (packet[offset + 1] + 1) * 8
+        proto, offset, _first, seen = ipv6_upper_layer(packet, end)
+        if seen - _WALKED:
+            return None
         pseudo = packet[8:40] + struct.pack("!I3xB", end - offset, proto)
         return proto, offset, pseudo
     return None

@@ -48,7 +48,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -56,13 +56,12 @@ from pyroute2.netlink.exceptions import NetlinkError
 from agent.config import AddressPlan, ConfigError, IPNetwork
 from agent.ipheader import PrefixTable, destination, is_group, is_link_local_or_unspecified, source
 from agent.netns import Netlink, entered
+from agent.port import LINKTYPE_RAW, Deliver
 from agent.reroute.checksum import complete_checksum
-from agent.reroute.decide import BUS, TUN
+from agent.switch import iface_port_name
 
 if TYPE_CHECKING:
     from pyroute2 import AsyncIPRoute
-
-    from agent.node import Agent
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +95,7 @@ class IfaceError(Exception):
 # -- pure parts --------------------------------------------------------------------------
 
 
-def port_name(ifname: str) -> str:
-    """The switch's name for the interface: its own name unless that is a reserved one."""
-    return f"if-{ifname}" if ifname in (TUN, BUS, "serial") else ifname
+port_name = iface_port_name  # the switch's name for an interface (agent.switch)
 
 
 def accept_from_link(packet: bytes, networks: PrefixTable[bool], local: set[bytes]) -> str | None:
@@ -166,9 +163,10 @@ def _describe(nets: Iterable[IPNetwork]) -> str:
 class IfacePort:
     """The agent's port for a network interface (see the module docstring).
 
-    `open()` checks the interface and makes the sockets (IfaceError with one line when it
-    is missing, down or without carrier, or when we may not open it); `start(agent)` joins
-    the agent's switch and loop; `close()` undoes everything.
+    A `Port` (agent/port.py). `check()` checks the interface and makes the sockets
+    (IfaceError with one line when it is missing, down or without carrier, or when we may
+    not open it), before the TUN is made; `open(deliver, key)` starts reading on the
+    agent's loop; `close()` undoes everything.
     """
 
     def __init__(
@@ -176,13 +174,14 @@ class IfacePort:
         ifname: str,
         netns: str | None,
         prefixes: Iterable[IPNetwork],
-        deliver: Callable[[bytes, str], None],
     ) -> None:
         self.ifname = ifname
         self.name = port_name(ifname)
         self.netns = netns
         self.prefixes: tuple[IPNetwork, ...] = tuple(dict.fromkeys(prefixes))
-        self.deliver = deliver
+        self.linktype = LINKTYPE_RAW
+        self.deliver: Deliver = _nowhere
+        self.key = self.name
         self.networks: PrefixTable[bool] = PrefixTable()
         for net in self.prefixes:
             self.networks.add(net, True)
@@ -204,7 +203,7 @@ class IfacePort:
 
     # -- open / start / close -------------------------------------------------------------
 
-    def open(self) -> None:
+    def check(self) -> None:
         """Check the interface and make the sockets; IfaceError (one line) if unusable."""
         if not self.prefixes:
             raise IfaceError(
@@ -256,12 +255,10 @@ class IfacePort:
             raise
         self._rx, self._tx = rx, tx
 
-    async def start(self, agent: Agent) -> None:
-        """Join the agent: become its port, route the prefixes to it, read on its loop."""
+    async def open(self, deliver: Deliver, key: str) -> None:
+        """Start reading on the running loop (after check()): packets go to deliver."""
         self._loop = asyncio.get_running_loop()
-        agent.ports[self.name] = self
-        for net in self.prefixes:
-            agent.switch.add_reroute(net, self.name)
+        self.deliver, self.key = deliver, key
         await self._refresh_addresses()
         await self._ensure_routes()
         self._add_reader()
@@ -339,14 +336,11 @@ class IfacePort:
                 continue
             log.info("route %s dev %s removed", net, self.ifname)
 
-    def close(self) -> None:
-        self._closing = True
-        if self.added_routes:  # only if remove_routes() was not awaited first
-            log.warning(
-                "on-link routes %s dev %s left behind",
-                _describe(n for n, _ in self.added_routes),
-                self.ifname,
-            )
+    def flush(self) -> None:
+        """Nothing waits: every send() is one sendto()."""
+
+    async def close(self) -> None:
+        await self.remove_routes()  # the on-link routes we added, if any
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
@@ -377,16 +371,17 @@ class IfacePort:
         rx = self._rx
         if rx is None:
             return
-        deliver, name, networks, local = self.deliver, self.name, self.networks, self.local
+        networks, local = self.networks, self.local
         skip_versions = self.kernel_forwards
+        packets: list[bytes] = []
         for _ in range(MAX_BATCH):
             try:
                 packet, anc, _flags, addr = rx.recvmsg(READ_SIZE, socket.CMSG_SPACE(AUXDATA.size))
             except BlockingIOError:
-                return
+                break
             except OSError as exc:
                 self._on_error(exc)
-                return
+                break
             if addr[2] != socket.PACKET_HOST or addr[1] not in (ETH_P_IPV6, ETH_P_IP):
                 continue  # ours going out, broadcast, multicast, others', ARP...
             reason = accept_from_link(packet, networks, local)
@@ -399,21 +394,23 @@ class IfacePort:
                 if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= AUXDATA.size:
                     if AUXDATA.unpack_from(data)[0] & TP_STATUS_CSUMNOTREADY:
                         packet = complete_checksum(packet)
-            deliver(packet, name)
+            packets.append(packet)
+        if packets:
+            self.deliver(packets, self.key)
 
-    @property
-    def drop_reason(self) -> str:
-        """Why the last send() failed (the agent counts it as a drop)."""
+    def _drop_reason(self) -> str:
+        """Why a send() failed (the agent counts it as a drop)."""
         if self.state != UP:
             return f"{self.name} {self.state}"
         return f"{self.name} unsent"
 
-    def send(self, packet: bytes) -> bool:
-        """Send packet out of the interface; False if it cannot go (down, gone, unroutable)."""
+    def send(self, packet: bytes) -> str | None:
+        """Send packet out of the interface; a drop reason if it cannot go (down, gone,
+        unroutable)."""
         version = packet[0] >> 4
         s = self._tx.get(version)
         if s is None:
-            return False
+            return self._drop_reason()
         if version == 6:
             dst = (socket.inet_ntop(socket.AF_INET6, packet[24:40]), 0, 0, 0)
         else:
@@ -421,11 +418,11 @@ class IfacePort:
         try:
             s.sendto(packet, dst)
         except BlockingIOError:
-            return False
+            return self._drop_reason()
         except OSError as exc:
             self._on_send_error(exc, packet)
-            return False
-        return True
+            return self._drop_reason()
+        return None
 
     def _on_send_error(self, exc: OSError, packet: bytes) -> None:
         code = exc.errno or 0
@@ -553,15 +550,17 @@ class IfacePort:
         self.local = local
 
 
-def open_for_plan(
-    plan: AddressPlan, netns: str | None, deliver: Callable[[bytes, str], None]
-) -> IfacePort | None:
+def _nowhere(packets: list[bytes], came_from: str) -> None:
+    """Where packets go before open()."""
+
+
+def open_for_plan(plan: AddressPlan, netns: str | None) -> IfacePort | None:
     """The interface port a plan names (re_route_packets_if), opened; None if it names none.
 
     IfaceError (one line) when the interface cannot be used.
     """
     if not plan.reroute_if or plan.reroute_if == "serial":
         return None  # no interface, or the serial line's port (agent.slip.link)
-    port = IfacePort(plan.reroute_if, netns, plan.reroute_prefixes, deliver)
-    port.open()
+    port = IfacePort(plan.reroute_if, netns, plan.reroute_prefixes)
+    port.check()
     return port

@@ -15,23 +15,20 @@ frames read from the line are classified (`agent.slip.framing.classify`):
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-from agent.config import AddressPlan, IPNetwork
-from agent.reroute.options import RerouteOptions
+from agent.config import IPNetwork
+from agent.counters import Counters
+from agent.port import LINKTYPE_RAW, Deliver
 from agent.slip.framing import FrameKind, classify, prefix_answer, split_text
 from agent.slip.port import SerialPort, SerialSettings
-
-if TYPE_CHECKING:
-    from agent.node import Agent
+from agent.switch import SERIAL
 
 log = logging.getLogger(__name__)
 
-PORT_NAME = "serial"
+PORT_NAME = SERIAL
 
 
 def answer_prefix(prefixes: Sequence[IPNetwork]) -> ipaddress.IPv6Network | None:
@@ -48,84 +45,65 @@ def text_line(frame: bytes) -> str:
 
 
 class SerialLink:
-    """The serial line in IP mode: the agent's port "serial" (see the module docstring).
+    """The serial line in IP mode: the agent's port "serial" (agent/port.py; see the
+    module docstring).
 
-    Build it, `open()` it before the loop runs (a missing or busy device is a
-    SerialPortError), `attach()` it to the agent, then `run()` the agent through
-    `run_agent()` which starts and closes the port.
+    `check()` opens the device before the loop runs (a missing or busy device is a
+    SerialPortError); the agent then `open()`s it (reading on its loop), tells it the
+    re-route networks (`set_prefixes`, for the ``?P`` answer) and `close()`s it.
     """
 
     name = PORT_NAME
+    linktype = LINKTYPE_RAW
 
-    def __init__(
-        self,
-        agent: Agent,
-        settings: SerialSettings,
-        reroute: RerouteOptions | None = None,
-    ) -> None:
-        self.agent = agent
-        self.reroute = reroute or RerouteOptions()
+    def __init__(self, settings: SerialSettings, counters: Counters) -> None:
+        self.counters = counters
         self.port = SerialPort(settings, self._on_frame, on_drop=self._on_drop)
-        self._routed: list[IPNetwork] = []
         self._answer: bytes | None = None
+        self._deliver: Deliver | None = None
+        self._key = PORT_NAME
 
-    def open(self) -> None:
+    def check(self) -> None:
         self.port.open()
 
-    def attach(self) -> None:
-        """Become the agent's port "serial" and route the re-route prefixes to it."""
-        self.agent.ports[PORT_NAME] = self
-        self.agent.plan_hooks.append(self.amend_plan)
-        self._route(self.reroute.prefixes)
-
-    def amend_plan(self, plan: AddressPlan) -> AddressPlan:
-        """Apply the command line's re-route values to a plan; route its networks here.
-
-        With a serial port the re-route networks are behind the line: an interface named
-        by a tun.start (re_route_packets_if) is ignored, so no interface port is opened.
-        """
-        plan = self.reroute.apply(plan)
-        if plan.reroute_if not in (None, PORT_NAME):
-            log.warning(
-                "ignored re_route_packets_if %s: the re-route networks are on the serial line",
-                plan.reroute_if,
-            )
-            plan = dataclasses.replace(plan, reroute_if=None)
-        self._route(plan.reroute_prefixes)
-        return plan
-
-    def _route(self, networks: Sequence[IPNetwork]) -> None:
-        for net in networks:
-            if net not in self._routed:
-                self._routed.append(net)
-                self.agent.switch.add_reroute(net, PORT_NAME)
-        announced = answer_prefix(self._routed)
+    def set_prefixes(self, networks: Sequence[IPNetwork]) -> None:
+        """The networks behind the line: the first IPv6 one answers ``?P``."""
+        announced = answer_prefix(networks)
         self._answer = prefix_answer(announced) if announced is not None else None
 
     # -- the port interface --------------------------------------------------------------
 
-    def send(self, packet: bytes) -> bool:
-        return self.port.send(packet)
+    async def open(self, deliver: Deliver, key: str) -> None:
+        self._deliver, self._key = deliver, key
+        self.port.start()
 
-    @property
-    def drop_reason(self) -> str:
-        """Why the last send() failed (the agent counts it as a drop)."""
+    def send(self, packet: bytes) -> str | None:
+        if self.port.send(packet):
+            return None
         return "serial queue full" if self.port.is_open else "serial down"
+
+    def flush(self) -> None:
+        """Nothing to do: the line's writer drains its queue as the line allows."""
+
+    async def close(self) -> None:
+        self.port.close()
 
     # -- frames from the line ------------------------------------------------------------
 
     def _on_frame(self, frame: bytes) -> None:
-        counters = self.agent.counters
+        counters = self.counters
         parts = split_text(frame)  # None for a frame that is exactly one IP packet
         if parts is not None:  # an unframed text line, then a frame: keep both
             text, packet = parts
             counters.count("serial>log", len(text))
             log.info("serial text: %s", text_line(text))
-            self.agent.forward(packet, PORT_NAME)
+            if self._deliver is not None:
+                self._deliver([packet], self._key)
             return
         kind = classify(frame)
         if kind is FrameKind.IPV6 or kind is FrameKind.IPV4:
-            self.agent.forward(frame, PORT_NAME)
+            if self._deliver is not None:
+                self._deliver([frame], self._key)
         elif kind is FrameKind.TEXT:
             counters.count("serial>log", len(frame))
             log.info("serial text: %s", text_line(frame))
@@ -144,19 +122,5 @@ class SerialLink:
 
     def _on_drop(self, reason: str, count: int) -> None:
         """Frames the decoder dropped (bad escape, over the MTU) count as agent drops."""
-        self.agent.counters.drops[f"serial {reason}"] += count
+        self.counters.drops[f"serial {reason}"] += count
         log.debug("serial: dropped %d frame(s): %s", count, reason)
-
-    def close(self) -> None:
-        self.port.close()
-
-
-async def run_agent(agent: Agent, link: SerialLink | None) -> int:
-    """Run the agent with its serial link watched by the same loop; close it at the end."""
-    if link is None:
-        return await agent.run()
-    link.port.start()
-    try:
-        return await agent.run()
-    finally:
-        link.close()

@@ -142,7 +142,7 @@ def attach_serial(
     choice: SerialChoice | None,
     reroute: RerouteOptions | None = None,
 ) -> SerialLink | None:
-    """IP mode: open the device (a click error if it cannot be) and make it a port."""
+    """IP mode: open the device (a click error if it cannot be); the agent's port."""
     if choice is None:
         return None
     reroute = reroute or RerouteOptions()
@@ -153,12 +153,12 @@ def attach_serial(
         )
     from agent.slip.link import SerialLink
 
-    link = SerialLink(agent, choice.settings, reroute)
+    link = SerialLink(choice.settings, agent.counters)
     try:
-        link.open()
+        link.check()
     except SerialPortError as exc:
         raise click.ClickException(str(exc)) from None
-    link.attach()
+    agent.attach_serial(link)
     s = choice.settings
     log.info("serial port %s open at %d baud (SLIP, IP mode)", s.device, s.baudrate)
     if not reroute.prefixes:

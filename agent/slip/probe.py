@@ -111,10 +111,11 @@ class SerialProbe(Service):
             self._publish_started()
 
     def _on_message(self, key: str, body: bytes, content_type: str | None) -> None:
-        if key != self._downlink_key:
-            return
         try:
-            frame = wire.decode_frame(body)
+            msg = wire.parse(key, body, content_type)
+            if not isinstance(msg, wire.Frames) or msg.uplink or msg.agent != self.name:
+                return
+            frame = msg.frame()
         except wire.WireError as exc:
             self.counters.drop(exc.reason)
             log.warning("dropped a malformed message on %s: %s", key, exc)

@@ -1,0 +1,47 @@
+"""The contract every port of the agent fulfils: where packets enter and leave it.
+
+A port is the TUN (agent/tun.py), the bus (agent/busport.py), a network interface
+(agent/reroute/iface.py) or a serial line (agent/slip/link.py). The agent owns its ports:
+it keeps them in `Agent.ports` under the name the switch uses (agent/switch.py), opens
+them, hands each the function that takes in its packets, and closes them. A port never
+reaches into the agent.
+
+Adding a port: one module with a class that fulfils `Port`, and one line where the agent
+is assembled (`Agent.__init__` / `agent.cli`); the switch's `routes()` says which
+networks leave by it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+LINKTYPE_RAW = 101  # bare IPv4/IPv6 packets (agent.capture has the others)
+
+Deliver = Callable[[list[bytes], str], None]
+"""deliver(packets, came_from): a burst of packets that entered by the port named
+came_from, in order; the agent decides, sends, counts, then flushes the ports it sent to."""
+
+class Port(Protocol):
+    """Packets in by `open(deliver)`, out by `send`; `flush` ends a burst."""
+
+    name: str
+    """what logs and captures show (the TUN's device name, "bus", "eth1", "serial")"""
+    linktype: int
+    """the pcap linktype of its packets (LINKTYPE_RAW: bare IPv4/IPv6)"""
+
+    async def open(self, deliver: Deliver, key: str) -> None:
+        """Start reading on the running loop: packets go to deliver(packets, key)."""
+        ...
+
+    def send(self, packet: bytes) -> str | None:
+        """Queue or write one packet; None when taken, else the drop counter's name."""
+        ...
+
+    def flush(self) -> None:
+        """The end of a burst: write what send() queued (a no-op where nothing waits)."""
+        ...
+
+    async def close(self) -> None:
+        """Stop reading and undo what the port set up; safe to call twice."""
+        ...

@@ -1,0 +1,114 @@
+"""The agent's switch: which port does a packet leave by? Pure.
+
+`routes(plan, serial)` is the one place that says which port owns the re-route networks
+(`{prefix: port name}`); `Switch.decide(packet, came_from)` is the agent's one per-packet
+decision. It reads the version nibble and the destination address bytes at fixed offsets
+(agent.ipheader.destination), never a full dissection.
+
+Ports are named by kind: "tun" (the local TUN), "bus" (the AMQP session), and one name
+per re-route port (a network interface such as "eth1", or "serial").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from agent.config import AddressPlan, IPNetwork
+from agent.ipheader import PrefixTable, destination, is_group
+
+log = logging.getLogger(__name__)
+
+TUN = "tun"
+BUS = "bus"
+SERIAL = "serial"
+
+
+def iface_port_name(ifname: str) -> str:
+    """The switch's name for a network interface: its own, unless that is a reserved one."""
+    return f"if-{ifname}" if ifname in (TUN, BUS, SERIAL) else ifname
+
+
+def reroute_port(plan: AddressPlan, serial: bool) -> str | None:
+    """The port the plan's re-route networks leave by: the serial line when there is one,
+    else the interface the plan names (re_route_packets_if), else none."""
+    if serial:
+        return SERIAL
+    if plan.reroute_if and plan.reroute_if != SERIAL:
+        return iface_port_name(plan.reroute_if)
+    return None
+
+
+def routes(plan: AddressPlan, serial: bool) -> dict[IPNetwork, str]:
+    """{re-route prefix: port name} for a plan (empty when no port reaches them)."""
+    port = reroute_port(plan, serial)
+    return dict.fromkeys(plan.reroute_prefixes, port) if port else {}
+
+
+def plan_for_serial(plan: AddressPlan) -> AddressPlan:
+    """With a serial line the re-route networks are behind it: an interface named by a
+    tun.start (re_route_packets_if) is ignored, so that no interface port is opened."""
+    if plan.reroute_if not in (None, SERIAL):
+        log.warning(
+            "ignored re_route_packets_if %s: the re-route networks are on the serial line",
+            plan.reroute_if,
+        )
+        return dataclasses.replace(plan, reroute_if=None)
+    return plan
+
+# Decisions that are not a port: the packet is dropped, the value is the counter name.
+DROP_NOT_IP = "!not ip"
+DROP_NOT_OURS = "!not for us"
+DROP_HAIRPIN = "!hairpin"
+
+
+def is_drop(decision: str) -> bool:
+    return decision[0] == "!"
+
+
+class Switch:
+    """Destination -> port, for packets entering by the TUN, the bus or a re-route port."""
+
+    def __init__(self, accept_any: bool = True) -> None:
+        self.reroute: PrefixTable[str] = PrefixTable()
+        self.owned: PrefixTable[bool] = PrefixTable()
+        self.local: set[bytes] = set()
+        self.accept_any = accept_any
+        self._rerouting = False  # any re-route prefix at all (the common case: none)
+
+    def add_reroute(self, network: IPNetwork, port: str) -> None:
+        self.reroute.add(network, port)
+        self.owned.add(network, True)
+        self._rerouting = True
+
+    def add_routes(self, table: dict[IPNetwork, str]) -> None:
+        """Route each network to its port (see routes())."""
+        for network, port in table.items():
+            self.add_reroute(network, port)
+
+    def set_local(self, networks: list[IPNetwork]) -> None:
+        """This agent's own TUN addresses (host networks) and other owned networks."""
+        for net in networks:
+            self.owned.add(net, True)
+            if net.prefixlen == net.max_prefixlen:
+                self.local.add(net.network_address.packed)
+
+    def decide(self, packet: bytes, came_from: str) -> str:
+        dst = destination(packet)
+        if dst is None:
+            return DROP_NOT_IP
+        port = self.reroute.lookup(*dst) if self._rerouting else None
+        if came_from == TUN:
+            return port or BUS
+        if came_from == BUS:
+            if port is not None:
+                return port
+            if not self.accept_any and not is_group(*dst) and self.owned.lookup(*dst) is None:
+                return DROP_NOT_OURS
+            return TUN
+        # from a re-route port
+        if dst[1] in self.local:
+            return TUN
+        if port == came_from:
+            return DROP_HAIRPIN
+        return port or BUS
