@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.lossy import LossyCommandError, LossyLink, packets_to_drop
+from agent import wire
+from agent.lossy import LOSSY_KEY, LossyCommandError, LossyLink, packets_to_drop, packets_to_drop_in
 
 
 def test_drops_exactly_n_then_forwards() -> None:
@@ -55,3 +56,14 @@ def test_malformed_commands_are_one_line_errors(msg: dict[str, object]) -> None:
     with pytest.raises(LossyCommandError) as err:
         packets_to_drop(msg)
     assert "\n" not in str(err.value) and "number_of_packets_to_drop" in str(err.value)
+
+
+def test_the_command_is_a_typed_wire_message_read_by_lossy() -> None:
+    body = b'{"_type": "routing.lossy.link.start", "number_of_packets_to_drop": 4}'
+    msg = wire.parse(LOSSY_KEY, body, "application/json")
+    assert isinstance(msg, wire.LossyLinkStart)
+    assert packets_to_drop_in(msg.body) == 4
+    for bad in (b"not json", b"[1]", b'{"number_of_packets_to_drop": "4"}'):
+        with pytest.raises(LossyCommandError) as err:
+            packets_to_drop_in(bad)
+        assert "\n" not in str(err.value)
