@@ -11,7 +11,6 @@ setup(
         "pika>=1.3,<2",  # agent.bus uses a few pika 1.x internals (guarded)
         "click>=8.1",
         "pyserial>=3.5",
-        "sliplib>=0.6",
         "pyroute2>=0.9",
         "orjson>=3.9",
     ],

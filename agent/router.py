@@ -23,6 +23,7 @@ from agent.ipheader import (
     source,
     to_address,
 )
+from agent.lossy import LOSSY_KEY, LossyCommandError, LossyLink, packets_to_drop_in
 from agent.service import Service
 from agent.url import Urls
 
@@ -145,13 +146,14 @@ class Router(Service):
         self.fast_agents: set[str] = set()
         self._pending: dict[str, list[bytes]] = {}
         self._epoch = ""
+        self.lossy = LossyLink()  # ioppytest's routing.lossy.link.start (agent.lossy)
         self.bus = Bus(
             url,
             exchange,
             QueueSpec(
                 name="packetrouting@router",
                 bindings=["fromAgent.*.ip.tun.packet.raw"],
-                control=["fromAgent.*.ip.tun.started"],
+                control=["fromAgent.*.ip.tun.started", LOSSY_KEY],
                 arguments=queue_arguments(max_length=10000),
                 prefetch=512,
                 in_use_message="a packet router is already running on this vhost",
@@ -218,6 +220,8 @@ class Router(Service):
                     raise wire.WireError(f"invalid tun.started: {exc}") from None
                 log.info("learned %s", agent)
                 self._learn_wire(agent, msg)
+            elif isinstance(msg, wire.LossyLinkStart):
+                self._on_lossy(msg)
             elif wire.topic(key).agent is None:
                 raise wire.WireError(f"unexpected routing key {key!r}")
         except wire.WireError as exc:
@@ -226,6 +230,18 @@ class Router(Service):
         except Exception:
             self.counters.drop("error")
             log.exception("error handling a message on %s", key)
+
+    def _on_lossy(self, msg: wire.LossyLinkStart) -> None:
+        try:
+            count = packets_to_drop_in(msg.body)
+        except LossyCommandError as exc:
+            self.counters.drop("bad lossy command")
+            log.warning("ignored %s: %s", LOSSY_KEY, exc)
+            return
+        if self.lossy.pending:
+            log.info("lossy link: %d packet(s) were still to drop", self.lossy.pending)
+        self.lossy.start(count)
+        log.info("lossy link: dropping the next %d packet(s) from any agent", count)
 
     def _learn_wire(self, agent: str, msg: wire.TunStarted) -> None:
         """Which wire to send this agent; tell a newly fast agent that we read it too."""
@@ -246,6 +262,16 @@ class Router(Service):
         unchanged, and the full packet is decoded only if a fast target needs it. Fast
         targets get the packets of one incoming message batched (see _flush).
         """
+        if self.lossy.pending and self.lossy.take():
+            self.counters.drop("lossy link")
+            if trace.isEnabledFor(logging.INFO):
+                from agent.taps import summarize
+
+                whole = wire.decode_packet(json_body) if json_body else packet
+                trace.info("%s > - (lossy link, dropped)  %s", agent, summarize(whole))
+            if not self.lossy.pending:
+                log.info("lossy link: dropped %d packet(s); forwarding again", self.lossy.dropped)
+            return
         table = self.table
         if not table.check_source(agent, packet):
             self.counters.drop(f"spoofed by {agent}")

@@ -36,6 +36,7 @@ IP_PACKET_KIND = "ip.tun.packet.raw"
 WPAN_PACKET_KIND = "802154.serial.packet.raw"
 READY_KEY = "testingtool.component.ready"
 TERMINATE_KEY = "testingtool.terminate"
+LOSSY_KEY = "routing.lossy.link.start"  # ioppytest coordinator -> packet router
 ROUTER_COMPONENT = "packetrouting"
 
 
@@ -214,6 +215,14 @@ class Terminate:
 
 
 @dataclass(slots=True)
+class LossyLinkStart:
+    """routing.lossy.link.start: the coordinator asks the router to drop the next packets
+    (ioppytest's lossy context); the body is read by `agent.lossy.packets_to_drop`."""
+
+    body: bytes
+
+
+@dataclass(slots=True)
 class Other:
     """Any other routing key (shown by the sniffer, ignored by everyone else)."""
 
@@ -221,7 +230,10 @@ class Other:
     size: int
 
 
-Message = Packets | Frames | TunStart | TunStarted | Ready | SerialStarted | Terminate | Other
+Message = (
+    Packets | Frames | TunStart | TunStarted | Ready | SerialStarted | Terminate | LossyLinkStart
+    | Other
+)
 
 _AGENT_KINDS: dict[str, type] = {
     "ip.tun.start": TunStart,
@@ -247,6 +259,8 @@ def parse(routing_key: str, body: bytes, content_type: str | None = None) -> Mes
         return Ready(fields.get("component"), fields)
     elif routing_key == TERMINATE_KEY:
         return Terminate(_json_object(body))
+    elif routing_key == LOSSY_KEY:
+        return LossyLinkStart(body)
     return Other(t, len(body))
 
 

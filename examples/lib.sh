@@ -9,6 +9,7 @@
 #   demo_stop               # stop (SIGINT) and wait for the processes now, not at exit
 #   demo_helper CMD...      # a helper process (socat, fake mote), stopped by SIGTERM after
 #   wait_log FILE PATTERN [SECONDS]
+#   wait_link NAMESPACE DEV # until DEV is operationally up with no tentative address
 #   ping_check DESCRIPTION NAMESPACE PING-ARGS...   # counts into $ok / $failed
 #   demo_end NAME LABEL...  # summary line; on failure the logs of LABELs and exit 1
 
@@ -78,6 +79,18 @@ wait_log() {
     local tries=$(( ${3:-15} * 5 ))
     for _ in $(seq 1 "$tries"); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.2; done
     echo "timed out waiting for '$2' in $1" >&2
+    return 1
+}
+
+wait_link() {
+    # A first ping sent before the link is up, or while an address is still tentative
+    # (duplicate address detection), waits a second or two for neighbour discovery.
+    for _ in $(seq 1 100); do
+        ip -n "$1" link show dev "$2" 2>/dev/null | grep -q "state UP" \
+            && ! ip -n "$1" addr show dev "$2" 2>/dev/null | grep -q tentative && return 0
+        sleep 0.05
+    done
+    echo "timed out waiting for $2 in $1 to be up" >&2
     return 1
 }
 

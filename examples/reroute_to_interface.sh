@@ -25,6 +25,10 @@ for ns in "$ns_a" "$ns_b" "$ns_c"; do
     ip netns exec "$ns" sysctl -q -w net.ipv4.conf.all.forwarding=0 net.ipv6.conf.all.forwarding=0
 done
 ip link add "$veth_b" netns "$ns_b" type veth peer name "$veth_c" netns "$ns_c"
+# no duplicate address detection on this made-up cable: its link-local addresses are
+# usable at once (a first ping would otherwise wait 1-2 s for them)
+ip netns exec "$ns_b" sysctl -q -w "net.ipv6.conf.$veth_b.accept_dad=0"
+ip netns exec "$ns_c" sysctl -q -w "net.ipv6.conf.$veth_c.accept_dad=0"
 ip -n "$ns_b" addr add cccc::2/64 dev "$veth_b" nodad
 ip -n "$ns_b" addr add 192.0.2.2/24 dev "$veth_b"
 ip -n "$ns_c" addr add cccc::1/64 dev "$veth_c" nodad
@@ -34,6 +38,8 @@ ip -n "$ns_c" link set "$veth_c" up
 # the device reaches the session through agent_2's host, as a border router is told to
 ip -n "$ns_c" -6 route add bbbb::/64 via cccc::2
 ip -n "$ns_c" -4 route add 10.2.0.0/24 via 192.0.2.2
+wait_link "$ns_b" "$veth_b"
+wait_link "$ns_c" "$veth_c"
 set +e
 
 demo_start router "$py" -m agent router

@@ -10,6 +10,10 @@ command -v ping >/dev/null || need+=(iputils-ping)
 command -v socat >/dev/null || need+=(socat)
 command -v iperf3 >/dev/null || need+=(iperf3)
 command -v tshark >/dev/null || need+=(tshark)
+command -v tcpdump >/dev/null || need+=(tcpdump)  # tests compare `sniff --filter` with it
+# `sniff --filter` compiles and matches with libpcap (tcpdump depends on it too)
+compgen -G '/usr/lib/*/libpcap.so.*' >/dev/null || compgen -G '/lib/*/libpcap.so.*' >/dev/null \
+    || need+=("$(apt-cache show libpcap0.8t64 >/dev/null 2>&1 && echo libpcap0.8t64 || echo libpcap0.8)")
 command -v openssl >/dev/null || need+=(openssl)
 command -v rabbitmq-server >/dev/null || need+=(rabbitmq-server)
 command -v runuser >/dev/null || need+=(util-linux)  # the test cluster runs as user rabbitmq

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -456,6 +457,10 @@ def test_example_script_runs(tmp_path: Path) -> None:
     out = run_example("reroute_to_interface.sh", "rr", tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "reroute demo: all 4 pings reached the device network and back" in out.stdout
+    # no first ping waits for neighbour discovery on a link that is not up yet (1-2 s)
+    rtt = r"rtt min/avg/max/mdev = [\d.]+/[\d.]+/([\d.]+)"
+    worst = [float(m) for m in re.findall(rtt, out.stdout)]
+    assert len(worst) == 4 and max(worst) < 700, out.stdout
     tag = next(w for w in out.stdout.split() if w.startswith("rr") and w.endswith("-a;"))[:-3]
     assert tag not in subprocess.run(["ip", "netns", "list"], capture_output=True,
                                      text=True).stdout

@@ -227,6 +227,41 @@ def test_leading_end_dialect_and_ipv4_network(  # type: ignore[no-untyped-def]
     assert not re.search(r"^frame ", peer.text(), re.M), peer.text()
 
 
+def received(ns: str, dst: str, version: int) -> int:
+    """Echo replies to 5 pings 0.3 s apart (each waits up to 2 s)."""
+    out = ns_run(ns, "ping", f"-{version}", "-c", "5", "-i", "0.3", "-W", "2", dst)
+    found = re.search(r"(\d+) received", out.stdout)
+    return int(found.group(1)) if found else -1
+
+
+def test_unframed_text_line_does_not_cost_the_next_frame(  # type: ignore[no-untyped-def]
+    session: Session, line: Socat, peers
+) -> None:
+    """A mote writes `debug: mote says hello\\r\\n` with no SLIP framing after every third
+    reply (RIOT framing, no leading END): the reply after it still arrives, the line is
+    logged as the mote's output and counted."""
+    peer = peers(
+        line.a, "--chatty", "3", "--interval", "0", "--address", "cccc::1", "--address",
+        "192.0.2.1",
+    )
+    session.start_router()
+    session.start_agent("agent_1")
+    agent = start_serial_agent(session, line, "--re-route-prefix", "192.0.2.0/24")
+    ns1 = session.ns["agent_1"]
+    assert route_learned(ns1, "cccc::/64") and route_learned(ns1, "192.0.2.0/24")
+    assert received(ns1, "cccc::1", 6) == 5, agent.output[-3000:]
+    assert received(ns1, "192.0.2.1", 4) == 5, agent.output[-3000:]
+    assert peer.text().count("echo6 ") == 5 and peer.text().count("echo4 ") == 5
+    assert agent.wait_log(r"(?m)INFO: serial text: debug: mote says hello$")
+    code, _ = agent.stop(signal.SIGINT)
+    assert code == 0
+    out = agent.output
+    # 10 replies: a text line after the 3rd, 6th and 9th, each glued to the next reply
+    assert re.search(r"serial>bus\s+10\b", out), out[-3000:]
+    assert re.search(r"serial>log\s+3\s+72\b", out), out[-3000:]
+    assert "serial other" not in out and "Traceback" not in out
+
+
 def test_udp_stream_64k_paced_without_loss(  # type: ignore[no-untyped-def]
     session: Session, line: Socat, peers
 ) -> None:

@@ -18,9 +18,13 @@ from agent.slip.framing import (
     ESC_ESC,
     FrameKind,
     SlipDecoder,
+    SlipError,
     classify,
     encode_frame,
+    escape,
     prefix_answer,
+    split_text,
+    unescape,
 )
 
 E = bytes([END])
@@ -337,3 +341,123 @@ def test_prefix_answer_roundtrips_through_slip() -> None:
 def test_prefix_answer_rejects_longer_than_64() -> None:
     with pytest.raises(ValueError):
         prefix_answer(ipaddress.IPv6Network("cccc::/96"))
+
+
+# --------------------------------------------------------------------------- the codec
+
+
+def _reference_unescape(body: bytes) -> bytes | None:
+    """RFC 1055 RECV_PACKET for one frame body, byte by byte; None for a bad escape."""
+    out, it = bytearray(), iter(body)
+    for byte in it:
+        if byte != ESC:
+            out.append(byte)
+            continue
+        nxt = next(it, None)
+        if nxt == ESC_END:
+            out.append(END)
+        elif nxt == ESC_ESC:
+            out.append(ESC)
+        else:
+            return None
+    return bytes(out)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=64))
+def test_escape_roundtrip_and_no_end(payload: bytes) -> None:
+    body = escape(payload)
+    assert END not in body
+    assert unescape(body) == payload == _reference_unescape(body)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from([END, ESC, ESC_END, ESC_ESC, 0x00, 0x41]), max_size=24))
+def test_unescape_agrees_with_rfc1055_on_any_body(body_list: list[int]) -> None:
+    body = bytes(b for b in body_list if b != END)
+    want = _reference_unescape(body)
+    if want is None:
+        with pytest.raises(SlipError):
+            unescape(body)
+    else:
+        assert unescape(body) == want
+
+
+# --------------------------------------------------------------------------- text, then a frame
+
+printable_line = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60
+).map(lambda t: t.encode() + b"\r\n")
+ip_payloads = st.binary(min_size=0, max_size=200).map(lambda b: b + b"\n" + b)  # holds 0x0A
+
+
+@st.composite
+def ip_packets(draw: st.DrawFn) -> bytes:
+    data = draw(ip_payloads)
+    if draw(st.booleans()):
+        return bytes(IPv6(src="bbbb::1", dst="cccc::1", fl=draw(st.integers(0, 0xFFFFF))) / data)
+    return bytes(IP(src="10.2.0.1", dst="192.0.2.1", id=draw(st.integers(0, 0xFFFF))) / data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=printable_line, packet=ip_packets())
+def test_text_line_then_packet_is_split_exactly(text: bytes, packet: bytes) -> None:
+    assert split_text(text + packet) == (text, packet)
+
+
+@settings(max_examples=300, deadline=None)
+@given(packet=ip_packets())
+def test_a_packet_holding_newlines_is_never_cut(packet: bytes) -> None:
+    # the whole frame is an IP packet by its own length: never split, classified as IP
+    assert split_text(packet) is None
+    assert classify(packet) in (FrameKind.IPV4, FrameKind.IPV6)
+    decoded = SlipDecoder(mtu=1500).feed(encode_frame(packet))
+    assert decoded == [packet]
+
+
+def test_packet_starting_with_printable_bytes_and_newline_is_recovered_whole() -> None:
+    # 0x60 0x0A...: an IPv6 header whose first bytes are "`\n"; the earliest split wins
+    packet = bytes(IPv6(src="bbbb::1", dst="cccc::1", tc=0xA0 >> 4 << 4, fl=0) / b"x\ny")
+    packet = b"\x60\x0a" + packet[2:]
+    assert split_text(b"hello\n" + packet) == (b"hello\n", packet)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300))
+def test_split_text_only_returns_printable_text_and_one_exact_packet(frame: bytes) -> None:
+    parts = split_text(frame)
+    if parts is None:
+        return
+    text, packet = parts
+    assert text + packet == frame and text.endswith(b"\n")
+    assert all(0x20 <= b < 0x7F or b in (0x09, 0x0A, 0x0D) for b in text)
+    assert classify(packet) in (FrameKind.IPV4, FrameKind.IPV6)
+
+
+def test_text_not_ending_in_newline_or_truncated_packet_is_not_split() -> None:
+    packet = bytes(IPv6(src="bbbb::1", dst="cccc::1") / b"payload")
+    assert split_text(b"no newline" + packet) is None
+    assert split_text(b"line\r\n" + packet[:-1]) is None  # shorter than its header says
+    assert split_text(b"line\r\n" + packet + b"x") is None  # longer: not one packet
+    assert split_text(b"line\r\n") is None
+    assert split_text(b"\x00bin\n" + packet) is None  # binary before the newline
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    noise=st.binary(min_size=1, max_size=400).map(lambda b: b.replace(E, b"\x00")),
+    packet=ip_packets(),
+    cuts=cuts_st,
+)
+def test_noise_burst_or_overlong_frame_then_good_frame(
+    noise: bytes, packet: bytes, cuts: list[int]
+) -> None:
+    """Random bytes (ended by END) and an over-long frame cost nothing but themselves."""
+    dec = SlipDecoder(mtu=300)
+    overlong = encode_frame(b"\x01" * 301) + encode_frame(b"z" * 5000)
+    stream = noise + E + overlong + encode_frame(packet)
+    frames = _feed_split(dec, stream, cuts)
+    assert frames[-1] == packet
+    assert dec.stats.dropped_too_big == 2
+    assert len(frames) + dec.stats.dropped + dec.stats.empty == 4
+    assert not dec.in_frame and dec.buffered == 0

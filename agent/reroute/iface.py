@@ -16,8 +16,16 @@ Sockets (all made inside the agent's namespace, driven by the agent's loop, no t
   included), bound to the interface with SO_BINDTODEVICE. The kernel routes the packet
   out of that interface and does the link-layer addressing itself: neighbour discovery /
   ARP with its neighbour table, a short queue while a neighbour is resolved, retries and
-  unreachability, as for any packet it sends. Nothing is added to the neighbour table or
-  the routes by the agent, so nothing is left behind.
+  unreachability, as for any packet it sends. Nothing is added to the neighbour table by
+  the agent.
+
+Routes: when no route to a re-route network leads out of the interface (the kernel's
+lookup for the network's address, restricted to the interface as the send socket's is,
+fails or picks another interface: a bare cable with only link-local addresses), the agent
+adds an on-link route for it there (`ip route add NET dev IFACE proto 172`), logs it and
+deletes that route, and only that one, when it stops; when the link comes back up (taking
+it down deletes its IPv6 routes) the check is made again. A route the user made is never
+changed: if adding ours fails because one exists, that is logged and left alone.
 
 What enters the switch from the interface (`accept_from_link`): unicast packets for this
 host's link-layer address, from an address inside a re-route network, to an address that
@@ -37,9 +45,11 @@ import errno
 import fcntl
 import ipaddress
 import logging
+import os
 import socket
 import struct
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -49,6 +59,9 @@ from agent.netns import Netlink, entered
 from agent.port import LINKTYPE_RAW, Deliver
 from agent.reroute.checksum import complete_checksum
 from agent.switch import iface_port_name
+
+if TYPE_CHECKING:
+    from pyroute2 import AsyncIPRoute
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +82,7 @@ MAX_BATCH = 64
 WATCH_INTERVAL = 1.0
 ADDRESS_REFRESH = 5  # watch ticks between two reads of the namespace's addresses
 RCVBUF = 1 << 20
+RTPROT_AGENT = 172  # the `proto` of the on-link routes the agent adds (and deletes)
 
 # link states
 UP, DOWN, NO_CARRIER, GONE = "up", "down", "no carrier", "gone"
@@ -183,6 +197,9 @@ class IfacePort:
         self._watch: asyncio.Task[None] | None = None
         self._send_errors: set[int] = set()
         self._where = f" in namespace {netns}" if netns else ""
+        # on-link routes we made, with the interface index then (removed on stop)
+        self.added_routes: list[tuple[IPNetwork, int]] = []
+        self._closing = False
 
     # -- open / start / close -------------------------------------------------------------
 
@@ -243,6 +260,7 @@ class IfacePort:
         self._loop = asyncio.get_running_loop()
         self.deliver, self.key = deliver, key
         await self._refresh_addresses()
+        await self._ensure_routes()
         self._add_reader()
         self._watch = self._loop.create_task(self._watch_loop())
         log.info(
@@ -260,10 +278,69 @@ class IfacePort:
                 self.ifname,
             )
 
+    async def _leads_out(self, ipr: AsyncIPRoute, net: IPNetwork) -> bool:
+        """True if the kernel routes net's address out of our interface (as the send socket,
+        bound to it, would be routed)."""
+        try:
+            found = await ipr.route("get", dst=str(net.network_address), oif=self.index)
+        except NetlinkError:
+            return False  # e.g. IPv6 with no route at all: network unreachable
+        return any(msg.get("RTA_OIF") == self.index for msg in found)
+
+    async def _ensure_routes(self) -> None:
+        """Add an on-link route for each re-route network no route leads out of us to."""
+        if self._netlink is None or not self._netlink.is_open:
+            return
+        ipr = await self._netlink.ipr()
+        for net in self.prefixes:
+            if self._closing:
+                return
+            if await self._leads_out(ipr, net):
+                continue
+            try:
+                await ipr.route("add", dst=str(net), oif=self.index, proto=RTPROT_AGENT)
+            except NetlinkError as exc:
+                log.warning(
+                    "no route to %s leads out of %s%s, and adding one failed: %s (left as it is)",
+                    net,
+                    self.ifname,
+                    self._where,
+                    os.strerror(exc.code),
+                )
+                continue
+            self.added_routes = [(n, i) for n, i in self.added_routes if n != net]
+            self.added_routes.append((net, self.index))
+            log.info(
+                "route %s dev %s%s added (on-link: no route to it led out of %s); "
+                "removed when the agent stops",
+                net,
+                self.ifname,
+                self._where,
+                self.ifname,
+            )
+        if self._closing:  # stopped while we were adding: take them away again
+            await self.remove_routes()
+
+    async def remove_routes(self) -> None:
+        """Delete the on-link routes we added (matched by network, interface and proto)."""
+        self._closing = True
+        if not self.added_routes or self._netlink is None or not self._netlink.is_open:
+            return
+        ipr = await self._netlink.ipr()
+        while self.added_routes:
+            net, index = self.added_routes.pop()
+            try:
+                await ipr.route("del", dst=str(net), oif=index, proto=RTPROT_AGENT)
+            except NetlinkError as exc:
+                log.debug("route %s dev %s already gone: %s", net, self.ifname, exc)
+                continue
+            log.info("route %s dev %s removed", net, self.ifname)
+
     def flush(self) -> None:
         """Nothing waits: every send() is one sendto()."""
 
     async def close(self) -> None:
+        await self.remove_routes()  # the on-link routes we added, if any
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
@@ -386,7 +463,11 @@ class IfacePort:
             await asyncio.sleep(WATCH_INTERVAL)
             tick += 1
             try:
+                before = self.state
                 self._set_state(*self._probe())
+                if self.state == UP and before != UP:
+                    # taking a link down deletes its IPv6 routes, ours too: add it again
+                    await self._ensure_routes()
                 if tick % ADDRESS_REFRESH == 0 and self.state != GONE:
                     await self._refresh_addresses()
             except Exception:  # the watch must not die and take the port with it

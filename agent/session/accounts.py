@@ -131,15 +131,16 @@ def agent_grant(
 
 def router_grant(session: str, exchange: str = "amq.topic", compat: bool = False) -> Grant:
     """Our router: queue `packetrouting@router`, binds every agent's packets and
-    tun.started, publishes packets to any agent (so agents added later need no change)
-    and its ready. compat: also ioppytest's router (`<key>@packet_router` queues, one per
-    agent)."""
+    tun.started and routing.lossy.link.start, publishes packets to any agent (so agents
+    added later need no change) and its ready. compat: also ioppytest's router
+    (`<key>@packet_router` queues, one per agent)."""
     x = _lit(exchange)
     queues = [_lit(ROUTER_QUEUE), _lit(f"{ROUTER_QUEUE}.control")]
     if compat:
         queues.append(rf"fromAgent\.{WORD}\.ip\.tun\.packet\.raw@packet_router")
     configure = [*queues, *declared(exchange, compat)]
-    reads = [r"fromAgent\.\*\.ip\.tun\.(packet\.raw|started)"]
+    # every agent's packets and tun.started; the coordinator's lossy-context command
+    reads = [r"fromAgent\.\*\.ip\.tun\.(packet\.raw|started)", _lit(wire.LOSSY_KEY)]
     if compat:
         reads.append(rf"fromAgent\.{WORD}\.ip\.tun\.packet\.raw")
     return Grant(

@@ -1,9 +1,11 @@
 """Pure SLIP (RFC 1055) framing: encoding, incremental decoding and frame classification.
 
-No I/O happens here. The byte-level escape codec comes from :mod:`sliplib`
-(:func:`sliplib.encode` / :func:`sliplib.decode`); this module adds the parts a serial
-line needs on top of it: splitting a byte stream on ``END`` bytes across arbitrary
-read boundaries, a bounded receive buffer, per-frame error isolation and counters.
+No I/O happens here. The byte-level escape codec is two ``bytes.replace`` calls each
+way (:func:`escape` / :func:`unescape`, with a check for invalid escapes); this module
+adds the parts a serial line needs on top of it: splitting a byte stream on ``END``
+bytes across arbitrary read boundaries, a bounded receive buffer, per-frame error
+isolation and counters, and recovering a packet that follows a line of unframed text
+(:func:`split_text`).
 
 Decoder behaviour (see :class:`SlipDecoder`):
 
@@ -27,9 +29,8 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import re
 from dataclasses import dataclass
-
-import sliplib
 
 __all__ = [
     "END",
@@ -41,7 +42,10 @@ __all__ = [
     "SlipDecoder",
     "classify",
     "encode_frame",
+    "escape",
     "prefix_answer",
+    "split_text",
+    "unescape",
 ]
 
 END = 0xC0
@@ -50,6 +54,30 @@ ESC_END = 0xDC
 ESC_ESC = 0xDD
 
 _END_BYTE = bytes((END,))
+_ESC_BYTE = bytes((ESC,))
+_ESCAPED_END = bytes((ESC, ESC_END))
+_ESCAPED_ESC = bytes((ESC, ESC_ESC))
+_BAD_ESCAPE = re.compile(rb"\xdb(?![\xdc\xdd])")
+
+
+class SlipError(ValueError):
+    """An escaped frame that is not valid SLIP (ESC followed by neither ESC_END nor ESC_ESC)."""
+
+
+def escape(payload: bytes) -> bytes:
+    """RFC 1055 byte stuffing, without any END: ESC -> ESC ESC_ESC, END -> ESC ESC_END."""
+    return payload.replace(_ESC_BYTE, _ESCAPED_ESC).replace(_END_BYTE, _ESCAPED_END)
+
+
+def unescape(body: bytes) -> bytes:
+    """Undo :func:`escape`; :class:`SlipError` if an ESC is not followed by ESC_END/ESC_ESC.
+
+    In a valid body every ESC starts a two-byte pair whose second byte is never ESC,
+    so replacing the ``ESC ESC_END`` pairs first cannot match across a pair boundary.
+    """
+    if _BAD_ESCAPE.search(body):
+        raise SlipError("invalid SLIP escape")
+    return body.replace(_ESCAPED_END, _END_BYTE).replace(_ESCAPED_ESC, _ESC_BYTE)
 
 DEFAULT_MTU = 1500
 
@@ -68,7 +96,7 @@ def encode_frame(payload: bytes, leading_end: bool = False) -> bytes:
     The trailing-only form is the default because RIOT's SLIP driver discards frames
     starting with ``END``.
     """
-    body = sliplib.encode(bytes(payload)) + _END_BYTE
+    body = escape(bytes(payload)) + _END_BYTE
     return _END_BYTE + body if leading_end else body
 
 
@@ -81,6 +109,46 @@ class FrameKind(enum.Enum):
     PREFIX_ANSWER = "prefix_answer"  # "!P" + 8 bytes (Contiki tunslip6)
     TEXT = "text"  # printable debug output, e.g. Contiki log lines ending "\r\n"
     OTHER = "other"  # anything else (non-IP binary, empty)
+
+
+def ip_length(data: bytes) -> int | None:
+    """The length an IP packet at the start of data says it has (None: not an IP header).
+
+    IPv6: 40 + payload length; IPv4: total length, with a header length of at least 20
+    bytes that fits in it. Nothing is checked against ``len(data)``.
+    """
+    if len(data) >= 40 and data[0] >> 4 == 6:
+        return 40 + int.from_bytes(data[4:6], "big")
+    if len(data) >= 20 and data[0] >> 4 == 4:
+        header_length = (data[0] & 0x0F) * 4
+        total_length = int.from_bytes(data[2:4], "big")
+        if 20 <= header_length <= total_length:
+            return total_length
+    return None
+
+
+def split_text(frame: bytes) -> tuple[bytes, bytes] | None:
+    """``(text, packet)`` when frame is printable text ending in ``\\n`` then one IP packet.
+
+    A mote printing debug lines on its SLIP line without framing them makes the decoder
+    see ``text\\r\\n`` + packet as one frame. The packet is recovered only when the bytes
+    after some ``\\n`` of the printable start are exactly one IP packet by its own header
+    length; the earliest such ``\\n`` wins. A frame that is itself exactly one IP packet
+    by its header length is never split (None), so a packet holding 0x0A is never cut.
+    """
+    frame = bytes(frame)
+    if ip_length(frame) == len(frame):
+        return None
+    end = 0
+    while end < len(frame) and frame[end] in _PRINTABLE:
+        end += 1
+    newline = frame.find(b"\n", 0, end)
+    while newline >= 0:
+        rest = frame[newline + 1 :]
+        if rest and ip_length(rest) == len(rest):
+            return frame[: newline + 1], rest
+        newline = frame.find(b"\n", newline + 1, end)
+    return None
 
 
 def _is_ipv6(frame: bytes) -> bool:
@@ -223,8 +291,8 @@ class SlipDecoder:
             self.stats.empty += 1
             return None
         try:
-            frame = sliplib.decode(packet)
-        except sliplib.ProtocolError:
+            frame = unescape(packet)
+        except SlipError:
             self.stats.dropped_invalid += 1
             return None
         if len(frame) > self.mtu:

@@ -5,7 +5,9 @@ frames read from the line are classified (`agent.slip.framing.classify`):
 
 * IPv6 / IPv4 packets enter the agent's switch (`deliver([packet], "serial")`, see
   agent/port.py): to the TUN when addressed to this host, else to the bus;
-* text (Contiki debug output) is logged at DEBUG and never forwarded;
+* text (Contiki debug output) is logged at INFO as the mote's output, counted and never
+  forwarded; when a line of text was written without SLIP framing just before a frame,
+  the IP packet after it is recovered (`agent.slip.framing.split_text`) and forwarded;
 * a tunslip6 prefix request ``?P`` is answered with ``!P`` + the first IPv6 re-route
   prefix, so that a Contiki border router learns its prefix;
 * anything else is dropped and counted.
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 from agent.config import IPNetwork
 from agent.counters import Counters
 from agent.port import LINKTYPE_RAW, Deliver
-from agent.slip.framing import FrameKind, classify, prefix_answer
+from agent.slip.framing import FrameKind, classify, prefix_answer, split_text
 from agent.slip.port import SerialPort, SerialSettings
 from agent.switch import SERIAL
 
@@ -90,13 +92,21 @@ class SerialLink:
 
     def _on_frame(self, frame: bytes) -> None:
         counters = self.counters
+        parts = split_text(frame)  # None for a frame that is exactly one IP packet
+        if parts is not None:  # an unframed text line, then a frame: keep both
+            text, packet = parts
+            counters.count("serial>log", len(text))
+            log.info("serial text: %s", text_line(text))
+            if self._deliver is not None:
+                self._deliver([packet], self._key)
+            return
         kind = classify(frame)
         if kind is FrameKind.IPV6 or kind is FrameKind.IPV4:
             if self._deliver is not None:
                 self._deliver([frame], self._key)
         elif kind is FrameKind.TEXT:
             counters.count("serial>log", len(frame))
-            log.debug("serial text: %s", text_line(frame))
+            log.info("serial text: %s", text_line(frame))
         elif kind is FrameKind.PREFIX_REQUEST:
             if self._answer is None:
                 counters.drop("serial ?P unanswered")

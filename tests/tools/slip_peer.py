@@ -12,7 +12,9 @@ border router or a RIOT node:
   a tunslip6 prefix request ``?P``;
 * with --garbage, also writes a frame with an invalid escape, a binary non-IP frame, an
   oversized frame and line noise;
-* frames are ``payload END`` (RIOT style) or, with --leading-end, ``END payload END``.
+* frames are ``payload END`` (RIOT style) or, with --leading-end, ``END payload END``;
+* with --chatty N, after every Nth reply writes ``debug: mote says hello\\r\\n`` with no
+  SLIP framing at all, as a Contiki mote printing on its SLIP UART does.
 
 Events go to stdout, one line each, flushed: ``ready``, ``prefix <16 hex digits>``,
 ``echo6 <src>``, ``echo4 <src>``, ``udp <src> <length>``, ``frame <length> <hex>`` (any
@@ -37,6 +39,7 @@ END, ESC, ESC_END, ESC_ESC = 0xC0, 0xDB, 0xDC, 0xDD
 
 DEBUG_LINE = b"Contiki-NG: rpl-border-router waiting for prefix\r\n"
 BARE_LINE = b"[INFO: BR] Server IPv6 addresses: fe80::212:4b00:f24:8385\r\n"
+CHATTY_LINE = b"debug: mote says hello\r\n"
 
 
 def slip_encode(payload: bytes, leading_end: bool) -> bytes:
@@ -96,6 +99,7 @@ class Mote:
         self.addresses = {ipaddress.ip_address(a) for a in args.address}
         self.reader = SlipReader()
         self.prefix: bytes | None = None
+        self.replies = 0
 
     def write(self, payload: bytes) -> None:
         self.write_raw(slip_encode(payload, self.args.leading_end))
@@ -132,6 +136,9 @@ class Mote:
             say(f"frame {len(frame)} {frame[:48].hex()}")
         else:
             self.write(reply)
+            self.replies += 1
+            if self.args.chatty and self.replies % self.args.chatty == 0:
+                self.write_raw(CHATTY_LINE)
 
     def answer(self, frame: bytes) -> bytes | None:
         version = frame[0] >> 4 if frame else 0
@@ -208,6 +215,7 @@ def main() -> int:
     parser.add_argument("--leading-end", action="store_true")
     parser.add_argument("--garbage", action="store_true")
     parser.add_argument("--udp-port", type=int, default=7)
+    parser.add_argument("--chatty", type=int, default=0, help="text line after every Nth reply")
     parser.add_argument("--interval", type=float, default=1.0, help="0: no hello lines")
     parser.add_argument("--delay", type=float, default=0.5, help="before the first hello")
     args = parser.parse_args()
