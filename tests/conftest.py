@@ -304,8 +304,23 @@ def listener(vhost: str) -> Iterator[Callable[[list[str]], Listener]]:
 
 
 NOBODY = 65534
-# what `pip install agent` puts on a user's path: the package and its dependencies
-_RUNTIME = ("agent", "pika", "click", "orjson", "scapy", "serial", "sliplib", "pyroute2")
+
+
+def _runtime_modules() -> list[str]:
+    """What `pip install agent` puts on a user's path: the package and the top-level
+    modules of its install_requires (read from the installed metadata, so a dependency
+    added to or dropped from setup.py is followed here)."""
+    from importlib.metadata import packages_distributions, requires
+
+    wanted = {
+        re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower().replace("_", "-")
+        for r in requires("agent") or []
+        if "extra ==" not in r
+    }
+    return ["agent"] + sorted(
+        top for top, dists in packages_distributions().items()
+        if not top.startswith("_") and any(d.lower().replace("_", "-") in wanted for d in dists)
+    )
 
 
 class Unprivileged:
@@ -341,7 +356,7 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 def _copy_runtime(lib: Path) -> None:
-    for module in _RUNTIME:
+    for module in _runtime_modules():
         spec = importlib.util.find_spec(module)
         assert spec is not None and spec.origin is not None, module
         src = Path(spec.origin)
@@ -385,7 +400,7 @@ def unprivileged() -> Iterator[Unprivileged]:
 
 
 def _group_members(pgid: int) -> list[int]:
-    """PIDs of the processes in process group pgid (from /proc)."""
+    """PIDs of the live processes in process group pgid (from /proc)."""
     members = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -395,7 +410,8 @@ def _group_members(pgid: int) -> list[int]:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
-        if int(fields[2]) == pgid:
+        # a zombie has ended (its parent gone, it waits for an init that may never reap it)
+        if int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(entry.name))
     return members
 
