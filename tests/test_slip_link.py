@@ -10,7 +10,6 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import click
 import orjson
 import pytest
 from hypothesis import given
@@ -27,10 +26,11 @@ from agent.slip.link import SerialLink, answer_prefix, text_line
 from agent.slip.options import (
     BAUDRATE_ENV,
     SERIAL_PORT_ENV,
+    SerialOptionError,
     attach_serial,
     serial_choice,
 )
-from agent.slip.port import SerialSettings
+from agent.slip.port import SerialPortError, SerialSettings
 from agent.slip.probe import data_slip
 from agent.switch import plan_for_serial, routes
 from agent.url import parse_url
@@ -214,8 +214,9 @@ def test_ip_mode_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_bad_env_baudrate(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(BAUDRATE_ENV, "fast")
-    with pytest.raises(click.BadParameter, match=BAUDRATE_ENV):
+    with pytest.raises(SerialOptionError, match=BAUDRATE_ENV) as err:
         serial_choice({"serial_port": "/dev/ttyUSB0"})
+    assert err.value.option == "--baudrate"
 
 
 @pytest.mark.parametrize(
@@ -226,19 +227,20 @@ def test_serial_options_without_device(
     values: dict[str, object], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(SERIAL_PORT_ENV, raising=False)
-    with pytest.raises(click.UsageError, match="needs a serial device"):
+    with pytest.raises(SerialOptionError, match="needs a serial device") as err:
         serial_choice(values)
+    assert err.value.option is None
 
 
 def test_serial_and_reroute_if_conflict(tmp_path: Path) -> None:
     choice = serial_choice({"serial_port": str(tmp_path / "x")})
-    with pytest.raises(click.UsageError, match="--re-route-if"):
+    with pytest.raises(SerialOptionError, match="--re-route-if"):
         attach_serial(make_agent(), choice, RerouteOptions((CCCC,), "1", "eth1"))
 
 
-def test_attach_missing_device_is_click_error(tmp_path: Path) -> None:
+def test_attach_missing_device_is_serial_port_error(tmp_path: Path) -> None:
     choice = serial_choice({"serial_port": str(tmp_path / "ttyUSB7")})
-    with pytest.raises(click.ClickException, match="does not exist"):
+    with pytest.raises(SerialPortError, match="does not exist"):
         attach_serial(make_agent(), choice, RerouteOptions((CCCC,)))
 
 
