@@ -90,7 +90,8 @@ class Agent(Service):
         self._work: asyncio.Queue[Coroutine[Any, Any, None]] | None = None
         self._worker: asyncio.Task[None] | None = None
         self.task_errors: list[BaseException] = []
-        self.bus = Bus(
+        self.bus_port = BusPort(self._uplink_key, self.counters, self.name, self._on_control)
+        self.bus = self.bus_port.bus = Bus(
             opts.url,
             opts.exchange,
             agent_queue(
@@ -98,12 +99,11 @@ class Agent(Service):
                 [self._downlink_key],
                 control=[self._start_key, "fromAgent.*.ip.tun.started", wire.READY_KEY],
             ),
-            on_message=self._on_message,
+            on_message=self.bus_port.on_message,  # packets -> the switch, the rest -> here
             on_up=self._on_bus_up,
             on_fatal=self.on_fatal,
             ca_file=opts.ca_file,
         )
-        self.bus_port = BusPort(self.bus, self._uplink_key, self.counters)
         self.bus_port.fast = opts.wire == "fast"
         self.ports[BUS] = self.bus_port
 
@@ -257,40 +257,31 @@ class Agent(Service):
             body = wire.encode_tun_started(self.name, self.plan, **extra)
             self.bus.publish(self._started_key, body)
 
-    def _on_message(self, key: str, body: bytes, content_type: str | None) -> None:
-        try:
-            msg = wire.parse(key, body, content_type)
-            if isinstance(msg, wire.Packets):
-                if msg.agent == self.name and not msg.uplink:
-                    self.receive(msg.packets(), BUS)
-            elif isinstance(msg, wire.TunStart):
-                if msg.agent == self.name and not msg.uplink:
-                    self._on_tun_start(msg)
-            elif isinstance(msg, wire.Ready):
-                if msg.from_router:
-                    if self.opts.wire == "auto" and self.bus_port.fast != msg.fast:
-                        self.bus_port.drain()
-                        self.bus_port.fast = not self.bus_port.fast
-                        log.info("uplink wire: %s", "fast" if self.bus_port.fast else "json")
-                    epoch = wire.router_epoch(msg.fields)
-                    # answer a router we have not told yet (or one that does not say):
-                    # once per router connection, not per ready (docs/scale.md). An agent
-                    # with networks behind it answers every ready: the router re-announces
-                    # for each new agent, which learns the routes from this answer.
-                    networks = self.plan is not None and bool(self.plan.reroute_prefixes)
-                    if epoch is None or epoch != self._router_epoch or networks:
-                        self._router_epoch = epoch
-                        log.info("packet router announced itself; re-publishing tun.started")
-                        self._publish_started()
-            elif isinstance(msg, wire.TunStarted):
-                if msg.agent != self.name:
-                    self._on_peer_started(msg.agent, msg.fields)
-        except wire.WireError as exc:
-            self.counters.drop(exc.reason)
-            log.warning("dropped a malformed message on %s: %s", key, exc)
-        except Exception:  # a handler bug must not kill the agent
-            self.counters.drop("error")
-            log.exception("error handling a message on %s", key)
+    def _on_control(self, msg: wire.Message) -> None:
+        """A bus message that is not packets (the bus port delivers those): typed, from
+        BusPort.on_message, which counts and logs what this raises."""
+        if isinstance(msg, wire.TunStart):
+            if msg.agent == self.name and not msg.uplink:
+                self._on_tun_start(msg)
+        elif isinstance(msg, wire.Ready):
+            if msg.from_router:
+                if self.opts.wire == "auto" and self.bus_port.fast != msg.fast:
+                    self.bus_port.drain()
+                    self.bus_port.fast = not self.bus_port.fast
+                    log.info("uplink wire: %s", "fast" if self.bus_port.fast else "json")
+                epoch = wire.router_epoch(msg.fields)
+                # answer a router we have not told yet (or one that does not say):
+                # once per router connection, not per ready (docs/scale.md). An agent
+                # with networks behind it answers every ready: the router re-announces
+                # for each new agent, which learns the routes from this answer.
+                networks = self.plan is not None and bool(self.plan.reroute_prefixes)
+                if epoch is None or epoch != self._router_epoch or networks:
+                    self._router_epoch = epoch
+                    log.info("packet router announced itself; re-publishing tun.started")
+                    self._publish_started()
+        elif isinstance(msg, wire.TunStarted):
+            if msg.agent != self.name:
+                self._on_peer_started(msg.agent, msg.fields)
 
     def _on_tun_start(self, msg: wire.TunStart) -> None:
         try:
