@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from time import monotonic
 
 from agent import wire
 from agent.bus import FAST_PROPS, Bus
+from agent.config import IPNetwork
 from agent.counters import Counters
 from agent.port import LINKTYPE_RAW, Deliver
 from agent.soon import Soon
@@ -104,6 +105,9 @@ class BusPort:
         elif self._hold is None:
             self._flush_soon()
         return None
+
+    def routed(self, networks: Sequence[IPNetwork]) -> None:
+        """Nothing to do: re-route networks never leave by the bus."""
 
     def flush(self) -> None:
         """The end of a burst: publish the batch, then write what waits for the broker.

@@ -326,7 +326,7 @@ def connect(
     """Create a TUN and carry its packets over the AMQP bus."""
     setup_logging(verbose, quiet)
     amqp = _url(url, url_file)
-    from agent.slip.options import probe_runner, serial_choice
+    from agent.slip.options import probe_runner, serial_choice, serial_link, serial_reroute
     from agent.slip.port import SerialPortError
 
     try:
@@ -365,7 +365,10 @@ def connect(
             raise click.BadParameter(str(exc), param_hint="--netns") from None
     from agent.reroute.options import RerouteOptions
 
-    reroute = RerouteOptions(reroute_prefixes, reroute_host, reroute_if)
+    try:
+        reroute = serial_reroute(serial, RerouteOptions(reroute_prefixes, reroute_host, reroute_if))
+    except SerialOptionError as exc:
+        raise _usage(exc) from None
     if reroute_if is not None and not reroute_prefixes and bootstrap:
         raise click.UsageError(
             "--re-route-if needs at least one --re-route-prefix (the network behind it)"
@@ -389,8 +392,6 @@ def connect(
         wire=wire,
         reroute=reroute,
     )
-    from agent.slip.options import attach_serial
-
     agent = Agent(opts)
     if verbose or pcap:  # packet trace / capture taps (agent.taps); none: no per-packet cost
         from agent.taps import install_cli
@@ -401,12 +402,17 @@ def connect(
             from agent.taps import file_error_hint
 
             raise click.FileError(pcap or "", hint=file_error_hint(exc)) from None
+    # the ports beside the TUN and the bus, one line each (the agent opens and closes them)
     try:
-        attach_serial(agent, serial, reroute)  # --serial-port: the port "serial"
-    except SerialOptionError as exc:
-        raise _usage(exc) from None
+        if serial is not None:
+            agent.add_port(serial_link(serial, agent.counters))  # --serial-port: "serial"
     except SerialPortError as exc:
         raise click.ClickException(str(exc)) from None
+    if serial is not None and not reroute.prefixes:
+        log.warning(
+            "no --re-route-prefix: nothing is routed to the serial port until a tun.start "
+            "names one (packets from the line still reach the session)"
+        )
     _run(agent.run)
 
 

@@ -25,8 +25,7 @@ from agent.port import Port
 from agent.reroute.iface import IfaceError, IfacePort, open_for_plan
 from agent.reroute.options import RerouteOptions
 from agent.service import Service
-from agent.slip.link import SerialLink
-from agent.switch import BUS, SERIAL, TUN, Switch, is_drop, plan_for_serial, routes
+from agent.switch import BUS, TUN, Switch, is_drop, routes
 from agent.tun import Tun, TunError
 from agent.url import Urls
 
@@ -84,8 +83,7 @@ class Agent(Service):
         self.ports: dict[str, Port] = {}  # by the switch's names: "tun", "bus", "eth1"...
         self.taps: list[Tap] = []
         self.iface: IfacePort | None = None  # the --re-route-if port (agent.reroute.iface)
-        self.serial: SerialLink | None = None  # the --serial-port port (agent.slip.link)
-        self._serial_routed: list[IPNetwork] = []
+        self._routed: dict[str, list[IPNetwork]] = {}  # port name -> networks, in order
         # background work (bootstrap, route changes): kept, run one at a time, in order
         self._work: asyncio.Queue[Coroutine[Any, Any, None]] | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -107,17 +105,17 @@ class Agent(Service):
         self.bus_port.fast = opts.wire == "fast"
         self.ports[BUS] = self.bus_port
 
-    def attach_serial(self, link: SerialLink) -> None:
-        """Use a serial line (opened, not yet started) as the re-route port "serial"."""
-        self.serial = link
-        self.ports[SERIAL] = link
-        self._add_routes(dict.fromkeys(self.opts.reroute.prefixes, SERIAL))
+    def add_port(self, port: Port) -> None:
+        """Own one more port (before start: `agent connect` assembles them): the agent
+        opens it, routes to it what `switch.routes` says it owns, and closes it."""
+        self.ports[port.name] = port
+        self._add_routes(routes(self.plan, self.opts.reroute))
 
     # -- start / stop (the run loop is agent.service.Service.run) -------------------------
 
     async def start(self) -> None:
         for key, port in list(self.ports.items()):
-            await port.open(self.receive, key)  # the bus port, a serial line
+            await port.open(self.receive, key)  # the bus, the ports added (a serial line)
         if self.plan is not None and self.opts.bootstrap:
             await self._bring_up_tun(self.plan)
         else:
@@ -127,7 +125,7 @@ class Agent(Service):
 
     async def cleanup(self) -> None:
         self._stop_work()
-        self.bus_port.drain()
+        await self.bus_port.close()  # publishes what is pending
         await self.bus.close(timeout=1.0)
         closing = [port for key, port in self.ports.items() if key != BUS]
         for made in (self.iface, self.tun):  # made but not (yet) a port: close them too
@@ -181,15 +179,13 @@ class Agent(Service):
 
     async def _bring_up_tun(self, plan: AddressPlan) -> None:
         plan = self.opts.reroute.apply(plan)
-        if self.serial is not None:
-            plan = plan_for_serial(plan)
         self.iface = self.iface or open_for_plan(plan, self.opts.netns)
         tun = Tun.create(self.opts.tun_name, self.opts.netns)
         self.tun = tun
         await tun.configure(plan, self.opts.mtu)
         self.plan = plan
         self.switch.set_local(plan.owns())
-        self._add_routes(routes(plan, serial=self.serial is not None))
+        self._add_routes(routes(plan, self.opts.reroute))
         if self.iface is not None and self.iface.name not in self.ports:
             await self.iface.open(self.receive, self.iface.name)
             self.ports[self.iface.name] = self.iface
@@ -204,12 +200,16 @@ class Agent(Service):
                 await tun.add_route(net)
 
     def _add_routes(self, table: dict[IPNetwork, str]) -> None:
+        """Route networks to ports; each port is told all the networks it owns."""
         self.switch.add_routes(table)
-        if self.serial is not None:
-            for net, port in table.items():
-                if port == SERIAL and net not in self._serial_routed:
-                    self._serial_routed.append(net)
-            self.serial.set_prefixes(self._serial_routed)
+        for net, key in table.items():
+            routed = self._routed.setdefault(key, [])
+            if net not in routed:
+                routed.append(net)
+        for key in set(table.values()):
+            port = self.ports.get(key)
+            if port is not None:
+                port.routed(self._routed[key])
 
     # -- the switch ----------------------------------------------------------------------
 

@@ -27,12 +27,13 @@ from agent.slip.options import (
     BAUDRATE_ENV,
     SERIAL_PORT_ENV,
     SerialOptionError,
-    attach_serial,
     serial_choice,
+    serial_link,
+    serial_reroute,
 )
 from agent.slip.port import SerialPortError, SerialSettings
 from agent.slip.probe import data_slip
-from agent.switch import plan_for_serial, routes
+from agent.switch import routes
 from agent.url import parse_url
 from tests.conftest import until
 
@@ -85,9 +86,10 @@ def serial_agent(
     link_path: Path, reroute: RerouteOptions | None = None, **settings: object
 ) -> tuple[Agent, SerialLink]:
     """An agent with a serial port on link_path, assembled as `agent connect` does."""
-    agent = make_agent(reroute=reroute)
+    choice = serial_choice({"serial_port": str(link_path)})
+    agent = make_agent(reroute=serial_reroute(choice, reroute or RerouteOptions()))
     link = SerialLink(SerialSettings(str(link_path), **settings), agent.counters)  # type: ignore[arg-type]
-    agent.attach_serial(link)
+    agent.add_port(link)
     return agent, link
 
 
@@ -235,13 +237,16 @@ def test_serial_options_without_device(
 def test_serial_and_reroute_if_conflict(tmp_path: Path) -> None:
     choice = serial_choice({"serial_port": str(tmp_path / "x")})
     with pytest.raises(SerialOptionError, match="--re-route-if"):
-        attach_serial(make_agent(), choice, RerouteOptions((CCCC,), "1", "eth1"))
+        serial_reroute(choice, RerouteOptions((CCCC,), "1", "eth1"))
+    assert serial_reroute(choice, RerouteOptions((CCCC,))).port == "serial"
+    assert serial_reroute(None, RerouteOptions((CCCC,))).port is None
 
 
 def test_attach_missing_device_is_serial_port_error(tmp_path: Path) -> None:
     choice = serial_choice({"serial_port": str(tmp_path / "ttyUSB7")})
+    assert choice is not None
     with pytest.raises(SerialPortError, match="does not exist"):
-        attach_serial(make_agent(), choice, RerouteOptions((CCCC,)))
+        serial_link(choice, make_agent().counters)
 
 
 # ----------------------------------------------------------------------------- the link
@@ -262,23 +267,26 @@ def test_attach_routes_prefixes_and_amends_plans(pty_path: tuple[Path, int]) -> 
     bus_plan = AddressPlan(
         parse_reroute_prefix("bbbb"), "5", None, (parse_reroute_prefix("dddd"),), "9", None
     )
-    amended = plan_for_serial(agent.opts.reroute.apply(bus_plan))
+    amended = agent.opts.reroute.apply(bus_plan)
     assert amended.reroute_prefixes == (CCCC,) and amended.reroute_host == "1"
-    assert routes(amended, serial=True) == {CCCC: "serial"}
-    plan_only, _ = serial_agent(link_path)
-    kept = plan_for_serial(plan_only.opts.reroute.apply(bus_plan))
+    assert routes(bus_plan, agent.opts.reroute) == {CCCC: "serial"}
+    plan_only, link_only = serial_agent(link_path)
+    kept = plan_only.opts.reroute.apply(bus_plan)
     assert kept.reroute_prefixes == bus_plan.reroute_prefixes
-    plan_only._add_routes(routes(kept, serial=True))
+    assert plan_only.switch.decide(ping6("dddd::1"), "bus") != "serial"  # not routed yet
+    plan_only._add_routes(routes(kept, plan_only.opts.reroute))
     assert plan_only.switch.decide(ping6("dddd::1"), "bus") == "serial"
+    assert link_only._answer == b"!P" + parse_reroute_prefix("dddd").network_address.packed[:8]
 
     # an interface named by a tun.start is ignored: the networks are behind the line
     eth = AddressPlan(
         parse_reroute_prefix("bbbb"), "5", None, (parse_reroute_prefix("eeee"),), None, "eth1"
     )
-    amended = plan_for_serial(eth)
-    assert amended.reroute_if is None
-    assert routes(eth, serial=True) == {parse_reroute_prefix("eeee"): "serial"}
-    assert routes(eth, serial=False) == {parse_reroute_prefix("eeee"): "eth1"}
+    assert plan_only.opts.reroute.apply(eth).reroute_if is None
+    assert routes(eth, plan_only.opts.reroute) == {parse_reroute_prefix("eeee"): "serial"}
+    assert routes(eth, RerouteOptions()) == {parse_reroute_prefix("eeee"): "eth1"}
+    assert routes(None, RerouteOptions((CCCC,), ifname="eth1")) == {CCCC: "eth1"}
+    assert routes(None, RerouteOptions((CCCC,))) == {}
 
 
 def test_frames_from_the_line(pty_path: tuple[Path, int]) -> None:

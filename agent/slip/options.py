@@ -2,7 +2,8 @@
 
 cli.py declares the options and passes their values on; `serial_choice()` validates them
 (with the original agent's environment variables as fallbacks), then either
-`attach_serial()` adds the line to an Agent as its re-route port "serial" (IP mode) or
+`serial_reroute()` makes the line the port of the re-route networks and `serial_link()`
+builds that port, "serial", which cli.py adds to the agent (IP mode), or
 `probe_runner()` builds the 802.15.4 probe. Bad values raise `SerialOptionError` (a
 ConfigError naming the option, if one), a device that cannot be opened SerialPortError;
 cli.py turns both into one line.
@@ -10,6 +11,7 @@ cli.py turns both into one line.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Coroutine
@@ -19,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 from agent.config import ConfigError
 from agent.reroute.options import RerouteOptions
 from agent.slip.port import DEFAULT_BAUDRATE, SerialSettings
+from agent.switch import SERIAL
 
 if TYPE_CHECKING:
-    from agent.node import Agent
+    from agent.counters import Counters
     from agent.slip.link import SerialLink
     from agent.url import Urls
 
@@ -107,32 +110,26 @@ def serial_choice(values: dict[str, Any], mtu: int = 1500) -> SerialChoice | Non
     return SerialChoice(mode, settings)
 
 
-def attach_serial(
-    agent: Agent,
-    choice: SerialChoice | None,
-    reroute: RerouteOptions | None = None,
-) -> SerialLink | None:
-    """IP mode: open the device (SerialPortError if it cannot be); the agent's port."""
-    if choice is None:
-        return None
-    reroute = reroute or RerouteOptions()
+def serial_reroute(choice: SerialChoice | None, reroute: RerouteOptions) -> RerouteOptions:
+    """The re-route options with the line as the port of the networks (IP mode)."""
+    if choice is None or choice.mode != MODE_IP:
+        return reroute
     if reroute.ifname is not None:
         raise SerialOptionError(
             "--serial-port and --re-route-if both want the --re-route-prefix networks: "
             "give one of them (run two agents for two devices)"
         )
+    return dataclasses.replace(reroute, port=SERIAL)
+
+
+def serial_link(choice: SerialChoice, counters: Counters) -> SerialLink:
+    """IP mode: the port "serial", its device opened (SerialPortError if it cannot be)."""
     from agent.slip.link import SerialLink
 
-    link = SerialLink(choice.settings, agent.counters)
+    link = SerialLink(choice.settings, counters)
     link.check()  # SerialPortError: missing, busy, not a tty
-    agent.attach_serial(link)
     s = choice.settings
     log.info("serial port %s open at %d baud (SLIP, IP mode)", s.device, s.baudrate)
-    if not reroute.prefixes:
-        log.warning(
-            "no --re-route-prefix: nothing is routed to the serial port until a tun.start "
-            "names one (packets from the line still reach the session)"
-        )
     return link
 
 
