@@ -1,20 +1,28 @@
 """The bus as a port of the agent (agent/port.py): packets to and from the session.
 
 Up: fromAgent.<name>.ip.tun.packet.raw, as ioppytest's JSON or our fast wire (batches).
-Down: the bus delivers every message to the agent, which parses it (agent/wire.py).
+Down: the bus hands every delivery to `on_message`, which parses it once (agent/wire.py):
+the packets of toAgent.<name>.ip.tun.packet.raw go to the `deliver` given to `open()`
+like any port's; every other message (tun.start, tun.started, ready...) goes, typed, to
+the agent's `on_control`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable, Sequence
 from time import monotonic
 
 from agent import wire
 from agent.bus import FAST_PROPS, Bus
+from agent.config import IPNetwork
 from agent.counters import Counters
 from agent.port import LINKTYPE_RAW, Deliver
 from agent.soon import Soon
 from agent.switch import BUS
+
+log = logging.getLogger(__name__)
 
 # uplink coalescing amid a stream (see BusPort.flush and docs/scale.md)
 COALESCE_S = 0.001  # hold a burst at most this long (epoll's resolution is 1 ms)...
@@ -32,10 +40,21 @@ class BusPort:
     name = BUS
     linktype = LINKTYPE_RAW
 
-    def __init__(self, bus: Bus, key: str, counters: Counters) -> None:
-        self.bus = bus
+    bus: Bus  # set by its owner once made (the Bus is given this port's on_message)
+
+    def __init__(
+        self,
+        key: str,
+        counters: Counters,
+        agent: str = "",
+        on_control: Callable[[wire.Message], None] | None = None,
+    ) -> None:
         self.key = key
         self.counters = counters
+        self.agent = agent  # packets on toAgent.<agent>.ip.tun.packet.raw are ours
+        self._on_control = on_control
+        self._deliver: Deliver | None = None
+        self._deliver_key = BUS
         self.interface_name = "tun0"  # the TUN's name once it exists (peers classify by it)
         self.fast = False
         self._pending: list[bytes] = []
@@ -45,8 +64,31 @@ class BusPort:
         self._last_sent = -1.0  # monotonic() of the last fast-wire message
 
     async def open(self, deliver: Deliver, key: str) -> None:
-        """Nothing to start: the bus delivers every message to the agent, which parses
-        it (wire.parse) and hands the packets of its Packets messages to the switch."""
+        """From now on the packets of our deliveries go to deliver(packets, key)."""
+        self._deliver, self._deliver_key = deliver, key
+
+    def on_message(self, routing_key: str, body: bytes, content_type: str | None) -> None:
+        """The bus's delivery handler: packets to `deliver`, the rest to `on_control`.
+        A malformed message is counted and logged, never raised."""
+        try:
+            msg = wire.parse(routing_key, body, content_type)
+            if type(msg) is wire.Packets:
+                deliver = self._deliver
+                if deliver is not None and msg.agent == self.agent and not msg.uplink:
+                    deliver(msg.packets(), self._deliver_key)
+            elif self._on_control is not None:
+                self._on_control(msg)
+        except wire.WireError as exc:
+            self.counters.drop(exc.reason)
+            log.warning("dropped a malformed message on %s: %s", routing_key, exc)
+        except Exception:  # a handler bug must not kill the agent
+            self.counters.drop("error")
+            log.exception("error handling a message on %s", routing_key)
+
+    async def close(self) -> None:
+        """Publish what is pending; the agent closes the connection itself (Bus.close)."""
+        self._deliver = None
+        self.drain()
 
     def send(self, packet: bytes) -> str | None:
         if not self.fast:
@@ -63,6 +105,9 @@ class BusPort:
         elif self._hold is None:
             self._flush_soon()
         return None
+
+    def routed(self, networks: Sequence[IPNetwork]) -> None:
+        """Nothing to do: re-route networks never leave by the bus."""
 
     def flush(self) -> None:
         """The end of a burst: publish the batch, then write what waits for the broker.

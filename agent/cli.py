@@ -22,7 +22,16 @@ from agent.config import (
     parse_reroute_host,
     parse_reroute_prefix,
 )
-from agent.slip.options import serial_options
+from agent.slip.options import (
+    BAUDRATE_ENV,
+    MAX_BAUD,
+    MIN_BAUD,
+    MODE_802154,
+    MODE_IP,
+    SERIAL_PORT_ENV,
+    SerialOptionError,
+)
+from agent.slip.port import DEFAULT_BAUDRATE
 from agent.url import AmqpUrl, UrlError, parse_urls, resolve_url
 
 log = logging.getLogger("agent")
@@ -81,6 +90,13 @@ def _optional(check: Callable[[str], Any], errors: type[Exception] = ConfigError
 _name = _optional(check_name)
 _ifname = _optional(check_ifname)
 _reroute_host = _optional(parse_reroute_host)
+
+
+def _usage(exc: SerialOptionError) -> click.UsageError:
+    """An option error of a module (no click there) as click's one-line usage error."""
+    if exc.option:
+        return click.BadParameter(str(exc), param_hint=exc.option)
+    return click.UsageError(str(exc))
 
 
 def _exchange(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
@@ -143,6 +159,47 @@ url_options = [
     ),
     click.option("-v", "--verbose", count=True, help="-v: one line per packet; -vv: debug."),
     click.option("-q", "--quiet", count=True, help="Only warnings (-qq: only errors)."),
+]
+
+
+# A SLIP serial device (agent/slip/options.py validates, agent/slip/link.py is the port)
+serial_options = [
+    click.option(
+        "--serial-port",
+        default=None,
+        metavar="DEVICE",
+        help="Bridge a SLIP serial device, e.g. /dev/ttyUSB0 (802154 mode: default env "
+        f"{SERIAL_PORT_ENV}).",
+    ),
+    click.option(
+        "--baudrate",
+        type=click.IntRange(MIN_BAUD, MAX_BAUD),
+        default=None,
+        help=f"Serial line speed (default: env {BAUDRATE_ENV}, else {DEFAULT_BAUDRATE}).",
+    ),
+    click.option("--rtscts", is_flag=True, help="RTS/CTS (hardware) flow control on the line."),
+    click.option("--xonxoff", is_flag=True, help="XON/XOFF (software) flow control on the line."),
+    click.option(
+        "--slip-pace-us",
+        type=click.IntRange(0, 1_000_000),
+        default=0,
+        metavar="N",
+        help="Pause N microseconds between frames sent to the line, after each frame's "
+        "transmission time (for motes that drop back-to-back frames).",
+    ),
+    click.option(
+        "--slip-leading-end",
+        is_flag=True,
+        help="Start each frame with END too (RFC 1055 style; RIOT discards such frames).",
+    ),
+    click.option(
+        "--serial-mode",
+        type=click.Choice([MODE_IP, MODE_802154]),
+        default=MODE_IP,
+        show_default=True,
+        help="ip: IP packets in SLIP, the line is a re-route port; 802154: raw 802.15.4 "
+        "frames on the 802154.serial bus keys, no TUN.",
+    ),
 ]
 
 
@@ -269,16 +326,24 @@ def connect(
     """Create a TUN and carry its packets over the AMQP bus."""
     setup_logging(verbose, quiet)
     amqp = _url(url, url_file)
-    from agent.slip.options import MODE_802154, probe_runner, serial_choice
+    from agent.slip.options import probe_runner, serial_choice, serial_link, serial_reroute
+    from agent.slip.port import SerialPortError
 
-    serial = serial_choice(serial_opts, mtu)
+    try:
+        serial = serial_choice(serial_opts, mtu)
+    except SerialOptionError as exc:
+        raise _usage(exc) from None
     if serial is not None and serial.mode == MODE_802154:  # no TUN: serial line <-> bus
         if pcap:
             raise click.UsageError(
                 "--pcap is not available in 802.15.4 serial mode; capture from the bus "
                 "with: agent sniff --name NAME --pcap FILE"
             )
-        _run(lambda: probe_runner(name, amqp, serial, exchange, ca_file, stats))
+        try:
+            probe = probe_runner(name, amqp, serial, exchange, ca_file, stats)
+        except SerialPortError as exc:
+            raise click.ClickException(str(exc)) from None
+        _run(lambda: probe)
         return
     try:
         plan = default_plan(name, ipv6_prefix, ipv6_host, ipv4_address)
@@ -300,7 +365,10 @@ def connect(
             raise click.BadParameter(str(exc), param_hint="--netns") from None
     from agent.reroute.options import RerouteOptions
 
-    reroute = RerouteOptions(reroute_prefixes, reroute_host, reroute_if)
+    try:
+        reroute = serial_reroute(serial, RerouteOptions(reroute_prefixes, reroute_host, reroute_if))
+    except SerialOptionError as exc:
+        raise _usage(exc) from None
     if reroute_if is not None and not reroute_prefixes and bootstrap:
         raise click.UsageError(
             "--re-route-if needs at least one --re-route-prefix (the network behind it)"
@@ -324,14 +392,27 @@ def connect(
         wire=wire,
         reroute=reroute,
     )
-    from agent.slip.options import attach_serial
-
     agent = Agent(opts)
     if verbose or pcap:  # packet trace / capture taps (agent.taps); none: no per-packet cost
         from agent.taps import install_cli
 
-        install_cli(agent, verbose, pcap)
-    attach_serial(agent, serial, reroute)  # --serial-port: the port "serial"
+        try:
+            install_cli(agent, verbose, pcap)
+        except OSError as exc:
+            from agent.taps import file_error_hint
+
+            raise click.FileError(pcap or "", hint=file_error_hint(exc)) from None
+    # the ports beside the TUN and the bus, one line each (the agent opens and closes them)
+    try:
+        if serial is not None:
+            agent.add_port(serial_link(serial, agent.counters))  # --serial-port: "serial"
+    except SerialPortError as exc:
+        raise click.ClickException(str(exc)) from None
+    if serial is not None and not reroute.prefixes:
+        log.warning(
+            "no --re-route-prefix: nothing is routed to the serial port until a tun.start "
+            "names one (packets from the line still reach the session)"
+        )
     _run(agent.run)
 
 

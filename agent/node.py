@@ -25,8 +25,7 @@ from agent.port import Port
 from agent.reroute.iface import IfaceError, IfacePort, open_for_plan
 from agent.reroute.options import RerouteOptions
 from agent.service import Service
-from agent.slip.link import SerialLink
-from agent.switch import BUS, SERIAL, TUN, Switch, is_drop, plan_for_serial, routes
+from agent.switch import BUS, TUN, Switch, is_drop, routes
 from agent.tun import Tun, TunError
 from agent.url import Urls
 
@@ -84,13 +83,13 @@ class Agent(Service):
         self.ports: dict[str, Port] = {}  # by the switch's names: "tun", "bus", "eth1"...
         self.taps: list[Tap] = []
         self.iface: IfacePort | None = None  # the --re-route-if port (agent.reroute.iface)
-        self.serial: SerialLink | None = None  # the --serial-port port (agent.slip.link)
-        self._serial_routed: list[IPNetwork] = []
+        self._routed: dict[str, list[IPNetwork]] = {}  # port name -> networks, in order
         # background work (bootstrap, route changes): kept, run one at a time, in order
         self._work: asyncio.Queue[Coroutine[Any, Any, None]] | None = None
         self._worker: asyncio.Task[None] | None = None
         self.task_errors: list[BaseException] = []
-        self.bus = Bus(
+        self.bus_port = BusPort(self._uplink_key, self.counters, self.name, self._on_control)
+        self.bus = self.bus_port.bus = Bus(
             opts.url,
             opts.exchange,
             agent_queue(
@@ -98,26 +97,25 @@ class Agent(Service):
                 [self._downlink_key],
                 control=[self._start_key, "fromAgent.*.ip.tun.started", wire.READY_KEY],
             ),
-            on_message=self._on_message,
+            on_message=self.bus_port.on_message,  # packets -> the switch, the rest -> here
             on_up=self._on_bus_up,
             on_fatal=self.on_fatal,
             ca_file=opts.ca_file,
         )
-        self.bus_port = BusPort(self.bus, self._uplink_key, self.counters)
         self.bus_port.fast = opts.wire == "fast"
         self.ports[BUS] = self.bus_port
 
-    def attach_serial(self, link: SerialLink) -> None:
-        """Use a serial line (opened, not yet started) as the re-route port "serial"."""
-        self.serial = link
-        self.ports[SERIAL] = link
-        self._add_routes(dict.fromkeys(self.opts.reroute.prefixes, SERIAL))
+    def add_port(self, port: Port) -> None:
+        """Own one more port (before start: `agent connect` assembles them): the agent
+        opens it, routes to it what `switch.routes` says it owns, and closes it."""
+        self.ports[port.name] = port
+        self._add_routes(routes(self.plan, self.opts.reroute))
 
     # -- start / stop (the run loop is agent.service.Service.run) -------------------------
 
     async def start(self) -> None:
         for key, port in list(self.ports.items()):
-            await port.open(self.receive, key)  # the bus port, a serial line
+            await port.open(self.receive, key)  # the bus, the ports added (a serial line)
         if self.plan is not None and self.opts.bootstrap:
             await self._bring_up_tun(self.plan)
         else:
@@ -127,7 +125,7 @@ class Agent(Service):
 
     async def cleanup(self) -> None:
         self._stop_work()
-        self.bus_port.drain()
+        await self.bus_port.close()  # publishes what is pending
         await self.bus.close(timeout=1.0)
         closing = [port for key, port in self.ports.items() if key != BUS]
         for made in (self.iface, self.tun):  # made but not (yet) a port: close them too
@@ -181,15 +179,13 @@ class Agent(Service):
 
     async def _bring_up_tun(self, plan: AddressPlan) -> None:
         plan = self.opts.reroute.apply(plan)
-        if self.serial is not None:
-            plan = plan_for_serial(plan)
         self.iface = self.iface or open_for_plan(plan, self.opts.netns)
         tun = Tun.create(self.opts.tun_name, self.opts.netns)
         self.tun = tun
         await tun.configure(plan, self.opts.mtu)
         self.plan = plan
         self.switch.set_local(plan.owns())
-        self._add_routes(routes(plan, serial=self.serial is not None))
+        self._add_routes(routes(plan, self.opts.reroute))
         if self.iface is not None and self.iface.name not in self.ports:
             await self.iface.open(self.receive, self.iface.name)
             self.ports[self.iface.name] = self.iface
@@ -204,12 +200,16 @@ class Agent(Service):
                 await tun.add_route(net)
 
     def _add_routes(self, table: dict[IPNetwork, str]) -> None:
+        """Route networks to ports; each port is told all the networks it owns."""
         self.switch.add_routes(table)
-        if self.serial is not None:
-            for net, port in table.items():
-                if port == SERIAL and net not in self._serial_routed:
-                    self._serial_routed.append(net)
-            self.serial.set_prefixes(self._serial_routed)
+        for net, key in table.items():
+            routed = self._routed.setdefault(key, [])
+            if net not in routed:
+                routed.append(net)
+        for key in set(table.values()):
+            port = self.ports.get(key)
+            if port is not None:
+                port.routed(self._routed[key])
 
     # -- the switch ----------------------------------------------------------------------
 
@@ -257,40 +257,31 @@ class Agent(Service):
             body = wire.encode_tun_started(self.name, self.plan, **extra)
             self.bus.publish(self._started_key, body)
 
-    def _on_message(self, key: str, body: bytes, content_type: str | None) -> None:
-        try:
-            msg = wire.parse(key, body, content_type)
-            if isinstance(msg, wire.Packets):
-                if msg.agent == self.name and not msg.uplink:
-                    self.receive(msg.packets(), BUS)
-            elif isinstance(msg, wire.TunStart):
-                if msg.agent == self.name and not msg.uplink:
-                    self._on_tun_start(msg)
-            elif isinstance(msg, wire.Ready):
-                if msg.from_router:
-                    if self.opts.wire == "auto" and self.bus_port.fast != msg.fast:
-                        self.bus_port.drain()
-                        self.bus_port.fast = not self.bus_port.fast
-                        log.info("uplink wire: %s", "fast" if self.bus_port.fast else "json")
-                    epoch = wire.router_epoch(msg.fields)
-                    # answer a router we have not told yet (or one that does not say):
-                    # once per router connection, not per ready (docs/scale.md). An agent
-                    # with networks behind it answers every ready: the router re-announces
-                    # for each new agent, which learns the routes from this answer.
-                    networks = self.plan is not None and bool(self.plan.reroute_prefixes)
-                    if epoch is None or epoch != self._router_epoch or networks:
-                        self._router_epoch = epoch
-                        log.info("packet router announced itself; re-publishing tun.started")
-                        self._publish_started()
-            elif isinstance(msg, wire.TunStarted):
-                if msg.agent != self.name:
-                    self._on_peer_started(msg.agent, msg.fields)
-        except wire.WireError as exc:
-            self.counters.drop(exc.reason)
-            log.warning("dropped a malformed message on %s: %s", key, exc)
-        except Exception:  # a handler bug must not kill the agent
-            self.counters.drop("error")
-            log.exception("error handling a message on %s", key)
+    def _on_control(self, msg: wire.Message) -> None:
+        """A bus message that is not packets (the bus port delivers those): typed, from
+        BusPort.on_message, which counts and logs what this raises."""
+        if isinstance(msg, wire.TunStart):
+            if msg.agent == self.name and not msg.uplink:
+                self._on_tun_start(msg)
+        elif isinstance(msg, wire.Ready):
+            if msg.from_router:
+                if self.opts.wire == "auto" and self.bus_port.fast != msg.fast:
+                    self.bus_port.drain()
+                    self.bus_port.fast = not self.bus_port.fast
+                    log.info("uplink wire: %s", "fast" if self.bus_port.fast else "json")
+                epoch = wire.router_epoch(msg.fields)
+                # answer a router we have not told yet (or one that does not say):
+                # once per router connection, not per ready (docs/scale.md). An agent
+                # with networks behind it answers every ready: the router re-announces
+                # for each new agent, which learns the routes from this answer.
+                networks = self.plan is not None and bool(self.plan.reroute_prefixes)
+                if epoch is None or epoch != self._router_epoch or networks:
+                    self._router_epoch = epoch
+                    log.info("packet router announced itself; re-publishing tun.started")
+                    self._publish_started()
+        elif isinstance(msg, wire.TunStarted):
+            if msg.agent != self.name:
+                self._on_peer_started(msg.agent, msg.fields)
 
     def _on_tun_start(self, msg: wire.TunStart) -> None:
         try:

@@ -7,14 +7,16 @@ them, hands each the function that takes in its packets, and closes them. A port
 reaches into the agent.
 
 Adding a port: one module with a class that fulfils `Port`, and one line where the agent
-is assembled (`Agent.__init__` / `agent.cli`); the switch's `routes()` says which
+is assembled (`agent.add_port(...)` in `agent.cli`); the switch's `routes()` says which
 networks leave by it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
+
+from agent.config import IPNetwork
 
 LINKTYPE_RAW = 101  # bare IPv4/IPv6 packets (agent.capture has the others)
 
@@ -36,6 +38,11 @@ class Port(Protocol):
 
     def send(self, packet: bytes) -> str | None:
         """Queue or write one packet; None when taken, else the drop counter's name."""
+        ...
+
+    def routed(self, networks: Sequence[IPNetwork]) -> None:
+        """The networks the switch routes to this port (agent.switch.routes), all of them,
+        each time they change; most ports need not know (the serial line answers ``?P``)."""
         ...
 
     def flush(self) -> None:

@@ -1,6 +1,6 @@
 """The agent's switch: which port does a packet leave by? Pure.
 
-`routes(plan, serial)` is the one place that says which port owns the re-route networks
+`routes(plan, options)` is the one place that says which port owns the re-route networks
 (`{prefix: port name}`); `Switch.decide(packet, came_from)` is the agent's one per-packet
 decision. It reads the version nibble and the destination address bytes at fixed offsets
 (agent.ipheader.destination), never a full dissection.
@@ -11,11 +11,11 @@ per re-route port (a network interface such as "eth1", or "serial").
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 from agent.config import AddressPlan, IPNetwork
 from agent.ipheader import PrefixTable, destination, is_group
+from agent.reroute.options import RerouteOptions
 
 log = logging.getLogger(__name__)
 
@@ -29,32 +29,27 @@ def iface_port_name(ifname: str) -> str:
     return f"if-{ifname}" if ifname in (TUN, BUS, SERIAL) else ifname
 
 
-def reroute_port(plan: AddressPlan, serial: bool) -> str | None:
-    """The port the plan's re-route networks leave by: the serial line when there is one,
-    else the interface the plan names (re_route_packets_if), else none."""
-    if serial:
-        return SERIAL
-    if plan.reroute_if and plan.reroute_if != SERIAL:
-        return iface_port_name(plan.reroute_if)
-    return None
+def routes(plan: AddressPlan | None, options: RerouteOptions) -> dict[IPNetwork, str]:
+    """{re-route prefix: port name}: the one place that says which port owns the networks
+    behind this agent (empty when no port reaches them).
 
+    The networks are the plan's with the command line's applied (the command line's alone
+    while there is no plan yet). They leave by the port the options name (the serial
+    line), else by the interface the plan names (re_route_packets_if).
+    """
+    if plan is None:
+        prefixes, ifname = options.prefixes, options.ifname
+    else:
+        plan = options.apply(plan)
+        prefixes, ifname = plan.reroute_prefixes, plan.reroute_if
+    if options.port is not None:
+        port: str | None = options.port
+    elif ifname and ifname != SERIAL:
+        port = iface_port_name(ifname)
+    else:
+        port = None
+    return dict.fromkeys(prefixes, port) if port else {}
 
-def routes(plan: AddressPlan, serial: bool) -> dict[IPNetwork, str]:
-    """{re-route prefix: port name} for a plan (empty when no port reaches them)."""
-    port = reroute_port(plan, serial)
-    return dict.fromkeys(plan.reroute_prefixes, port) if port else {}
-
-
-def plan_for_serial(plan: AddressPlan) -> AddressPlan:
-    """With a serial line the re-route networks are behind it: an interface named by a
-    tun.start (re_route_packets_if) is ignored, so that no interface port is opened."""
-    if plan.reroute_if not in (None, SERIAL):
-        log.warning(
-            "ignored re_route_packets_if %s: the re-route networks are on the serial line",
-            plan.reroute_if,
-        )
-        return dataclasses.replace(plan, reroute_if=None)
-    return plan
 
 # Decisions that are not a port: the packet is dropped, the value is the counter name.
 DROP_NOT_IP = "!not ip"

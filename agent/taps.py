@@ -194,13 +194,8 @@ def file_error_hint(exc: OSError) -> str:
 
 def install_cli(agent: Any, verbose: int, pcap_path: str | None) -> None:
     """`agent connect -v / --pcap`: install the taps; a capture file that cannot be
-    created is a usage error (click.FileError), before anything is started."""
+    created raises its OSError (cli.py says it in one line), before anything is started."""
     pcap = None
     if pcap_path:
-        import click
-
-        try:
-            pcap = PcapTap.open(pcap_path, agent.ports, owner=agent.name)
-        except OSError as exc:
-            raise click.FileError(pcap_path, hint=file_error_hint(exc)) from None
+        pcap = PcapTap.open(pcap_path, agent.ports, owner=agent.name)
     install(agent, verbose, pcap)

@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Sequence
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -185,6 +186,9 @@ class Tun:
         except OSError:
             return "tun down"
         return None
+
+    def routed(self, networks: Sequence[IPNetwork]) -> None:
+        """Nothing to do: re-route networks never leave by the TUN."""
 
     def flush(self) -> None:
         """Nothing waits: every send() is one write()."""

@@ -57,11 +57,31 @@ def assert_one_line_error(out: subprocess.CompletedProcess[str], *expected: str)
          ["URL 2 of 2", "u:***@h2"]),
         (["--name", "agent_1", "--url", "amqp://h1/v", "--url", f"amqp://u:{SECRET}@h2/w"],
          ["URL 2 of 2", "same vhost"]),
+        (["--name", "agent_1", "--rtscts"], ["--rtscts", "--serial-port"]),
+        (["--name", "agent_1", "--serial-port", ""], ["--serial-port", "invalid"]),
+        (["--name", "agent_1", "--serial-port", f"/nonexistent{os.getpid()}/tty",
+          "--re-route-if", "eth1", "--re-route-prefix", "cccc"], ["--re-route-if"]),
     ],
 )
 def test_bad_options(args: list[str], expected: list[str]) -> None:
     out = run_agent("connect", *args)
     assert out.returncode == 2
+    assert_one_line_error(out, *expected)
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--serial-port", f"/nonexistent{os.getpid()}/tty"], ["does not exist"]),
+        (["--serial-mode", "802154", "--serial-port", f"/nonexistent{os.getpid()}/tty"],
+         ["does not exist"]),
+        (["--pcap", f"/nonexistent{os.getpid()}/x.pcapng"], ["x.pcapng", "No such file"]),
+    ],
+)
+def test_unusable_device_or_file(args: list[str], expected: list[str]) -> None:
+    """Checked before anything starts (no TUN, no broker): one line, exit 1."""
+    out = run_agent("connect", "--name", "agent_1", "--ipv6-host", "1", *args)
+    assert out.returncode == 1
     assert_one_line_error(out, *expected)
 
 

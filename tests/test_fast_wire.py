@@ -74,7 +74,8 @@ def test_busport_batches_one_loop_iteration() -> None:
     """Packets handed in during one loop iteration leave as one message; idle: one each."""
     async def go() -> None:
         bus = FakeBus()
-        port = BusPort(bus, "fromAgent.a.ip.tun.packet.raw", Counters())  # type: ignore[arg-type]
+        port = BusPort("fromAgent.a.ip.tun.packet.raw", Counters())
+        port.bus = bus  # type: ignore[assignment]
         port.fast = True
         pkts = [bytes([0x60]) + bytes(39 + i) for i in range(5)]
         for p in pkts:
@@ -104,7 +105,8 @@ def test_busport_holds_a_burst_only_amid_a_stream(monkeypatch: pytest.MonkeyPatc
         loop.time = lambda: now[0]  # type: ignore[method-assign]  # a clock of our own
         monkeypatch.setattr(busport, "monotonic", lambda: now[0])
         bus = FakeBus()
-        port = BusPort(bus, "fromAgent.a.ip.tun.packet.raw", Counters())  # type: ignore[arg-type]
+        port = BusPort("fromAgent.a.ip.tun.packet.raw", Counters())
+        port.bus = bus  # type: ignore[assignment]
         port.fast = True
         pkt = bytes([0x60]) + bytes(99)
         port.send(pkt)

@@ -21,7 +21,7 @@ from agent.config import default_plan
 from agent.node import Agent, AgentOptions
 from agent.port import LINKTYPE_RAW
 from agent.router import Router
-from agent.switch import TUN
+from agent.switch import BUS, TUN
 from agent.url import parse_url
 
 URL = parse_url("amqp://guest:guest@127.0.0.1:1/fuzz")
@@ -151,7 +151,8 @@ def _quiet_logs():  # type: ignore[no-untyped-def]
 def test_agent_handlers_never_fail(key: str, body: bytes) -> None:
     async def go() -> None:
         agent, tun = make_agent()
-        agent._on_message(key, body, None)
+        await agent.bus_port.open(agent.receive, BUS)
+        agent.bus_port.on_message(key, body, None)
         await agent.idle()  # let route tasks run: their errors count too
         assert agent.task_errors == []
         assert agent.counters.drops["error"] == 0
@@ -167,6 +168,7 @@ def test_bootstrap_from_any_tun_start_never_fails(body: bytes) -> None:
     """--wait-bootstrap: a tun.start's plan goes to the TUN set-up (a task) only if valid."""
     async def go() -> None:
         agent, tun = make_agent()
+        await agent.bus_port.open(agent.receive, BUS)
         agent.tun = None
         del agent.ports[TUN]
         agent.plan = None
@@ -178,7 +180,7 @@ def test_bootstrap_from_any_tun_start_never_fails(body: bytes) -> None:
             agent.tun, agent.plan = tun, plan  # type: ignore[assignment]
 
         agent._bring_up_tun = bring_up  # type: ignore[method-assign]
-        agent._on_message("toAgent.agent_1.ip.tun.start", body, None)
+        agent.bus_port.on_message("toAgent.agent_1.ip.tun.start", body, None)
         await agent.idle()  # the set-up runs as background work: its errors count too
         assert agent.task_errors == [] and agent.counters.drops["error"] == 0
         assert len(brought_up) <= 1 and not agent._bootstrapping
@@ -220,13 +222,14 @@ def test_valid_downlink_reaches_tun() -> None:
     """The fuzz harness itself works: a good packet for us is written."""
     async def go() -> None:
         agent, tun = make_agent()
+        await agent.bus_port.open(agent.receive, BUS)
         pkt = bytes([0x60, 0, 0, 0, 0, 0, 59, 64]) + bytes.fromhex(
             "bbbb0000000000000000000000000002bbbb0000000000000000000000000001")
-        agent._on_message("toAgent.agent_1.ip.tun.packet.raw", wire.encode_packet(pkt, "t"), None)
+        down = agent.bus_port.on_message
+        down("toAgent.agent_1.ip.tun.packet.raw", wire.encode_packet(pkt, "t"), None)
         assert tun.sent == [pkt]
         other = pkt[:24] + bytes.fromhex("bbbb0000000000000000000000000007")
-        agent._on_message("toAgent.agent_1.ip.tun.packet.raw", wire.encode_packet(other, "t"),
-                          None)
+        down("toAgent.agent_1.ip.tun.packet.raw", wire.encode_packet(other, "t"), None)
         assert tun.sent == [pkt]
         assert agent.counters.drops["not for us"] == 1
 
@@ -259,10 +262,10 @@ def test_quick_announcements_leave_the_last_routes() -> None:
         key = "fromAgent.agent_2.ip.tun.started"
         first = {"ipv6_host": "2", "re_route_packets_prefix": "cccc"}
         second = {"ipv6_host": "2", "re_route_packets_prefix": "dddd"}
-        agent._on_message(key, orjson.dumps(first), None)
-        agent._on_message(key, orjson.dumps(second), None)
-        agent._on_message(key, orjson.dumps(first), None)
-        agent._on_message(key, orjson.dumps(second), None)
+        agent.bus_port.on_message(key, orjson.dumps(first), None)
+        agent.bus_port.on_message(key, orjson.dumps(second), None)
+        agent.bus_port.on_message(key, orjson.dumps(first), None)
+        agent.bus_port.on_message(key, orjson.dumps(second), None)
         await agent.idle()
         assert [str(n) for n in tun.routes] == ["dddd::/64"]
         assert agent.task_errors == []
@@ -274,12 +277,13 @@ def test_errors_in_background_work_are_kept() -> None:
     """A bug in route work is logged, counted and kept for the tests to see."""
     async def go() -> None:
         agent, tun = make_agent()
+        await agent.bus_port.open(agent.receive, BUS)
 
         async def broken(net: Any) -> bool:
             raise RuntimeError("bug")
 
         tun.add_route = broken  # type: ignore[method-assign]
-        agent._on_message("fromAgent.agent_2.ip.tun.started",
+        agent.bus_port.on_message("fromAgent.agent_2.ip.tun.started",
                           orjson.dumps({"ipv6_host": "2", "re_route_packets_prefix": "cccc"}), None)
         await agent.idle()
         assert [str(e) for e in agent.task_errors] == ["bug"]

@@ -10,7 +10,6 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import click
 import orjson
 import pytest
 from hypothesis import given
@@ -27,12 +26,14 @@ from agent.slip.link import SerialLink, answer_prefix, text_line
 from agent.slip.options import (
     BAUDRATE_ENV,
     SERIAL_PORT_ENV,
-    attach_serial,
+    SerialOptionError,
     serial_choice,
+    serial_link,
+    serial_reroute,
 )
-from agent.slip.port import SerialSettings
+from agent.slip.port import SerialPortError, SerialSettings
 from agent.slip.probe import data_slip
-from agent.switch import plan_for_serial, routes
+from agent.switch import routes
 from agent.url import parse_url
 from tests.conftest import until
 
@@ -85,9 +86,10 @@ def serial_agent(
     link_path: Path, reroute: RerouteOptions | None = None, **settings: object
 ) -> tuple[Agent, SerialLink]:
     """An agent with a serial port on link_path, assembled as `agent connect` does."""
-    agent = make_agent(reroute=reroute)
+    choice = serial_choice({"serial_port": str(link_path)})
+    agent = make_agent(reroute=serial_reroute(choice, reroute or RerouteOptions()))
     link = SerialLink(SerialSettings(str(link_path), **settings), agent.counters)  # type: ignore[arg-type]
-    agent.attach_serial(link)
+    agent.add_port(link)
     return agent, link
 
 
@@ -214,8 +216,9 @@ def test_ip_mode_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_bad_env_baudrate(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(BAUDRATE_ENV, "fast")
-    with pytest.raises(click.BadParameter, match=BAUDRATE_ENV):
+    with pytest.raises(SerialOptionError, match=BAUDRATE_ENV) as err:
         serial_choice({"serial_port": "/dev/ttyUSB0"})
+    assert err.value.option == "--baudrate"
 
 
 @pytest.mark.parametrize(
@@ -226,20 +229,24 @@ def test_serial_options_without_device(
     values: dict[str, object], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(SERIAL_PORT_ENV, raising=False)
-    with pytest.raises(click.UsageError, match="needs a serial device"):
+    with pytest.raises(SerialOptionError, match="needs a serial device") as err:
         serial_choice(values)
+    assert err.value.option is None
 
 
 def test_serial_and_reroute_if_conflict(tmp_path: Path) -> None:
     choice = serial_choice({"serial_port": str(tmp_path / "x")})
-    with pytest.raises(click.UsageError, match="--re-route-if"):
-        attach_serial(make_agent(), choice, RerouteOptions((CCCC,), "1", "eth1"))
+    with pytest.raises(SerialOptionError, match="--re-route-if"):
+        serial_reroute(choice, RerouteOptions((CCCC,), "1", "eth1"))
+    assert serial_reroute(choice, RerouteOptions((CCCC,))).port == "serial"
+    assert serial_reroute(None, RerouteOptions((CCCC,))).port is None
 
 
-def test_attach_missing_device_is_click_error(tmp_path: Path) -> None:
+def test_attach_missing_device_is_serial_port_error(tmp_path: Path) -> None:
     choice = serial_choice({"serial_port": str(tmp_path / "ttyUSB7")})
-    with pytest.raises(click.ClickException, match="does not exist"):
-        attach_serial(make_agent(), choice, RerouteOptions((CCCC,)))
+    assert choice is not None
+    with pytest.raises(SerialPortError, match="does not exist"):
+        serial_link(choice, make_agent().counters)
 
 
 # ----------------------------------------------------------------------------- the link
@@ -260,23 +267,26 @@ def test_attach_routes_prefixes_and_amends_plans(pty_path: tuple[Path, int]) -> 
     bus_plan = AddressPlan(
         parse_reroute_prefix("bbbb"), "5", None, (parse_reroute_prefix("dddd"),), "9", None
     )
-    amended = plan_for_serial(agent.opts.reroute.apply(bus_plan))
+    amended = agent.opts.reroute.apply(bus_plan)
     assert amended.reroute_prefixes == (CCCC,) and amended.reroute_host == "1"
-    assert routes(amended, serial=True) == {CCCC: "serial"}
-    plan_only, _ = serial_agent(link_path)
-    kept = plan_for_serial(plan_only.opts.reroute.apply(bus_plan))
+    assert routes(bus_plan, agent.opts.reroute) == {CCCC: "serial"}
+    plan_only, link_only = serial_agent(link_path)
+    kept = plan_only.opts.reroute.apply(bus_plan)
     assert kept.reroute_prefixes == bus_plan.reroute_prefixes
-    plan_only._add_routes(routes(kept, serial=True))
+    assert plan_only.switch.decide(ping6("dddd::1"), "bus") != "serial"  # not routed yet
+    plan_only._add_routes(routes(kept, plan_only.opts.reroute))
     assert plan_only.switch.decide(ping6("dddd::1"), "bus") == "serial"
+    assert link_only._answer == b"!P" + parse_reroute_prefix("dddd").network_address.packed[:8]
 
     # an interface named by a tun.start is ignored: the networks are behind the line
     eth = AddressPlan(
         parse_reroute_prefix("bbbb"), "5", None, (parse_reroute_prefix("eeee"),), None, "eth1"
     )
-    amended = plan_for_serial(eth)
-    assert amended.reroute_if is None
-    assert routes(eth, serial=True) == {parse_reroute_prefix("eeee"): "serial"}
-    assert routes(eth, serial=False) == {parse_reroute_prefix("eeee"): "eth1"}
+    assert plan_only.opts.reroute.apply(eth).reroute_if is None
+    assert routes(eth, plan_only.opts.reroute) == {parse_reroute_prefix("eeee"): "serial"}
+    assert routes(eth, RerouteOptions()) == {parse_reroute_prefix("eeee"): "eth1"}
+    assert routes(None, RerouteOptions((CCCC,), ifname="eth1")) == {CCCC: "eth1"}
+    assert routes(None, RerouteOptions((CCCC,))) == {}
 
 
 def test_frames_from_the_line(pty_path: tuple[Path, int]) -> None:

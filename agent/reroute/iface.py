@@ -48,7 +48,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -335,6 +335,9 @@ class IfacePort:
                 log.debug("route %s dev %s already gone: %s", net, self.ifname, exc)
                 continue
             log.info("route %s dev %s removed", net, self.ifname)
+
+    def routed(self, networks: Sequence[IPNetwork]) -> None:
+        """Nothing to do: the interface takes its networks from the plan (on-link routes)."""
 
     def flush(self) -> None:
         """Nothing waits: every send() is one sendto()."""

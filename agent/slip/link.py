@@ -50,7 +50,7 @@ class SerialLink:
 
     `check()` opens the device before the loop runs (a missing or busy device is a
     SerialPortError); the agent then `open()`s it (reading on its loop), tells it the
-    re-route networks (`set_prefixes`, for the ``?P`` answer) and `close()`s it.
+    re-route networks (`routed`, for the ``?P`` answer) and `close()`s it.
     """
 
     name = PORT_NAME
@@ -66,12 +66,12 @@ class SerialLink:
     def check(self) -> None:
         self.port.open()
 
-    def set_prefixes(self, networks: Sequence[IPNetwork]) -> None:
+    # -- the port interface --------------------------------------------------------------
+
+    def routed(self, networks: Sequence[IPNetwork]) -> None:
         """The networks behind the line: the first IPv6 one answers ``?P``."""
         announced = answer_prefix(networks)
         self._answer = prefix_answer(announced) if announced is not None else None
-
-    # -- the port interface --------------------------------------------------------------
 
     async def open(self, deliver: Deliver, key: str) -> None:
         self._deliver, self._key = deliver, key

@@ -1,26 +1,30 @@
-"""Command-line options of `agent connect` for a SLIP serial device, and their wiring.
+"""The `--serial-*` options of `agent connect`: validation and wiring, without click.
 
-cli.py applies `serial_options` to `connect` and passes the values on as keyword
-arguments; `serial_choice()` validates them (with the original agent's environment
-variables as fallbacks), then either `attach_serial()` adds the line to an Agent as its
-re-route port "serial" (IP mode) or `probe_runner()` builds the 802.15.4 probe.
+cli.py declares the options and passes their values on; `serial_choice()` validates them
+(with the original agent's environment variables as fallbacks), then either
+`serial_reroute()` makes the line the port of the re-route networks and `serial_link()`
+builds that port, "serial", which cli.py adds to the agent (IP mode), or
+`probe_runner()` builds the 802.15.4 probe. Bad values raise `SerialOptionError` (a
+ConfigError naming the option, if one), a device that cannot be opened SerialPortError;
+cli.py turns both into one line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import click
-
+from agent.config import ConfigError
 from agent.reroute.options import RerouteOptions
-from agent.slip.port import DEFAULT_BAUDRATE, SerialPortError, SerialSettings
+from agent.slip.port import DEFAULT_BAUDRATE, SerialSettings
+from agent.switch import SERIAL
 
 if TYPE_CHECKING:
-    from agent.node import Agent
+    from agent.counters import Counters
     from agent.slip.link import SerialLink
     from agent.url import Urls
 
@@ -32,44 +36,14 @@ MODE_IP = "ip"
 MODE_802154 = "802154"
 MIN_BAUD, MAX_BAUD = 50, 4_000_000
 
-serial_options = [
-    click.option(
-        "--serial-port",
-        default=None,
-        metavar="DEVICE",
-        help="Bridge a SLIP serial device, e.g. /dev/ttyUSB0 (802154 mode: default env "
-        f"{SERIAL_PORT_ENV}).",
-    ),
-    click.option(
-        "--baudrate",
-        type=click.IntRange(MIN_BAUD, MAX_BAUD),
-        default=None,
-        help=f"Serial line speed (default: env {BAUDRATE_ENV}, else {DEFAULT_BAUDRATE}).",
-    ),
-    click.option("--rtscts", is_flag=True, help="RTS/CTS (hardware) flow control on the line."),
-    click.option("--xonxoff", is_flag=True, help="XON/XOFF (software) flow control on the line."),
-    click.option(
-        "--slip-pace-us",
-        type=click.IntRange(0, 1_000_000),
-        default=0,
-        metavar="N",
-        help="Pause N microseconds between frames sent to the line, after each frame's "
-        "transmission time (for motes that drop back-to-back frames).",
-    ),
-    click.option(
-        "--slip-leading-end",
-        is_flag=True,
-        help="Start each frame with END too (RFC 1055 style; RIOT discards such frames).",
-    ),
-    click.option(
-        "--serial-mode",
-        type=click.Choice([MODE_IP, MODE_802154]),
-        default=MODE_IP,
-        show_default=True,
-        help="ip: IP packets in SLIP, the line is a re-route port; 802154: raw 802.15.4 "
-        "frames on the 802154.serial bus keys, no TUN.",
-    ),
-]
+
+
+class SerialOptionError(ConfigError):
+    """A serial option is not acceptable; `option` names it (None: a wrong combination)."""
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 @dataclass(frozen=True)
@@ -87,9 +61,8 @@ def _env_baudrate() -> int | None:
     except ValueError:
         value = -1
     if not MIN_BAUD <= value <= MAX_BAUD:
-        raise click.BadParameter(
-            f"{BAUDRATE_ENV}={raw!r} is not a baud rate ({MIN_BAUD}-{MAX_BAUD})",
-            param_hint="--baudrate",
+        raise SerialOptionError(
+            f"{BAUDRATE_ENV}={raw!r} is not a baud rate ({MIN_BAUD}-{MAX_BAUD})", "--baudrate"
         )
     return value
 
@@ -115,13 +88,13 @@ def serial_choice(values: dict[str, Any], mtu: int = 1500) -> SerialChoice | Non
         if mode == MODE_802154:
             given.insert(0, "--serial-mode 802154")
         if given:
-            raise click.UsageError(
+            raise SerialOptionError(
                 f"{', '.join(given)} needs a serial device: give --serial-port"
                 + (f" (or env {SERIAL_PORT_ENV})" if mode == MODE_802154 else "")
             )
         return None
     if not device or "\0" in device:
-        raise click.BadParameter(f"invalid serial device {device!r}", param_hint="--serial-port")
+        raise SerialOptionError(f"invalid serial device {device!r}", "--serial-port")
     baudrate = values.get("baudrate")
     if baudrate is None:
         baudrate = _env_baudrate() or DEFAULT_BAUDRATE
@@ -137,35 +110,26 @@ def serial_choice(values: dict[str, Any], mtu: int = 1500) -> SerialChoice | Non
     return SerialChoice(mode, settings)
 
 
-def attach_serial(
-    agent: Agent,
-    choice: SerialChoice | None,
-    reroute: RerouteOptions | None = None,
-) -> SerialLink | None:
-    """IP mode: open the device (a click error if it cannot be); the agent's port."""
-    if choice is None:
-        return None
-    reroute = reroute or RerouteOptions()
+def serial_reroute(choice: SerialChoice | None, reroute: RerouteOptions) -> RerouteOptions:
+    """The re-route options with the line as the port of the networks (IP mode)."""
+    if choice is None or choice.mode != MODE_IP:
+        return reroute
     if reroute.ifname is not None:
-        raise click.UsageError(
+        raise SerialOptionError(
             "--serial-port and --re-route-if both want the --re-route-prefix networks: "
             "give one of them (run two agents for two devices)"
         )
+    return dataclasses.replace(reroute, port=SERIAL)
+
+
+def serial_link(choice: SerialChoice, counters: Counters) -> SerialLink:
+    """IP mode: the port "serial", its device opened (SerialPortError if it cannot be)."""
     from agent.slip.link import SerialLink
 
-    link = SerialLink(choice.settings, agent.counters)
-    try:
-        link.check()
-    except SerialPortError as exc:
-        raise click.ClickException(str(exc)) from None
-    agent.attach_serial(link)
+    link = SerialLink(choice.settings, counters)
+    link.check()  # SerialPortError: missing, busy, not a tty
     s = choice.settings
     log.info("serial port %s open at %d baud (SLIP, IP mode)", s.device, s.baudrate)
-    if not reroute.prefixes:
-        log.warning(
-            "no --re-route-prefix: nothing is routed to the serial port until a tun.start "
-            "names one (packets from the line still reach the session)"
-        )
     return link
 
 
@@ -177,12 +141,9 @@ def probe_runner(
     ca_file: str | None,
     stats_interval: float,
 ) -> Coroutine[Any, Any, int]:
-    """802.15.4 mode: open the device (a click error if it cannot be); the probe's run()."""
+    """802.15.4 mode: open the device (SerialPortError if it cannot be); the probe's run()."""
     from agent.slip.probe import SerialProbe
 
     probe = SerialProbe(name, url, choice.settings, exchange, ca_file, stats_interval)
-    try:
-        probe.open()
-    except SerialPortError as exc:
-        raise click.ClickException(str(exc)) from None
+    probe.open()  # SerialPortError: missing, busy, not a tty
     return probe.run()
