@@ -24,6 +24,8 @@ from pathlib import Path
 import pika
 import pytest
 
+from tests.tools.proc import end_process
+
 ROOT = Path(__file__).resolve().parent.parent
 RUN_ID = uuid.uuid4().hex[:6]
 _counter = 0
@@ -160,13 +162,7 @@ class Proc:
     def stop(self, sig: int = signal.SIGINT, timeout: float = 5.0) -> tuple[int | None, float]:
         """Send sig; returns (exit code or None if it had to be killed, seconds taken)."""
         start = time.monotonic()
-        self.send(sig)
-        try:
-            code: int | None = self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
-            code = None
+        code = end_process(self.popen, sig, timeout)
         return code, time.monotonic() - start
 
     def wait(self, timeout: float = 15.0) -> int | None:

@@ -18,6 +18,7 @@ import pytest
 
 from agent.lossy import LOSSY_KEY
 from tests.conftest import ROOT, Session, needs_root, ns_run, ping, publish, wait_for
+from tests.tools.proc import end_process
 
 pytestmark = [pytest.mark.e2e, needs_root]
 
@@ -39,13 +40,7 @@ class CoapServer:
         return self.out.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end_process(self.proc)
         self._file.close()
 
 

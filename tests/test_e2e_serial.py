@@ -32,6 +32,7 @@ from tests.conftest import (
     tun_links,
     wait_for,
 )
+from tests.tools.proc import end_process
 
 pytestmark = [pytest.mark.e2e, needs_root]
 
@@ -68,13 +69,7 @@ class Socat:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        end_process(proc)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -102,13 +97,7 @@ class Peer:
         return bool(wait_for(lambda: rx.search(self.text()), timeout))
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end_process(self.proc)
         self._file.close()
 
 

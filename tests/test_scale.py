@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from collections import Counter
 
@@ -13,6 +12,7 @@ import pytest
 
 from agent import wire
 from agent.bus import CONTROL_QUEUE_ARGUMENTS, agent_queue, control_queue_name
+from bench.many_agents import pings as _pings
 from tests.conftest import Listener, Session, needs_root, ns_run, wait_for
 
 pytestmark = [pytest.mark.e2e, needs_root]
@@ -124,24 +124,6 @@ def test_announcement_survives_a_data_queue_full_of_packets(
     assert wait_for(lambda: "cccc::/64" in ns_run(ns, "ip", "-6", "route").stdout, 10), (
         proc.output
     )
-
-
-def _pings(jobs: list[tuple[str, str]], parallel: int = 16) -> list[tuple[str, str]]:
-    """Ping each (namespace, address) pair (2 echoes); the pairs that got no answer."""
-    failed: list[tuple[str, str]] = []
-    for i in range(0, len(jobs), parallel):
-        chunk = jobs[i : i + parallel]
-        running = [
-            subprocess.Popen(
-                ["ip", "netns", "exec", ns, "ping", "-6", "-c", "2", "-i", "0.2", "-W", "3", dst],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
-            for ns, dst in chunk
-        ]
-        for job, p in zip(chunk, running, strict=True):
-            if p.wait(timeout=30) != 0:
-                failed.append(job)
-    return failed
 
 
 def test_many_agents_reach_each_other_right_after_start(session: Session) -> None:

@@ -22,6 +22,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.tools.proc import end_process
+
 AMQP_PORTS = (5681, 5682, 5683)
 DIST_PORT_OFFSET = 20000  # 25681..25683
 NET_TICKTIME = 10
@@ -244,13 +246,7 @@ class PingLog:
         return sum(t > max(since, now - 1.0) for t in self.replies()) >= 5
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGINT)
-            try:
-                self.popen.wait(5)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        end_process(self.popen, signal.SIGINT)
         self._out.close()
 
 
