@@ -56,6 +56,21 @@ def wait_for(cond: Callable[[], object], timeout: float = 10.0, interval: float 
         time.sleep(interval)
 
 
+def read_at_least(fd: int, size: int, timeout: float = 5.0) -> bytes:
+    """What a non-blocking fd (a pty end) yields until size bytes came or timeout s passed."""
+    received = bytearray()
+
+    def read() -> bool:
+        try:
+            received.extend(os.read(fd, 4096))
+        except BlockingIOError:
+            pass
+        return len(received) >= size
+
+    wait_for(read, timeout)
+    return bytes(received)
+
+
 async def until(cond: Callable[[], object], timeout: float = 3.0) -> bool:
     """wait_for inside an event loop: True once cond() holds, False after timeout s."""
     deadline = time.monotonic() + timeout

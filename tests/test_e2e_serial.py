@@ -28,6 +28,7 @@ from tests.conftest import (
     needs_root,
     ns_run,
     ping,
+    read_at_least,
     run_example,
     tun_links,
     wait_for,
@@ -426,17 +427,8 @@ def test_802154_probe_mode(  # type: ignore[no-untyped-def]
             ),
         )
         lst.publish("toAgent.probe_1.802154.serial.packet.raw", b"not json")
-        received = bytearray()
-
-        def read() -> bool:
-            try:
-                received.extend(os.read(fd, 4096))
-            except BlockingIOError:
-                pass
-            return len(received) >= len(slip(down))
-
-        assert wait_for(read, 5), (bytes(received), agent.output)
-        assert bytes(received) == slip(down)
+        received = read_at_least(fd, len(slip(down)))
+        assert received == slip(down), (received, agent.output)
         assert agent.running()
         code, _ = agent.stop(signal.SIGINT)
         assert code == 0 and "Traceback" not in agent.output

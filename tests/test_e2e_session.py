@@ -22,7 +22,15 @@ import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
 from agent.session.mgmt import Management, MgmtError
-from tests.conftest import ROOT, Proc, _unique, broker_up, needs_root, ping, wait_for
+from tests.conftest import (
+    ROOT,
+    Proc,
+    _unique,
+    broker_up,
+    needs_root,
+    ping,
+    read_at_least,
+)
 
 pytestmark = [pytest.mark.e2e]
 
@@ -380,17 +388,8 @@ def test_802154_probe_with_an_agent_account(
                 pika.BasicProperties(content_type="application/json"))
         finally:
             conn.close()
-        received = bytearray()
-
-        def read() -> bool:
-            try:
-                received.extend(os.read(fd, 4096))
-            except BlockingIOError:
-                pass
-            return len(received) >= len(slip(down))
-
-        assert wait_for(read, 5), (bytes(received), probe.output)
-        assert bytes(received) == slip(down)
+        received = read_at_least(fd, len(slip(down)))
+        assert received == slip(down), (received, probe.output)
         assert probe.running() and "refused" not in probe.output, probe.output
     finally:
         os.close(fd)
