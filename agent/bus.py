@@ -36,6 +36,7 @@ from agent.amqpframes import (
     encode_properties,
 )
 from agent.failover import NodeOrder
+from agent.logs import labelled
 from agent.soon import Soon
 from agent.url import AmqpUrl, Urls, as_list
 from agent.wire import CONTENT_ENCODING, CONTENT_TYPE, FAST_CONTENT_TYPE
@@ -206,7 +207,9 @@ class Bus:
         on_fatal: Callable[[str], None],
         ca_file: str | None = None,
         on_standby: Callable[[], None] | None = None,
+        label: str = "",
     ) -> None:
+        self.log = labelled(log, label)  # label: the session, when a process serves several
         self.urls = as_list(url)
         self.order = NodeOrder(len(self.urls))
         self.exchange = exchange
@@ -259,7 +262,7 @@ class Bus:
         self._retry = None
         if self._closing:
             return
-        log.debug("connecting to %s", self.url.redacted())
+        self.log.debug("connecting to %s", self.url.redacted())
         self._conn = AsyncioConnection(
             self._params[self.order.index],
             on_open_callback=self._on_open,
@@ -286,7 +289,7 @@ class Bus:
         try:
             await asyncio.wait_for(self._closed.wait(), timeout)
         except TimeoutError:
-            log.debug("broker did not confirm the close in %.1f s", timeout)
+            self.log.debug("broker did not confirm the close in %.1f s", timeout)
 
     # -- connection callbacks ---------------------------------------------------------------
 
@@ -307,7 +310,7 @@ class Bus:
         if self._closing:
             return
         if was_up:
-            log.debug("connection closed: %s", exc)
+            self.log.debug("connection closed: %s", exc)
         self._lost(describe_error(exc, self.url), exc, was_up)
 
     def _lost(self, reason: str, exc: BaseException, was_up: bool = False) -> None:
@@ -325,11 +328,13 @@ class Bus:
             self._on_fatal("; ".join(self._first_errors) if several else reason)
             return
         if was_up:
-            log.warning("lost the broker at %s: %s; reconnecting", lost_at, reason)
+            self.log.warning("lost the broker at %s: %s; reconnecting", lost_at, reason)
         elif delay:
-            log.info("still no broker (%s); next try %s in %.1f s", reason, self.url.where, delay)
+            self.log.info(
+                "still no broker (%s); next try %s in %.1f s", reason, self.url.where, delay
+            )
         else:
-            log.info("%s; trying %s", reason, self.url.where)
+            self.log.info("%s; trying %s", reason, self.url.where)
         self._retry = asyncio.get_running_loop().call_later(delay, self._connect)
 
     def _on_channel(self, channel: Any) -> None:
@@ -381,7 +386,7 @@ class Bus:
                     self._on_fatal(f"broker refused a declaration: {exc.reply_text}")
                 self._safe_close()
                 return
-        log.warning("%s; reconnecting", reason)
+        self.log.warning("%s; reconnecting", reason)
         self._safe_close()
 
     def _wait_for_queue(self) -> None:
@@ -392,9 +397,12 @@ class Bus:
             if self._on_standby is not None:
                 self._on_standby()
             else:
-                log.warning("queue %s is held by another connection (our lost one, on a node "
-                            "not yet declared down?); waiting for it on %s",
-                            self.queue.name, self.url.where)
+                self.log.warning(
+                    "queue %s is held by another connection (our lost one, on a node "
+                    "not yet declared down?); waiting for it on %s",
+                    self.queue.name,
+                    self.url.where,
+                )
         conn = self._conn
 
         def retry() -> None:
@@ -463,10 +471,14 @@ class Bus:
         self.standby = False
         if self._ever_up:
             self.reconnects += 1
-            log.warning("broker connection restored: reconnected to %s", self.url.where)
+            self.log.warning("broker connection restored: reconnected to %s", self.url.where)
         elif len(self.urls) > 1:
-            log.info("connected to node %s (URL %d of %d)", self.url.where,
-                     self.order.index + 1, len(self.urls))
+            self.log.info(
+                "connected to node %s (URL %d of %d)",
+                self.url.where,
+                self.order.index + 1,
+                len(self.urls),
+            )
         self._ever_up = True
         self.order.connected()
         self._on_up()
@@ -511,7 +523,7 @@ class Bus:
         try:
             events = reader.feed(data)
         except FrameError as exc:
-            log.warning("unreadable data from the broker (%s); reconnecting", exc)
+            self.log.warning("unreadable data from the broker (%s); reconnecting", exc)
             self._reader = None
             pika_in.abort()
             return
@@ -522,7 +534,7 @@ class Bus:
                 try:
                     handler(event.routing_key, event.body, event.content_type)
                 except Exception:  # handlers catch their own; this is the last resort
-                    log.exception("error handling a message on %s", event.routing_key)
+                    self.log.exception("error handling a message on %s", event.routing_key)
             else:
                 pika_in.to_pika(event.raw)  # heartbeats, RPC replies, channel.close...
                 if conn is not self._conn or conn.is_closed or self._reader is not reader:

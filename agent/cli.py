@@ -32,7 +32,7 @@ from agent.slip.options import (
     SerialOptionError,
 )
 from agent.slip.port import DEFAULT_BAUDRATE
-from agent.url import AmqpUrl, UrlError, parse_urls, resolve_url
+from agent.url import AmqpUrl, UrlError, by_vhost, parse_urls, resolve_url
 
 log = logging.getLogger("agent")
 _EXCHANGE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,127}")
@@ -58,7 +58,9 @@ def setup_logging(verbose: int, quiet: int) -> None:
         logging.getLogger(noisy).setLevel(logging.CRITICAL if verbose < 3 else logging.DEBUG)
 
 
-def _url(url: tuple[str, ...] | str | None, url_file: str | None) -> list[AmqpUrl]:
+def _url(
+    url: tuple[str, ...] | str | None, url_file: str | None, one_vhost: bool = True
+) -> list[AmqpUrl]:
     if url_file:
         try:
             with open(url_file) as f:
@@ -68,7 +70,7 @@ def _url(url: tuple[str, ...] | str | None, url_file: str | None) -> list[AmqpUr
                 f"cannot read {url_file}: {exc.strerror}", param_hint="--url-file"
             ) from None
     try:
-        return parse_urls(resolve_url(url or None))
+        return parse_urls(resolve_url(url or None), one_vhost)
     except UrlError as exc:
         raise click.BadParameter(str(exc), param_hint="--url") from None
 
@@ -463,18 +465,25 @@ def router(
     verbose: int,
     quiet: int,
 ) -> None:
-    """Forward packets between the agents of a session."""
-    setup_logging(verbose, quiet)
-    amqp = _url(url, url_file)
-    from agent.router import Router, RoutingTable
+    """Forward packets between the agents of a session.
 
-    table = RoutingTable.with_links(links, mirror) if links else RoutingTable(mirrors=tuple(mirror))
-    _run(
-        lambda: Router(
-            amqp, exchange, table, ca_file=ca_file, stats_interval=stats,
-            fast_wire=wire == "auto",
-        ).run()
-    )
+    URLs that name different vhosts make one process route each of those sessions
+    (URLs of the same vhost are that session's failover list).
+    """
+    setup_logging(verbose, quiet)
+    sessions = by_vhost(_url(url, url_file, one_vhost=False))
+    from agent.router import Router, RouterSet, RoutingTable
+
+    def make(urls: list[AmqpUrl], **kwargs: Any) -> Router:
+        table = (
+            RoutingTable.with_links(links, mirror) if links else RoutingTable(mirrors=tuple(mirror))
+        )
+        return Router(urls, exchange, table, ca_file=ca_file, fast_wire=wire == "auto", **kwargs)
+
+    if len(sessions) == 1:
+        _run(lambda: make(sessions[0], stats_interval=stats).run())
+    else:
+        _run(lambda: RouterSet(sessions, make, stats_interval=stats).run())
 
 
 def _filter(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:

@@ -5,10 +5,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
-import secrets
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,9 +24,10 @@ from agent.ipheader import (
     source,
     to_address,
 )
+from agent.logs import labelled
 from agent.lossy import LOSSY_KEY, LossyCommandError, LossyLink, packets_to_drop_in
 from agent.service import Service
-from agent.url import Urls
+from agent.url import AmqpUrl, Urls
 
 log = logging.getLogger(__name__)
 trace = logging.getLogger("agent.packets")
@@ -138,8 +140,13 @@ class Router(Service):
         ca_file: str | None = None,
         stats_interval: float = 0.0,
         fast_wire: bool = True,
+        label: str = "",
+        on_fatal: Callable[[str], None] | None = None,
     ) -> None:
-        super().__init__(log, stats_interval)
+        """label: the session, in every log line (a RouterSet serves several); on_fatal:
+        what ends the run on a fatal error (default: this router's own run)."""
+        super().__init__(labelled(log, label), stats_interval)
+        self.label = label
         self.url = url
         self.table = table or RoutingTable()
         self.fast_wire = fast_wire  # offer our fast wire to agents that announce it
@@ -160,9 +167,10 @@ class Router(Service):
             ),
             on_message=self._on_message,
             on_up=self._on_up,
-            on_fatal=self.on_fatal,
+            on_fatal=on_fatal or self.on_fatal,
             ca_file=ca_file,
             on_standby=self._on_standby,
+            label=label,
         )
         # downlink batches are sent when the bus sends (after each read from the broker,
         # same loop turn): the packets of several uplink messages for one target share one
@@ -173,7 +181,7 @@ class Router(Service):
     async def start(self) -> None:
         if trace.isEnabledFor(logging.INFO):
             import agent.taps  # noqa: F401  (-v: load Scapy now, not on the first packet)
-        log.info("connecting to %s", self.bus.url.redacted())
+        self.log.info("connecting to %s", self.bus.url.redacted())
         self.bus.start()
 
     async def cleanup(self) -> None:
@@ -189,13 +197,15 @@ class Router(Service):
     def _on_up(self) -> None:
         # a new epoch on every connection: agents answer it once with their tun.started
         # (our queue is new, what they said while we were away is lost)
-        self._epoch = secrets.token_hex(6)
+        self._epoch = os.urandom(6).hex()  # what secrets.token_hex does, without hashlib's RSS
         self._announce()
-        log.info("active on %s; announced as %s", self.bus.url.where, wire.ROUTER_COMPONENT)
+        self.log.info("active on %s; announced as %s", self.bus.url.where, wire.ROUTER_COMPONENT)
 
     def _on_standby(self) -> None:
-        log.info("another router is active on this vhost; standing by on %s to take over "
-                    "when it goes", self.bus.url.where)
+        self.log.info(
+            "another router is active on this vhost; standing by on %s to take over when it goes",
+            self.bus.url.where,
+        )
 
     def _on_message(self, key: str, body: bytes, content_type: str | None) -> None:
         agent: str | None = None
@@ -218,7 +228,7 @@ class Router(Service):
                     self.table.learn_started(agent, msg.fields)
                 except ConfigError as exc:
                     raise wire.WireError(f"invalid tun.started: {exc}") from None
-                log.info("learned %s", agent)
+                self.log.info("learned %s", agent)
                 self._learn_wire(agent, msg)
             elif isinstance(msg, wire.LossyLinkStart):
                 self._on_lossy(msg)
@@ -226,22 +236,23 @@ class Router(Service):
                 raise wire.WireError(f"unexpected routing key {key!r}")
         except wire.WireError as exc:
             self.counters.drop(exc.reason)
-            log.warning("dropped a message from %s: %s", agent or wire.topic(key).agent or key, exc)
+            who = agent or wire.topic(key).agent or key
+            self.log.warning("dropped a message from %s: %s", who, exc)
         except Exception:
             self.counters.drop("error")
-            log.exception("error handling a message on %s", key)
+            self.log.exception("error handling a message on %s", key)
 
     def _on_lossy(self, msg: wire.LossyLinkStart) -> None:
         try:
             count = packets_to_drop_in(msg.body)
         except LossyCommandError as exc:
             self.counters.drop("bad lossy command")
-            log.warning("ignored %s: %s", LOSSY_KEY, exc)
+            self.log.warning("ignored %s: %s", LOSSY_KEY, exc)
             return
         if self.lossy.pending:
-            log.info("lossy link: %d packet(s) were still to drop", self.lossy.pending)
+            self.log.info("lossy link: %d packet(s) were still to drop", self.lossy.pending)
         self.lossy.start(count)
-        log.info("lossy link: dropping the next %d packet(s) from any agent", count)
+        self.log.info("lossy link: dropping the next %d packet(s) from any agent", count)
 
     def _learn_wire(self, agent: str, msg: wire.TunStarted) -> None:
         """Which wire to send this agent; tell a newly fast agent that we read it too."""
@@ -270,17 +281,21 @@ class Router(Service):
                 whole = wire.decode_packet(json_body) if json_body else packet
                 trace.info("%s > - (lossy link, dropped)  %s", agent, summarize(whole))
             if not self.lossy.pending:
-                log.info("lossy link: dropped %d packet(s); forwarding again", self.lossy.dropped)
+                self.log.info(
+                    "lossy link: dropped %d packet(s); forwarding again", self.lossy.dropped
+                )
             return
         table = self.table
         if not table.check_source(agent, packet):
             self.counters.drop(f"spoofed by {agent}")
             if trace.isEnabledFor(logging.INFO):
-                _trace(agent, None, wire.decode_packet(json_body) if json_body else packet)
+                whole = wire.decode_packet(json_body) if json_body else packet
+                _trace(self.label, agent, None, whole)
             return
         targets = table.targets(agent, packet)
         if trace.isEnabledFor(logging.INFO):
-            _trace(agent, targets, wire.decode_packet(json_body) if json_body else packet)
+            whole = wire.decode_packet(json_body) if json_body else packet
+            _trace(self.label, agent, targets, whole)
         if not targets:
             self.counters.drop("no route")
             return
@@ -315,8 +330,52 @@ class Router(Service):
                     self.counters.drops[self.bus.drop_reason or "bus down"] += count
 
 
-def _trace(agent: str, targets: list[str] | None, packet: bytes) -> None:
+def _trace(label: str, agent: str, targets: list[str] | None, packet: bytes) -> None:
     """The router's -v line for one packet (only called when -v is on)."""
     from agent.taps import router_line
 
-    trace.info("%s", router_line(agent, targets, packet))
+    line = router_line(agent, targets, packet)
+    trace.info("[%s] %s", label, line) if label else trace.info("%s", line)
+
+
+class RouterSet(Service):
+    """Several sessions routed by one process (`agent router` given URLs of several vhosts).
+
+    Each session keeps what a router of its own would have: its connection (and failover
+    list), its exclusive queue, its routing table, its counters and standby logic; only
+    the process and its event loop are shared. Log lines start with "[vhost] ". A fatal
+    error in any session (a refused login, a missing permission) ends the process, as it
+    would end a router of its own: it is a setting to fix, not a passing fault.
+    """
+
+    def __init__(
+        self,
+        sessions: list[list[AmqpUrl]],
+        make: Callable[..., Router],
+        stats_interval: float = 0.0,
+    ) -> None:
+        super().__init__(log, stats_interval)
+        self.routers = [
+            make(urls, label=urls[0].vhost, on_fatal=self._fatal_in(urls[0].vhost))
+            for urls in sessions
+        ]
+
+    def _fatal_in(self, label: str) -> Callable[[str], None]:
+        return lambda reason: self.on_fatal(f"session {label}: {reason}")
+
+    async def start(self) -> None:
+        log.info("routing %d sessions: %s", len(self.routers),
+                 ", ".join(r.label for r in self.routers))
+        for router in self.routers:
+            await router.start()
+
+    async def cleanup(self) -> None:
+        await asyncio.gather(*(router.cleanup() for router in self.routers))
+        if not self._fatal:
+            for router in self.routers:
+                if router.counters.packets or router.counters.drops:
+                    router.log.info("counters:\n%s", router.counters.table())
+
+    def print_status(self) -> None:
+        for router in self.routers:
+            router.print_status()

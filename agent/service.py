@@ -22,7 +22,9 @@ class Service:
     # exceptions from start() that are a user-facing error (one line, exit 1)
     fatal_errors: tuple[type[Exception], ...] = ()
 
-    def __init__(self, log: logging.Logger, stats_interval: float = 0.0) -> None:
+    def __init__(
+        self, log: logging.Logger | logging.LoggerAdapter, stats_interval: float = 0.0  # type: ignore[type-arg]
+    ) -> None:
         self.log = log
         self.counters = Counters()
         self.stats_interval = stats_interval

@@ -61,9 +61,7 @@ def as_list(urls: Urls) -> list[AmqpUrl]:
     return [urls] if isinstance(urls, AmqpUrl) else list(urls)
 
 
-def resolve_url(
-    cli_value: str | Sequence[str] | None, env: dict[str, str] | None = None
-) -> str:
+def resolve_url(cli_value: str | Sequence[str] | None, env: dict[str, str] | None = None) -> str:
     """--url (each may be a ';' list), else env AMQP_URL, else the local default."""
     env = os.environ if env is None else env
     if cli_value is not None and not isinstance(cli_value, str):
@@ -71,11 +69,12 @@ def resolve_url(
     return cli_value or env.get("AMQP_URL") or DEFAULT_URL
 
 
-def parse_urls(text: str) -> list[AmqpUrl]:
+def parse_urls(text: str, one_vhost: bool = True) -> list[AmqpUrl]:
     """Several complete URLs separated by ';' (kombu's failover convention).
 
     Blank entries are skipped, duplicates dropped (the first stays), and all must name
-    the same vhost (one session). An error names the entry by position, password masked.
+    the same vhost (one session) unless one_vhost is False (the router: see by_vhost).
+    An error names the entry by position, password masked.
     """
     entries = [e.strip() for e in text.split(";")] if isinstance(text, str) else []
     entries = [e for e in entries if e]
@@ -87,7 +86,7 @@ def parse_urls(text: str) -> list[AmqpUrl]:
             url = parse_url(entry)
         except UrlError as exc:
             raise UrlError(f"AMQP URL {i} of {len(entries)} ({mask(entry)}): {exc}") from None
-        if urls and url.vhost != urls[0].vhost:
+        if one_vhost and urls and url.vhost != urls[0].vhost:
             raise UrlError(
                 f"AMQP URL {i} of {len(entries)} ({url.redacted()}) names vhost {url.vhost!r}, "
                 f"URL 1 vhost {urls[0].vhost!r}: all URLs of a list must name the same vhost"
@@ -95,6 +94,15 @@ def parse_urls(text: str) -> list[AmqpUrl]:
         if url not in urls:
             urls.append(url)
     return urls
+
+
+def by_vhost(urls: Sequence[AmqpUrl]) -> list[list[AmqpUrl]]:
+    """The URLs grouped by the vhost (session) they name, in order of first mention:
+    each group is one session's failover list."""
+    groups: dict[str, list[AmqpUrl]] = {}
+    for url in urls:
+        groups.setdefault(url.vhost, []).append(url)
+    return list(groups.values())
 
 
 def mask(entry: str) -> str:

@@ -99,8 +99,28 @@ def _counter(d: dict[str, Any], name: str, pred: Any) -> int:
     return sum(v for k, v in counters.items() if pred(k))
 
 
-def iperf3_together(tunnels: list[Tunnel], cc: str, seconds: float) -> list[dict[str, Any]]:
-    """iperf3 TCP agent_1 -> agent_2 in each session, all at once; Mbit/s or an error each."""
+_SS_FIELDS = re.compile(
+    r"\b(rtt|cwnd|ssthresh|delivery_rate|pacing_rate|busy|rwnd_limited|sndbuf_limited|unacked)"
+    r"[: ]([^ ]+)"
+)
+
+
+def tcp_state(ns: str) -> dict[str, str]:
+    """The iperf3 data flow's TCP state in ns (`ss -tin`): rtt, cwnd, what limits it."""
+    r = run(netns_exec(ns, "ss", "-Htin", "dport", f"= :{IPERF_PORT}"), timeout=10)
+    best: dict[str, str] = {}
+    for flow in re.split(r"\n(?=\S)", r.stdout.strip()):
+        fields = dict(_SS_FIELDS.findall(flow))
+        if "cwnd" in fields and int(fields.get("unacked", "0")) >= int(best.get("unacked", "-1")):
+            best = fields  # the data flow, not iperf3's control connection
+    return best
+
+
+def iperf3_together(
+    tunnels: list[Tunnel], cc: str, seconds: float, tcp: list[dict[str, str]] | None = None
+) -> list[dict[str, Any]]:
+    """iperf3 TCP agent_1 -> agent_2 in each session, all at once; Mbit/s or an error each.
+    tcp: filled with each sender's TCP state (tcp_state) half way through."""
     with Stack() as local:
         for t in tunnels:
             start_iperf3_server(local, t.ns_b, t.logdir)
@@ -114,6 +134,9 @@ def iperf3_together(tunnels: list[Tunnel], cc: str, seconds: float) -> list[dict
             for t in tunnels
         ]
         local.push("stop iperf3 clients", lambda: [c.kill() for c in clients if c.poll() is None])
+        if tcp is not None:
+            time.sleep(seconds / 2)
+            tcp.extend(tcp_state(t.ns_a) for t in tunnels)
         out = []
         for c in clients:
             stdout, stderr = c.communicate(timeout=seconds + 30)
@@ -139,7 +162,8 @@ def measure_round(
     """iperf3 TCP in every given session at once; throughput, batching, CPU per packet."""
     before: list[Sample] = [t.sample() for t in tunnels]
     cpu0, t0 = cpu_times(), time.monotonic()
-    results = iperf3_together(tunnels, cc, seconds)
+    tcp: list[dict[str, str]] = []
+    results = iperf3_together(tunnels, cc, seconds, tcp)
     idle = idle_pct(cpu0, cpu_times())
     took = time.monotonic() - t0
     for t in tunnels:
@@ -175,6 +199,7 @@ def measure_round(
         "downlink_packets_per_message": round(down_pkts / down_msgs, 2) if down_msgs else None,
         "cpu_us_per_packet": {k: (round(v, 2) if v is not None else None) for k, v in us.items()},
         "machine_idle_pct": round(idle, 1) if idle is not None else None,
+        "tcp_mid_round": tcp,
         "loadavg_after": loadavg(),
     }
 

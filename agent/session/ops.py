@@ -9,7 +9,6 @@ with permissions on its vhost.
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +110,8 @@ def _make(
 ) -> list[Made]:
     made = []
     for g in grants:
+        import secrets  # here: hashlib/OpenSSL only for `agent session`, not in every agent
+
         password = secrets.token_urlsafe(PASSWORD_BYTES)
         mgmt.put_user(g.user, password)
         mgmt.put_permissions(session, g.user, g.configure, g.write, g.read)
