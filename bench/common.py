@@ -329,15 +329,17 @@ def parse_status(line: str) -> dict[str, int]:
     return out
 
 
-def request_status(proc: Proc, timeout: float = 3.0) -> dict[str, int] | None:
-    """kill -USR1 the process and read the `status:` line it logs (None if none comes)."""
-    before = proc.text().count("status:")
+def request_status(proc: Proc, timeout: float = 3.0, label: str = "") -> dict[str, int] | None:
+    """kill -USR1 the process and read the `status:` line it logs (None if none comes).
+    label: a router serving several sessions logs one line per session, "[label] status:"."""
+    mark = f"[{label}] status:" if label else "status:"
+    before = proc.text().count(mark)
     if not proc.alive():
         return None
     os.kill(proc.pid, signal.SIGUSR1)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        lines = [ln for ln in proc.text().splitlines() if "status:" in ln]
+        lines = [ln for ln in proc.text().splitlines() if mark in ln]
         if len(lines) > before:
             return parse_status(lines[-1].split("status:", 1)[1])
         time.sleep(0.02)

@@ -64,14 +64,22 @@ class Tunnel:
     broker_pid: int | None = None
     procs: dict[str, Proc] = field(default_factory=dict)
     python: list[str] = field(default_factory=list)  # how to run the agent; [] is this tree's
+    # a router serving several sessions, started by the caller (None: this tunnel starts
+    # its own); its lines about this session start with "[label] " (label: the vhost)
+    shared_router: Proc | None = None
+    label: str = ""
 
     def start(self, timeout: float = 30.0) -> float:
         """Start router and agents, wait until a ping crosses; returns the seconds it took."""
         t0 = time.monotonic()
         py = self.python or [sys.executable, "-m", "agent"]
-        self.procs["router"] = Proc(
-            self.stack, "router", py + ["router", "--url", self.url], self.logdir
-        )
+        if self.shared_router is not None:
+            self.procs["router"] = self.shared_router
+        else:
+            self.procs["router"] = Proc(
+                self.stack, "router", py + ["router", "--url", self.url], self.logdir
+            )
+        learned = f"[{self.label}] learned" if self.shared_router is not None else "learned"
         for name, ns in (("agent_1", self.ns_a), ("agent_2", self.ns_b)):
             argv = py + ["connect", "--name", name, "--netns", ns, "--url", self.url]
             self.procs[name] = Proc(self.stack, name, argv + self.wire_args, self.logdir)
@@ -80,8 +88,8 @@ class Tunnel:
         def ready() -> bool:
             router = self.procs["router"].text()
             return (
-                "learned agent_1" in router
-                and "learned agent_2" in router
+                f"{learned} agent_1" in router
+                and f"{learned} agent_2" in router
                 and all("published ready" in self.procs[a].text() for a in ("agent_1", "agent_2"))
             )
 
@@ -127,6 +135,8 @@ class Tunnel:
     def stop(self) -> dict[str, int | None]:
         codes = {}
         for name in ("agent_1", "agent_2", "router"):
+            if name == "router" and self.shared_router is not None:
+                continue  # its starter stops it
             if name in self.procs:
                 codes[name] = self.procs[name].stop()
         return codes
@@ -137,11 +147,14 @@ class Tunnel:
         packets: dict[str, int | None] = {}
         raw: dict[str, dict[str, int] | None] = {}
         for name, proc in self.procs.items():
-            raw[name] = counters = request_status(proc)
+            raw[name] = counters = request_status(proc, label=self._label(name))
             packets[name] = None if counters is None else packet_count(name, counters)
         cpu = {name: cpu_seconds(p.pid) for name, p in self.procs.items()}
         cpu["broker"] = cpu_seconds(self.broker_pid)
         return Sample(time.monotonic(), cpu, packets, raw)
+
+    def _label(self, name: str) -> str:
+        return self.label if name == "router" and self.shared_router is not None else ""
 
     def settle(self, max_wait: float = 6.0) -> None:
         """Wait until no process's packet count moves (queues drained; their TTL is 5 s)."""
@@ -150,7 +163,7 @@ class Tunnel:
         while time.monotonic() < deadline:
             counts = []
             for name, proc in self.procs.items():
-                status = request_status(proc)
+                status = request_status(proc, label=self._label(name))
                 counts.append(None if status is None else packet_count(name, status))
             if None not in counts and counts == last:
                 return

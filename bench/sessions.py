@@ -1,7 +1,8 @@
 """Sessions side by side on one broker host: throughput, batching and CPU per packet.
 
     sudo .venv/bin/python -m bench.sessions [--sessions 1,2,4,8] [--cc bbr,cubic]
-        [--seconds 8] [--tree DIR] [--old-tree DIR] [--pings 200] [--json FILE] [--logs DIR]
+        [--seconds 8] [--tree DIR] [--old-tree DIR] [--pings 200] [--shared-router]
+        [--json FILE] [--logs DIR]
 
 Each session is what a new user makes: its own vhost, `agent router`, two agents with
 their TUNs in namespaces of their own (bench.rig.Tunnel). For each congestion control
@@ -12,6 +13,12 @@ downlink), CPU microseconds per packet (agents, routers, broker: utime+stime fro
 /proc/PID/stat, per packet arriving at a router), and the machine's idle share during the
 round (/proc/stat, as vmstat's `id`), since other work on the host moves every figure.
 The broker is the host's RabbitMQ: its CPU includes anything else using it meanwhile.
+
+--shared-router: one `agent router` process serves all the sessions (URLs of every vhost)
+instead of one router process per session; its CPU is counted once.
+
+Also recorded per round: each iperf3 sender's TCP state half way through (`ss -tin`: rtt,
+cwnd, what limits it), which shows whether the flows are window-limited behind a slow path.
 
 --old-tree DIR: one more session run by the agent code in DIR (e.g. `git archive` of an
 older commit) to measure ping p50 on an idle session, new and old alternately in this run.
@@ -31,6 +38,7 @@ from typing import Any
 
 from bench.common import (
     IPERF_PORT,
+    Proc,
     Stack,
     log,
     make_netns,
@@ -82,16 +90,35 @@ def loadavg() -> str:
 
 
 def open_session(
-    stack: Stack, tag: str, logdir: Path, python: list[str], bpid: int | None
+    stack: Stack, tag: str, logdir: Path, python: list[str], bpid: int | None,
+    url: str | None = None, router: Proc | None = None,
 ) -> Tunnel:
-    url = make_vhost(stack, tag)
+    """A session on vhost tag (made here unless url is given), with its own router
+    unless router (one serving several sessions) is given."""
+    url = url or make_vhost(stack, tag)
     ns_a = make_netns(stack, f"{tag}a")
     ns_b = make_netns(stack, f"{tag}b")
     sdir = logdir / tag
     sdir.mkdir(parents=True, exist_ok=True)
-    tunnel = Tunnel(stack, url, ns_a, ns_b, sdir, [], bpid, python=python)
+    tunnel = Tunnel(stack, url, ns_a, ns_b, sdir, [], bpid, python=python,
+                    shared_router=router, label=tag if router is not None else "")
     tunnel.start(timeout=60)
     return tunnel
+
+
+def open_sessions(
+    stack: Stack, tags: list[str], logdir: Path, python: list[str], bpid: int | None,
+    shared_router: bool,
+) -> list[Tunnel]:
+    if not shared_router:
+        return [open_session(stack, tag, logdir, python, bpid) for tag in tags]
+    urls = [make_vhost(stack, tag) for tag in tags]
+    argv = python + ["router"] + [a for url in urls for a in ("--url", url)]
+    router = Proc(stack, "router", argv, logdir)
+    return [
+        open_session(stack, tag, logdir, python, bpid, url, router)
+        for tag, url in zip(tags, urls, strict=True)
+    ]
 
 
 def _counter(d: dict[str, Any], name: str, pred: Any) -> int:
@@ -176,11 +203,14 @@ def measure_round(
     for d in deltas:
         for name in ("agent_1", "agent_2"):
             cpu["agents"] += d.get(name, {}).get("cpu_s") or 0.0
-        cpu["routers"] += d.get("router", {}).get("cpu_s") or 0.0
+        if tunnels[0].shared_router is None:  # else one process: counted once, below
+            cpu["routers"] += d.get("router", {}).get("cpu_s") or 0.0
         packets += d.get("router", {}).get("packets") or 0
         up_msgs += _counter(d, "router", lambda k: k in ("rx fast", "rx json"))
         down_msgs += _counter(d, "router", lambda k: k in ("tx fast", "tx json"))
         down_pkts += _counter(d, "router", lambda k: k.startswith(">"))
+    if deltas and tunnels[0].shared_router is not None:
+        cpu["routers"] = deltas[0].get("router", {}).get("cpu_s") or 0.0
     broker_cpu = deltas[0].get("broker", {}).get("cpu_s") if deltas else None
     cpu["broker"] = broker_cpu or 0.0
     us = {k: (v * 1e6 / packets if packets else None) for k, v in cpu.items()}
@@ -222,8 +252,12 @@ def idle_pings(new: Tunnel, old: Tunnel | None, count: int, rounds: int = 3) -> 
 
 def rss(tunnels: list[Tunnel]) -> dict[str, list[int | None]]:
     out: dict[str, list[int | None]] = {"agent": [], "router": []}
+    seen: set[int] = set()
     for t in tunnels:
         for name, p in t.procs.items():
+            if p.pid in seen:  # a router serving several sessions
+                continue
+            seen.add(p.pid)
             kb = rss_kb(p.pid)
             out["router" if name == "router" else "agent"].append(kb // 1024 if kb else None)
     return out
@@ -234,14 +268,16 @@ def bench(args: argparse.Namespace, stack: Stack, logdir: Path) -> dict[str, Any
     tag = f"s12b{os.getpid() % 100000}"
     bpid = broker_pid()
     log(f"broker pid {bpid}; starting {max(counts)} sessions; load {loadavg()}")
-    tunnels = [
-        open_session(stack, f"{tag}n{i}", logdir, agent_command(args.tree), bpid)
-        for i in range(max(counts))
-    ]
+    tags = [f"{tag}n{i}" for i in range(max(counts))]
+    tunnels = open_sessions(
+        stack, tags, logdir, agent_command(args.tree), bpid, args.shared_router
+    )
     old = None
     if args.old_tree:
         old = open_session(stack, f"{tag}o", logdir, agent_command(args.old_tree), bpid)
-    result: dict[str, Any] = {"rounds": [], "loadavg_start": loadavg()}
+    result: dict[str, Any] = {
+        "rounds": [], "loadavg_start": loadavg(), "shared_router": args.shared_router
+    }
     log("idle ping, new vs old")
     result["idle_ping"] = idle_pings(tunnels[0], old, args.pings)
     for cc in args.cc.split(","):
@@ -294,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pings", type=int, default=200, help="echoes per idle ping round")
     ap.add_argument("--tree", help="agent code to measure (a directory; default this checkout)")
     ap.add_argument("--old-tree", help="agent code to compare idle ping with (a directory)")
+    ap.add_argument("--shared-router", action="store_true",
+                    help="one `agent router` process for all the sessions (else one each)")
     ap.add_argument("--json", help="write the raw result here")
     ap.add_argument("--logs", help="keep the processes' logs in this directory")
     args = ap.parse_args(argv)
