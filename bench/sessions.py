@@ -10,8 +10,10 @@ their TUNs in namespaces of their own (bench.rig.Tunnel). For each congestion co
 sessions at once. Reported per round: aggregate and per-session Mbit/s, slowest/fastest,
 packets per bus message (agents' uplink, as the router receives them; the router's
 downlink), CPU microseconds per packet (agents, routers, broker: utime+stime from
-/proc/PID/stat, per packet arriving at a router), and the machine's idle share during the
-round (/proc/stat, as vmstat's `id`), since other work on the host moves every figure.
+/proc/PID/stat, per packet arriving at a router), the machine's idle share during the
+round (/proc/stat, as vmstat's `id`), since other work on the host moves every figure,
+and the broker's threads' time on a CPU and time runnable but waiting for one (ms per
+second, /proc/PID/task/*/schedstat: a broker starved of CPU delays every message).
 The broker is the host's RabbitMQ: its CPU includes anything else using it meanwhile.
 
 --shared-router: one `agent router` process serves all the sessions (URLs of every vhost)
@@ -77,6 +79,25 @@ def cpu_times() -> tuple[int, int]:
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
     return fields[3] + fields[4], sum(fields[:8])
+
+
+def sched_ns(pid: int | None) -> tuple[int, int]:
+    """(on a CPU, runnable but waiting for one) ns, summed over pid's threads (schedstat)."""
+    run = wait = 0
+    if pid is None:
+        return 0, 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0, 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                fields = f.read().split()
+            run, wait = run + int(fields[0]), wait + int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return run, wait
 
 
 def idle_pct(a: tuple[int, int], b: tuple[int, int]) -> float | None:
@@ -188,11 +209,16 @@ def measure_round(
 ) -> dict[str, Any]:
     """iperf3 TCP in every given session at once; throughput, batching, CPU per packet."""
     before: list[Sample] = [t.sample() for t in tunnels]
-    cpu0, t0 = cpu_times(), time.monotonic()
+    bpid = tunnels[0].broker_pid if tunnels else None
+    cpu0, t0, b0 = cpu_times(), time.monotonic(), sched_ns(bpid)
     tcp: list[dict[str, str]] = []
     results = iperf3_together(tunnels, cc, seconds, tcp)
     idle = idle_pct(cpu0, cpu_times())
     took = time.monotonic() - t0
+    b1 = sched_ns(bpid)
+    # the broker's threads: time on a CPU and time runnable but waiting for one (ms per s)
+    broker_sched = {"run_ms_per_s": round((b1[0] - b0[0]) / 1e6 / took),
+                    "wait_ms_per_s": round((b1[1] - b0[1]) / 1e6 / took)}
     for t in tunnels:
         t.settle(3.0)
     after = [t.sample() for t in tunnels]
@@ -230,6 +256,7 @@ def measure_round(
         "cpu_us_per_packet": {k: (round(v, 2) if v is not None else None) for k, v in us.items()},
         "machine_idle_pct": round(idle, 1) if idle is not None else None,
         "tcp_mid_round": tcp,
+        "broker_sched": broker_sched,
         "loadavg_after": loadavg(),
     }
 
@@ -291,6 +318,10 @@ def bench(args: argparse.Namespace, stack: Stack, logdir: Path) -> dict[str, Any
     return result
 
 
+def _median(values: list[float]) -> float | None:
+    return sorted(values)[len(values) // 2] if values else None
+
+
 def render(result: dict[str, Any]) -> str:
     rows = []
     base: dict[str, dict[str, Any]] = {}
@@ -308,9 +339,12 @@ def render(result: dict[str, Any]) -> str:
             r["slowest_fastest"], r["uplink_packets_per_message"],
             r["downlink_packets_per_message"], us["agents"], us["routers"], us["broker"],
             us["total"], ratio, r["machine_idle_pct"],
+            _median([float(t["rtt"].split("/")[0]) for t in r["tcp_mid_round"] if "rtt" in t]),
+            r["broker_sched"]["run_ms_per_s"], r["broker_sched"]["wait_ms_per_s"],
         ])
     header = ["cc", "sessions", "Mbit/s", "/one", "slow/fast", "pkt/msg up", "pkt/msg down",
-              "us/pkt agents", "routers", "broker", "total", "/one", "idle %"]
+              "us/pkt agents", "routers", "broker", "total", "/one", "idle %", "rtt ms",
+              "broker run", "broker wait"]
     lines = [table(header, rows)]
     ping_rows = []
     for label, runs in result["idle_ping"].items():
