@@ -2,7 +2,7 @@
 
     sudo .venv/bin/python -m bench.sessions [--sessions 1,2,4,8] [--cc bbr,cubic]
         [--seconds 8] [--tree DIR] [--old-tree DIR] [--pings 200] [--shared-router]
-        [--json FILE] [--logs DIR]
+        [--broker-nice N] [--json FILE] [--logs DIR]
 
 Each session is what a new user makes: its own vhost, `agent router`, two agents with
 their TUNs in namespaces of their own (bench.rig.Tunnel). For each congestion control
@@ -21,6 +21,12 @@ instead of one router process per session; its CPU is counted once.
 
 Also recorded per round: each iperf3 sender's TCP state half way through (`ss -tin`: rtt,
 cwnd, what limits it), which shows whether the flows are window-limited behind a slow path.
+
+--broker-nice N: the broker's autogroup nice value during the run (restored afterwards).
+Linux gives each session (autogroup) an equal CPU share when the cores are busy; every
+agent and router started on its own (a terminal, a service) is one, the broker another,
+so 24 tunnel processes leave the broker, through which every packet passes, a small share.
+-10 gives the broker precedence, as a broker host should (docs/scale.md).
 
 --old-tree DIR: one more session run by the agent code in DIR (e.g. `git archive` of an
 older commit) to measure ping p50 on an idle session, new and old alternately in this run.
@@ -129,13 +135,15 @@ def open_session(
 
 def open_sessions(
     stack: Stack, tags: list[str], logdir: Path, python: list[str], bpid: int | None,
-    shared_router: bool,
+    shared_router: bool, router_nice: int | None = None,
 ) -> list[Tunnel]:
     if not shared_router:
         return [open_session(stack, tag, logdir, python, bpid) for tag in tags]
     urls = [make_vhost(stack, tag) for tag in tags]
     argv = python + ["router"] + [a for url in urls for a in ("--url", url)]
     router = Proc(stack, "router", argv, logdir)
+    if router_nice is not None:  # a broker host's service, like the broker
+        set_autogroup_nice(router.pid, router_nice)
     return [
         open_session(stack, tag, logdir, python, bpid, url, router)
         for tag, url in zip(tags, urls, strict=True)
@@ -290,20 +298,43 @@ def rss(tunnels: list[Tunnel]) -> dict[str, list[int | None]]:
     return out
 
 
+def autogroup_nice(pid: int) -> int | None:
+    """The nice value of pid's autogroup (the scheduler's share between sessions)."""
+    try:
+        with open(f"/proc/{pid}/autogroup") as f:
+            return int(f.read().split("nice")[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def set_autogroup_nice(pid: int, nice: int) -> None:
+    with open(f"/proc/{pid}/autogroup", "w") as f:
+        f.write(str(nice))
+
+
 def bench(args: argparse.Namespace, stack: Stack, logdir: Path) -> dict[str, Any]:
     counts = sorted({int(x) for x in args.sessions.split(",")})
     tag = f"s12b{os.getpid() % 100000}"
     bpid = broker_pid()
+    if args.broker_nice is not None:
+        was = autogroup_nice(bpid) if bpid else None
+        if bpid is None or was is None:
+            raise RuntimeError("--broker-nice: no broker PID or no /proc/PID/autogroup here")
+        set_autogroup_nice(bpid, args.broker_nice)
+        stack.push(f"broker autogroup nice back to {was}", lambda: set_autogroup_nice(bpid, was))
+        log(f"broker autogroup nice {was} -> {args.broker_nice} for this run")
     log(f"broker pid {bpid}; starting {max(counts)} sessions; load {loadavg()}")
     tags = [f"{tag}n{i}" for i in range(max(counts))]
     tunnels = open_sessions(
-        stack, tags, logdir, agent_command(args.tree), bpid, args.shared_router
+        stack, tags, logdir, agent_command(args.tree), bpid, args.shared_router,
+        args.broker_nice,
     )
     old = None
     if args.old_tree:
         old = open_session(stack, f"{tag}o", logdir, agent_command(args.old_tree), bpid)
     result: dict[str, Any] = {
-        "rounds": [], "loadavg_start": loadavg(), "shared_router": args.shared_router
+        "rounds": [], "loadavg_start": loadavg(), "shared_router": args.shared_router,
+        "broker_autogroup_nice": autogroup_nice(bpid) if bpid else None,
     }
     log("idle ping, new vs old")
     result["idle_ping"] = idle_pings(tunnels[0], old, args.pings)
@@ -366,6 +397,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--old-tree", help="agent code to compare idle ping with (a directory)")
     ap.add_argument("--shared-router", action="store_true",
                     help="one `agent router` process for all the sessions (else one each)")
+    ap.add_argument("--broker-nice", type=int, metavar="N",
+                    help="during the run, the broker's autogroup nice value (e.g. -10: the "
+                    "broker before the sessions' processes); restored afterwards. With "
+                    "--shared-router, the router's too")
     ap.add_argument("--json", help="write the raw result here")
     ap.add_argument("--logs", help="keep the processes' logs in this directory")
     args = ap.parse_args(argv)
