@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.failover import Backoff, NodeOrder
-from agent.url import UrlError, mask, parse_urls, resolve_url
+from agent.url import UrlError, by_vhost, mask, parse_urls, resolve_url
 
 SECRET = "s3cr%3Bet"  # an encoded ';' in the password must not split the list
 
@@ -129,3 +129,28 @@ def test_order_properties(n: int, outcomes: list[bool]) -> None:
 def test_order_needs_a_url() -> None:
     with pytest.raises(ValueError):
         NodeOrder(0)
+
+
+# -- a router for several sessions: URLs grouped by the vhost they name ----------------
+
+
+@given(st.lists(st.tuples(hosts, st.sampled_from(["s01", "s02", "%2F", "a%2Fb"])),
+                min_size=1, max_size=8))
+def test_by_vhost_groups_in_order_of_first_mention(pairs: list[tuple[str, str]]) -> None:
+    text = ";".join(f"amqp://guest:{SECRET}@{h}/{v}" for h, v in pairs)
+    urls = parse_urls(text, one_vhost=False)
+    groups = by_vhost(urls)
+    # one group per vhost, in the order the vhosts first appear; every URL in exactly one
+    assert [g[0].vhost for g in groups] == list(dict.fromkeys(u.vhost for u in urls))
+    assert sorted(map(_key, (u for g in groups for u in g))) == sorted(map(_key, urls))
+    for g in groups:
+        assert len({u.vhost for u in g}) == 1
+        assert g == [u for u in urls if u.vhost == g[0].vhost]  # failover order kept
+
+
+def test_several_vhosts_only_where_asked() -> None:
+    text = "amqp://h1/s01;amqp://h2/s02;amqp://h3/s01"
+    with pytest.raises(UrlError, match="same vhost"):
+        parse_urls(text)
+    groups = by_vhost(parse_urls(text, one_vhost=False))
+    assert [[u.host for u in g] for g in groups] == [["h1", "h3"], ["h2"]]
