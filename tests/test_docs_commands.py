@@ -56,6 +56,7 @@ TOOLS = {
     "pip",
     "cat",
     "ss",
+    "echo",
 }
 ENV_ASSIGN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
