@@ -19,6 +19,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pika
@@ -89,11 +90,9 @@ def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 
 
-@pytest.fixture
-def vhost() -> Iterator[str]:
-    """A fresh vhost on the local broker; yields its amqp URL."""
-    if not broker_up():
-        pytest.skip("no RabbitMQ on 127.0.0.1:5672")
+@contextmanager
+def fresh_vhost() -> Iterator[str]:
+    """A new vhost on the local broker (guest may use it), deleted afterwards; its URL."""
     name = _unique("t")
     rabbitmqctl("add_vhost", name)
     try:
@@ -101,6 +100,15 @@ def vhost() -> Iterator[str]:
         yield f"amqp://guest:guest@127.0.0.1:5672/{name}"
     finally:
         rabbitmqctl("delete_vhost", name)
+
+
+@pytest.fixture
+def vhost() -> Iterator[str]:
+    """A fresh vhost on the local broker; yields its amqp URL."""
+    if not broker_up():
+        pytest.skip("no RabbitMQ on 127.0.0.1:5672")
+    with fresh_vhost() as url:
+        yield url
 
 
 @pytest.fixture

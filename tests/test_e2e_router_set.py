@@ -11,21 +11,16 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.conftest import Proc, Session, _unique, needs_root, ping, rabbitmqctl
+from tests.conftest import Proc, Session, fresh_vhost, needs_root, ping
 
 pytestmark = [pytest.mark.e2e, needs_root]
 
 
 @pytest.fixture
-def vhost2() -> Iterator[str]:
+def vhost2(vhost: str) -> Iterator[str]:
     """A second fresh vhost (the `vhost` fixture makes the first)."""
-    name = _unique("t")
-    rabbitmqctl("add_vhost", name)
-    try:
-        rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-        yield f"amqp://guest:guest@127.0.0.1:5672/{name}"
-    finally:
-        rabbitmqctl("delete_vhost", name)
+    with fresh_vhost() as url:
+        yield url
 
 
 def _vhost(url: str) -> str:
