@@ -279,7 +279,7 @@ class Router(Service):
                 from agent.taps import summarize
 
                 whole = wire.decode_packet(json_body) if json_body else packet
-                trace.info("%s > - (lossy link, dropped)  %s", agent, summarize(whole))
+                _trace_line(self.label, f"{agent} > - (lossy link, dropped)  {summarize(whole)}")
             if not self.lossy.pending:
                 self.log.info(
                     "lossy link: dropped %d packet(s); forwarding again", self.lossy.dropped
@@ -334,8 +334,15 @@ def _trace(label: str, agent: str, targets: list[str] | None, packet: bytes) -> 
     """The router's -v line for one packet (only called when -v is on)."""
     from agent.taps import router_line
 
-    line = router_line(agent, targets, packet)
-    trace.info("[%s] %s", label, line) if label else trace.info("%s", line)
+    _trace_line(label, router_line(agent, targets, packet))
+
+
+def _trace_line(label: str, line: str) -> None:
+    """One -v packet line, "[label] " first when the process routes several sessions."""
+    if label:
+        trace.info("[%s] %s", label, line)
+    else:
+        trace.info("%s", line)
 
 
 class RouterSet(Service):

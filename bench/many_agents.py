@@ -1,13 +1,15 @@
 """Many agents in one session: start-up time, reachability right after start, announcements.
 
-    sudo .venv/bin/python -m bench.many_agents [--agents 64] [--old-tree DIR] [--logs DIR]
+    sudo .venv/bin/python -m bench.many_agents [--agents 64] [--old-tree DIR] [--echoes 3000]
+        [--logs DIR]
 
 A vhost, `agent router`, then N agents (`agent_1`..`agent_N`, each TUN in a namespace of
 its own) started at once. Reported: seconds until every agent logged "published ready",
 then agent_1 pings every agent and every agent pings agent_1 (2 echoes each, 16 at a
 time; the first pings after start-up), the control messages seen on the bus while they
 joined (ready, tun.started, counted by a listener of our own), the router's "learned"
-lines, RSS, and the machine's idle share (/proc/stat) while they started.
+lines, RSS, the machine's idle share (/proc/stat) while they started, and the router's
+CPU per packet while agent_1 pings agent_2 every millisecond (compare with --agents 2).
 --old-tree DIR runs the agent code in DIR instead (to compare with an older commit).
 """
 
@@ -25,7 +27,20 @@ from typing import Any
 
 import pika
 
-from bench.common import Proc, Stack, log, make_netns, make_vhost, rss_kb, run_cleanly
+from bench.common import (
+    Proc,
+    Stack,
+    cpu_seconds,
+    log,
+    make_netns,
+    make_vhost,
+    netns_exec,
+    request_status,
+    rss_kb,
+    run,
+    run_cleanly,
+)
+from bench.rig import packet_count
 from bench.sessions import agent_command, cpu_times, idle_pct, loadavg
 
 
@@ -44,6 +59,23 @@ def pings(jobs: list[tuple[str, str]], parallel: int = 16) -> list[tuple[str, st
             if p.wait(timeout=30) != 0:
                 failed.append(job)
     return failed
+
+
+def router_cost(router: Proc, ns: str, dst: str, echoes: int) -> dict[str, Any]:
+    """The router's CPU per packet while agent_1 pings agent_2 (-i 1 ms, `echoes` times)."""
+    s0, c0 = request_status(router), cpu_seconds(router.pid)
+    run(netns_exec(ns, "ping", "-6", "-q", "-c", str(echoes), "-i", "0.001", "-W", "1", dst),
+        timeout=echoes * 0.01 + 30)
+    time.sleep(0.5)
+    s1, c1 = request_status(router), cpu_seconds(router.pid)
+    if None in (s0, s1, c0, c1):
+        return {"error": "no status or CPU time from the router"}
+    packets = packet_count("router", s1) - packet_count("router", s0)  # type: ignore[arg-type]
+    return {
+        "packets": packets,
+        "router_cpu_us_per_packet":
+            round((c1 - c0) * 1e6 / packets, 1) if packets else None,  # type: ignore[operator]
+    }
 
 
 def bench(args: argparse.Namespace, stack: Stack, logdir: Path) -> dict[str, Any]:
@@ -81,6 +113,7 @@ def bench(args: argparse.Namespace, stack: Stack, logdir: Path) -> dict[str, Any
     failed = pings(jobs)
     ping_s = time.monotonic() - t1
     time.sleep(2)
+    cost = router_cost(router, spaces[0], "bbbb::2", args.echoes) if args.echoes else None
     kinds: Counter[str] = Counter()
     while True:
         method, _props, body = ch.basic_get(queue, auto_ack=True)
@@ -109,6 +142,7 @@ def bench(args: argparse.Namespace, stack: Stack, logdir: Path) -> dict[str, Any
         "router_learned_lines": router.text().count("learned "),
         "rss_mib_agents_min_median_max": [rss[0], rss[len(rss) // 2], rss[-1]] if rss else None,
         "rss_mib_router": rkb // 1024 if rkb else None,
+        "router_cost_agent_1_to_agent_2": cost,
     }
 
 
@@ -116,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--agents", type=int, default=64)
     ap.add_argument("--old-tree", help="run the agent code in this directory instead")
+    ap.add_argument("--echoes", type=int, default=3000,
+                    help="after start-up, agent_1 pings agent_2 this often (1 ms apart) to "
+                    "measure the router's CPU per packet (0: skip)")
     ap.add_argument("--logs", help="keep the processes' logs in this directory")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
