@@ -46,6 +46,16 @@ def broker_up(host: str = "127.0.0.1", port: int = 5672) -> bool:
         return False
 
 
+def process_state(pid: int) -> str | None:
+    """The state letter of /proc/PID/stat (R, S, T...); None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rindex(")") + 2]
+
+
 def wait_for(cond: Callable[[], object], timeout: float = 10.0, interval: float = 0.05) -> object:
     deadline = time.monotonic() + timeout
     while True:
@@ -181,6 +191,12 @@ class Proc:
     def send(self, sig: int) -> None:
         if self.running():
             os.kill(self.pid, sig)
+
+    def pause(self) -> None:
+        """SIGSTOP, returning once it is stopped (kill() only queues the signal: a process
+        running on another core may still handle a message or two meanwhile)."""
+        self.send(signal.SIGSTOP)
+        assert wait_for(lambda: process_state(self.pid) in ("T", None), 5), self.pid
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 5.0) -> tuple[int | None, float]:
         """Send sig; returns (exit code or None if it had to be killed, seconds taken)."""

@@ -118,7 +118,7 @@ def test_stalled_agent_gets_a_bounded_queue_and_no_stale_packets(  # type: ignor
     assert _bus_to_tun(agent) == 0
 
     # 1. length: resumed well within the TTL, it gets the prefetch and x-max-length, no more
-    agent.send(signal.SIGSTOP)
+    agent.pause()
     try:
         t0 = time.monotonic()
         for body in bodies:
@@ -131,7 +131,7 @@ def test_stalled_agent_gets_a_bounded_queue_and_no_stale_packets(  # type: ignor
     assert MAX_LENGTH <= first <= MAX_LENGTH + PREFETCH, first
 
     # 2. age: what waited in the queue longer than the TTL never reaches the TUN
-    agent.send(signal.SIGSTOP)
+    agent.pause()
     try:
         for body in bodies[:600]:
             lst.publish(down, body)

@@ -111,7 +111,7 @@ def test_announcement_survives_a_data_queue_full_of_packets(
         "ipv4_address": "10.2.0.9", "re_route_packets_prefix": "cccc",
         "re_route_packets_host": "1", "re_route_packets_if": "eth1",
     }
-    os.kill(proc.pid, signal.SIGSTOP)  # the agent stops reading: its queues fill
+    proc.pause()  # the agent stops reading: its queues fill
     try:
         for _ in range(1500):
             lst.publish("toAgent.agent_1.ip.tun.packet.raw", body)
