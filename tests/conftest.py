@@ -192,6 +192,14 @@ class Proc:
         if self.running():
             os.kill(self.pid, sig)
 
+    def status(self, pattern: str, timeout: float = 5.0) -> re.Match[str] | None:
+        """Ask for the counters line (SIGUSR1) and search pattern in the newest one."""
+        before = self.output.count("status:")
+        self.send(signal.SIGUSR1)
+        wait_for(lambda: self.output.count("status:") > before, timeout)
+        lines = [ln for ln in self.output.splitlines() if "status:" in ln]
+        return re.search(pattern, lines[-1]) if lines else None
+
     def pause(self) -> None:
         """SIGSTOP, returning once it is stopped (kill() only queues the signal: a process
         running on another core may still handle a message or two meanwhile)."""

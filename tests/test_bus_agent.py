@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import re
-import signal
 import time
 
 import orjson
 import pytest
 
-from tests.conftest import Session, needs_root, ping, tun_links, wait_for
+from tests.conftest import Session, needs_root, ping, tun_links
 
 pytestmark = [pytest.mark.e2e, needs_root]
 
@@ -19,15 +17,6 @@ STARTED_KEYS = {
     "re_route_packets_prefix", "re_route_packets_host",
     "x_agent_wire",  # our fast-wire offer; ioppytest peers ignore unknown fields
 }
-
-
-def _status(proc, pattern: str) -> re.Match[str] | None:  # type: ignore[no-untyped-def]
-    """Ask for the status line (SIGUSR1) and find pattern in the newest one."""
-    before = proc.output.count("status:")
-    proc.send(signal.SIGUSR1)
-    wait_for(lambda: proc.output.count("status:") > before, 3)
-    lines = [ln for ln in proc.output.splitlines() if "status:" in ln]
-    return re.search(pattern, lines[-1]) if lines else None
 
 
 def test_ready_and_started_on_connect(session: Session, listener) -> None:  # type: ignore[no-untyped-def]
@@ -92,9 +81,9 @@ def test_malformed_downlink_leaves_agent_running(session: Session, listener) -> 
         lst.publish("fromAgent.agent_2.ip.tun.packet.raw", body, content_type=ctype)
     assert ping(session.ns["agent_1"], "bbbb::2")
     assert a1.running()
-    m = _status(a1, r"malformed (\d+)")
+    m = a1.status(r"malformed (\d+)")
     assert m and int(m.group(1)) == len(MALFORMED), a1.output
-    r = _status(session.router, r"malformed (\d+)")
+    r = session.router.status(r"malformed (\d+)")
     assert r and int(r.group(1)) == len(MALFORMED)
     assert "Traceback" not in a1.output + session.router.output  # type: ignore[union-attr]
 

@@ -6,24 +6,14 @@ Real broker, agents with their TUNs in namespaces, real ping.
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import ROOT, Session, needs_root, ping, tun_links, wait_for
+from tests.conftest import ROOT, Session, needs_root, ping, tun_links
 
 pytestmark = [pytest.mark.e2e, needs_root]
-
-
-def _status(proc, pattern: str) -> re.Match[str] | None:  # type: ignore[no-untyped-def]
-    """The newest counters line the process logs on SIGUSR1, searched for pattern."""
-    before = proc.output.count("status:")
-    proc.send(signal.SIGUSR1)
-    wait_for(lambda: proc.output.count("status:") > before, 5)
-    lines = [ln for ln in proc.output.splitlines() if "status:" in ln]
-    return re.search(pattern, lines[-1]) if lines else None
 
 
 def test_router_restarts_mid_session(session: Session) -> None:
@@ -51,7 +41,7 @@ def test_router_restarts_mid_session(session: Session) -> None:
     # learned, not flooded: unicast to the owner
     assert re.search(r"agent_1 > agent_2  IPv6 bbbb::1 > bbbb::2 ICMPv6 Echo Request",
                      second.output)
-    m = _status(second, r"rx json (\d+)p")
+    m = second.status(r"rx json (\d+)p")
     assert m and int(m.group(1)) >= 5 and "rx fast" not in m.string, m and m.string
     code, _ = second.stop()
     assert code == 0, second.output
@@ -62,7 +52,7 @@ def test_router_restarts_mid_session(session: Session) -> None:
     for agent in (a1, a2):
         assert agent.output.count("uplink wire: fast") == 2, agent.output
     assert ping(ns1, "bbbb::2", count=3) and ping(ns2, "bbbb::1", count=2)
-    m = _status(third, r"rx fast (\d+)p")
+    m = third.status(r"rx fast (\d+)p")
     assert m and int(m.group(1)) >= 5, m and m.string
     assert a1.running() and a2.running()
     assert "Traceback" not in a1.output + a2.output
@@ -113,7 +103,7 @@ def test_mirror_copies_every_packet_to_testers(session: Session) -> None:
     # both requests and both replies, written into agent_TT's TUN (incoming, to its kernel)
     assert sorted(_echoes(out_tt)) == sorted([("in", 128, 1, 2), ("in", 129, 2, 1)] * 2)
     assert _echoes(out_3) == []
-    m = _status(tu, r"not for us (\d+)")
+    m = tu.status(r"not for us (\d+)")
     assert m and int(m.group(1)) >= 4, m and m.string
     assert tt.running() and tu.running() and other.running()
 
