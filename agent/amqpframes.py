@@ -7,8 +7,9 @@ per-packet traffic takes a shorter road than pika's generic frame objects:
   frames of a Basic.Publish (method, content header, body frames), with the constant
   parts (method frame per routing key, encoded properties) built once;
 * `FrameReader` splits the bytes from the broker into frames; Basic.Deliver on the
-  data channel with its content header and body frames becomes one `Delivery`, every
-  other frame is handed on unchanged as `Passthrough` (for pika to process, in order).
+  data channel with its content header and body frames becomes one `Delivery`, a
+  publisher confirm (Basic.Ack / Basic.Nack) on it one `Confirm`, every other frame is
+  handed on unchanged as `Passthrough` (for pika to process, in order).
 
 No I/O, no pika objects at run time: both are tested against pika's own marshalling.
 """
@@ -22,7 +23,7 @@ FRAME_METHOD, FRAME_HEADER, FRAME_BODY = 1, 2, 3
 FRAME_END = 0xCE
 FRAME_OVERHEAD = 8  # type (1) + channel (2) + size (4) + frame-end (1)
 BASIC = 60
-BASIC_PUBLISH, BASIC_DELIVER, BASIC_ACK = 40, 60, 80
+BASIC_PUBLISH, BASIC_DELIVER, BASIC_ACK, BASIC_NACK = 40, 60, 80, 120
 FLAG_CONTENT_TYPE = 0x8000
 
 _FRAME_HEAD = struct.Struct(">BHI")
@@ -30,6 +31,7 @@ _HEADER_START = struct.Struct(">HHQ")  # class, weight, body size
 _LONGLONG = struct.Struct(">Q")
 _END = bytes([FRAME_END])
 _DELIVER_ID = struct.pack(">HH", BASIC, BASIC_DELIVER)  # class and method of basic.deliver
+_CONFIRM_IDS = (struct.pack(">HH", BASIC, BASIC_ACK), struct.pack(">HH", BASIC, BASIC_NACK))
 MAX_CACHED_KEYS = 4096
 
 
@@ -117,13 +119,22 @@ class Delivery(NamedTuple):
     body: bytes
 
 
+class Confirm(NamedTuple):
+    """The broker took (or, nack, refused) our publishes up to delivery_tag (multiple),
+    or only that one."""
+
+    delivery_tag: int
+    multiple: bool
+    nack: bool
+
+
 class Passthrough(NamedTuple):
     """One whole frame (header to frame-end) that is not a data-channel delivery."""
 
     raw: bytes
 
 
-Event = Delivery | Passthrough
+Event = Delivery | Confirm | Passthrough
 
 
 class FrameReader:
@@ -183,6 +194,15 @@ class FrameReader:
                     and buf[start : start + 4] == _DELIVER_ID
                 ):
                     self._deliver(buf, start, end)
+                elif (
+                    ftype == FRAME_METHOD
+                    and size == 13
+                    and buf[start : start + 4] in _CONFIRM_IDS
+                ):
+                    (tag,) = _LONGLONG.unpack_from(buf, start + 4)
+                    events.append(
+                        Confirm(tag, bool(buf[start + 12] & 1), buf[start + 3] == BASIC_NACK)
+                    )
                 else:
                     events.append(Passthrough(buf[pos : end + 1]))
             else:

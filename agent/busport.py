@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 # uplink coalescing amid a stream (see BusPort.flush and docs/scale.md)
 COALESCE_S = 0.001  # hold a burst at most this long (epoll's resolution is 1 ms)...
 STREAM_GAP_S = 0.002  # ...and only if the previous message left less than this ago
+# batches wait while this many of our messages wait for the broker's confirm (Bus.window_open):
+# chosen from bench.sessions runs of 0 (off), 1 and 2 (docs/scale.md)
+CONFIRM_WINDOW = 2
+HOLD_MAX_S = 0.2  # a batch held for the broker's confirms leaves after this at the latest
 
 
 class BusPort:
@@ -34,7 +38,8 @@ class BusPort:
 
     JSON (ioppytest's wire, one packet a message) unless `fast` is on: then the packets
     handed in during one burst leave as one fast-wire message (adaptive batching: one
-    packet when idle, many when they queue up; amid a stream held up to COALESCE_S).
+    packet when idle, many when they queue up; amid a stream held up to COALESCE_S; held
+    while CONFIRM_WINDOW of our messages wait for the broker's confirm, see `flush`).
     """
 
     name = BUS
@@ -61,6 +66,7 @@ class BusPort:
         self._pending_bytes = 0
         self._flush_soon = Soon(self._flush_batch)
         self._hold: asyncio.TimerHandle | None = None  # a held burst's send time
+        self._window_hold: asyncio.TimerHandle | None = None  # held for confirms, until
         self._last_sent = -1.0  # monotonic() of the last fast-wire message
 
     async def open(self, deliver: Deliver, key: str) -> None:
@@ -102,7 +108,7 @@ class BusPort:
         self._pending_bytes += len(packet) + 2
         if wire.batch_full(self._pending_bytes):
             self._flush_batch()
-        elif self._hold is None:
+        elif self._hold is None and self._window_hold is None:
             self._flush_soon()
         return None
 
@@ -116,10 +122,23 @@ class BusPort:
         batch pending) the batch is held up to COALESCE_S for more packets: batches stay
         large when processes share the cores (fewer broker messages per packet), while a
         lone packet (ping, an idle session) leaves at once.
+
+        While the broker has not confirmed CONFIRM_WINDOW of our messages
+        (`Bus.window_open`), the batch waits, and grows, until a confirm opens the window
+        (`release`, from Bus.before_flush) or HOLD_MAX_S passed; a full batch never waits.
+        A quick broker confirms in well under a millisecond (no delay to speak of); a slow
+        one (a busy host) gets fewer, fuller messages instead of a queue of small ones.
         """
         if self._pending:
-            if (
-                self._pending_bytes < wire.MAX_BATCH_BYTES // 2
+            if not self.bus.window_open:
+                self._flush_soon.cancel()  # the next confirm (Bus.before_flush) sends it
+                if self._window_hold is None:
+                    self._window_hold = asyncio.get_running_loop().call_later(
+                        HOLD_MAX_S, self.drain
+                    )
+            elif (
+                COALESCE_S > 0
+                and self._pending_bytes < wire.MAX_BATCH_BYTES // 2
                 and monotonic() - self._last_sent < STREAM_GAP_S
             ):
                 if self._hold is None:
@@ -128,6 +147,12 @@ class BusPort:
             else:
                 self._flush_batch()
         self.bus.flush()
+
+    def release(self) -> None:
+        """Bus.before_flush: a batch held for the broker's confirms leaves once the window
+        is open again."""
+        if self._window_hold is not None and self.bus.window_open:
+            self._flush_batch()
 
     def drain(self) -> None:
         """Publish everything pending now (held or not), then write to the broker."""
@@ -139,6 +164,9 @@ class BusPort:
         if self._hold is not None:
             self._hold.cancel()
             self._hold = None
+        if self._window_hold is not None:
+            self._window_hold.cancel()
+            self._window_hold = None
         packets, self._pending, self._pending_bytes = self._pending, [], 0
         if packets:
             self._last_sent = monotonic()

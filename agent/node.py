@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from agent import wire
 from agent.bus import Bus, agent_queue
-from agent.busport import BusPort
+from agent.busport import CONFIRM_WINDOW, BusPort
 from agent.config import AddressPlan, ConfigError, IPNetwork, plan_from_bus
 from agent.port import Port
 from agent.reroute.iface import IfaceError, IfacePort, open_for_plan
@@ -101,7 +101,9 @@ class Agent(Service):
             on_up=self._on_bus_up,
             on_fatal=self.on_fatal,
             ca_file=opts.ca_file,
+            confirm_window=CONFIRM_WINDOW,
         )
+        self.bus.before_flush = self.bus_port.release
         self.bus_port.fast = opts.wire == "fast"
         self.ports[BUS] = self.bus_port
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from agent import wire
 from agent.bus import FAST_PROPS, Bus, QueueSpec, queue_arguments
+from agent.busport import CONFIRM_WINDOW, HOLD_MAX_S
 from agent.config import ConfigError, plan_from_bus
 from agent.ipheader import (
     PrefixTable,
@@ -152,6 +153,8 @@ class Router(Service):
         self.fast_wire = fast_wire  # offer our fast wire to agents that announce it
         self.fast_agents: set[str] = set()
         self._pending: dict[str, list[bytes]] = {}
+        self._pending_bytes = 0
+        self._window_hold: asyncio.TimerHandle | None = None
         self._epoch = ""
         self.lossy = LossyLink()  # ioppytest's routing.lossy.link.start (agent.lossy)
         self.bus = Bus(
@@ -171,6 +174,7 @@ class Router(Service):
             ca_file=ca_file,
             on_standby=self._on_standby,
             label=label,
+            confirm_window=CONFIRM_WINDOW,
         )
         # downlink batches are sent when the bus sends (after each read from the broker,
         # same loop turn): the packets of several uplink messages for one target share one
@@ -185,7 +189,7 @@ class Router(Service):
         self.bus.start()
 
     async def cleanup(self) -> None:
-        self._flush()
+        self._flush(force=True)
         await self.bus.close(timeout=1.0)
 
     def _announce(self) -> None:
@@ -306,6 +310,7 @@ class Router(Service):
                 if not full:
                     packet, full = wire.decode_packet(json_body), True  # type: ignore[arg-type]
                 self._pending.setdefault(target, []).append(packet)
+                self._pending_bytes += len(packet) + 2
                 self.counters.count(f">{target}", size)
                 continue
             if json_body is None:
@@ -316,11 +321,28 @@ class Router(Service):
             else:
                 self.counters.drop(self.bus.drop_reason or "bus down")
 
-    def _flush(self) -> None:
+    def _release(self) -> None:
+        """Held batches leave now (HOLD_MAX_S passed without the broker's confirm)."""
+        self._window_hold = None
+        self._flush(force=True)
+        self.bus.flush()
+
+    def _flush(self, force: bool = False) -> None:
         """Send each fast target the packets queued for it, as few messages as fit."""
         if not self._pending:
             return
-        pending, self._pending = self._pending, {}
+        if not force and not self.bus.window_open and self._pending_bytes < wire.MAX_BATCH_BYTES:
+            # the broker has not confirmed our last messages: hold the batches (they grow)
+            # until its next confirm (each read from the broker flushes) or HOLD_MAX_S
+            if self._window_hold is None:
+                self._window_hold = asyncio.get_running_loop().call_later(
+                    HOLD_MAX_S, self._release
+                )
+            return
+        if self._window_hold is not None:
+            self._window_hold.cancel()
+            self._window_hold = None
+        pending, self._pending, self._pending_bytes = self._pending, {}, 0
         for target, packets in pending.items():
             key = wire.downlink_key(target)
             for body, count in wire.batches(packets):

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from pika import frame, spec
 
 from agent.amqpframes import (
+    Confirm,
     Delivery,
     FrameError,
     FrameReader,
@@ -84,6 +85,23 @@ def deliveries(draw: st.DrawFn) -> tuple[list[bytes], Delivery | None, object]:
     return frames, Delivery(tag, key, ctype, body), None
 
 
+@st.composite
+def confirms(draw: st.DrawFn) -> tuple[list[bytes], Confirm | None, object]:
+    """A publisher confirm (ack or nack) as the broker sends it; ours only on CH."""
+    ch = draw(st.sampled_from([CH, CH, 2]))
+    tag = draw(st.integers(0, 2**64 - 1))
+    multiple = draw(st.booleans())
+    nack = draw(st.booleans())
+    if nack:
+        method = spec.Basic.Nack(tag, multiple, draw(st.booleans()))
+    else:
+        method = spec.Basic.Ack(tag, multiple)
+    raw = frame.Method(ch, method).marshal()
+    if ch != CH:
+        return [raw], None, None
+    return [raw], Confirm(tag, multiple, nack), None
+
+
 others = st.sampled_from([
     frame.Heartbeat().marshal(),
     frame.Method(CH, spec.Basic.QosOk()).marshal(),
@@ -94,7 +112,10 @@ others = st.sampled_from([
 
 
 @settings(max_examples=300)
-@given(st.lists(deliveries() | others.map(lambda f: ([f], None, f)), max_size=12), st.data())
+@given(
+    st.lists(deliveries() | confirms() | others.map(lambda f: ([f], None, f)), max_size=12),
+    st.data(),
+)
 def test_reader_assembles_deliveries_and_passes_the_rest_in_order(items, data) -> None:
     stream = b"".join(b"".join(frames) for frames, _, _ in items)
     expected: list[object] = []

@@ -26,7 +26,9 @@ pytestmark = pytest.mark.e2e
 SIZES = [0, 1, 4087, 4088, 4089, 20000, *random.Random(5).choices(range(9000), k=150)]
 
 
-async def _with_bus(url: str, keys: list[str], body: Callable[[Bus, list], object]) -> list:
+async def _with_bus(
+    url: str, keys: list[str], body: Callable[[Bus, list], object], confirm_window: int = 0
+) -> list:
     got: list[tuple[str, bytes, str | None]] = []
     up = asyncio.Event()
     fatal: list[str] = []
@@ -37,6 +39,7 @@ async def _with_bus(url: str, keys: list[str], body: Callable[[Bus, list], objec
         on_message=lambda k, b, c: got.append((k, b, c)),
         on_up=up.set,
         on_fatal=fatal.append,
+        confirm_window=confirm_window,
     )
     bus.start()
     try:
@@ -98,6 +101,32 @@ def test_publishes_read_back_by_pika_unchanged(vhost: str) -> None:
             want = (CONTENT_TYPE, "utf-8") if props is JSON_PROPS else (FAST_CONTENT_TYPE, None)
             assert (p.content_type, p.content_encoding) == want  # type: ignore[attr-defined]
         assert listener.get(timeout=0.3) is None
+    finally:
+        listener.close()
+
+
+def test_confirms_come_back_through_our_reader_and_open_the_window(vhost: str) -> None:
+    """confirm_window=2: the broker confirms every message we publish (read by our
+    reader, not pika), so the window closes while they are out and opens again."""
+    listener = Listener(vhost, ["dp.conf"])
+    try:
+        async def body(bus: Bus, _got: list) -> None:
+            await until(lambda: bus._reader is not None, 5)
+            assert bus.window_open and bus.in_flight == 0
+            for i in range(50):
+                assert bus.publish("dp.conf", b"m%d" % i, FAST_PROPS)
+            assert bus.in_flight == 50 and not bus.window_open
+            bus.flush()
+            await until(lambda: bus.in_flight == 0, 5)
+            assert bus.window_open
+            assert bus.publish("dp.conf", b"last", FAST_PROPS)
+            assert bus.in_flight == 1 and bus.window_open  # 1 < 2
+            bus.flush()
+            await until(lambda: bus.in_flight == 0, 5)
+
+        asyncio.run(_with_bus(vhost, ["dp.unused"], body, confirm_window=2))
+        got = [listener.get(timeout=5) for _ in range(51)]
+        assert [m[1] for m in got if m] == [b"m%d" % i for i in range(50)] + [b"last"]
     finally:
         listener.close()
 

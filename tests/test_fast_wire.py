@@ -55,6 +55,7 @@ def test_capability_fields() -> None:
 class FakeBus:
     up = True
     drop_reason = ""
+    window_open = True  # the broker has confirmed enough of our messages
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, object]] = []
@@ -142,6 +143,56 @@ def test_busport_holds_a_burst_only_amid_a_stream(monkeypatch: pytest.MonkeyPatc
     asyncio.run(go())
 
 
+def test_busport_holds_batches_while_the_broker_has_not_confirmed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Window closed (our messages not confirmed yet): packets wait and join one batch,
+    which leaves at the confirm that opens it (Bus.before_flush), or after HOLD_MAX_S;
+    a full batch never waits. Window open: a lone packet leaves at the end of its burst."""
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        now = [1000.0]
+        loop.time = lambda: now[0]  # type: ignore[method-assign]  # a clock of our own
+        monkeypatch.setattr(busport, "monotonic", lambda: now[0])
+        bus = FakeBus()
+        port = BusPort("fromAgent.a.ip.tun.packet.raw", Counters())
+        port.bus = bus  # type: ignore[assignment]
+        bus.before_flush = port.release  # type: ignore[attr-defined]  # as agent.node does
+        port.fast = True
+        pkt = bytes([0x60]) + bytes(99)
+        bus.window_open = False  # type: ignore[misc]
+        for _ in range(3):
+            port.send(pkt)
+            port.flush()
+            await asyncio.sleep(0)
+        assert bus.sent == []
+        bus.flush()  # a read from the broker without a confirm: still held
+        assert bus.sent == []
+        bus.window_open = True  # type: ignore[misc]
+        bus.flush()  # the confirm
+        assert len(bus.sent) == 1 and wire.decode_batch(bus.sent[0][1]) == [pkt] * 3
+        now[0] += 1
+        port.send(pkt)
+        port.flush()  # window open: at once
+        assert len(bus.sent) == 2
+        bus.window_open = False  # type: ignore[misc]
+        port.send(pkt)
+        port.flush()
+        now[0] += busport.HOLD_MAX_S / 2
+        await asyncio.sleep(0)
+        assert len(bus.sent) == 2
+        now[0] += busport.HOLD_MAX_S / 2 + 1e-6  # no confirm in HOLD_MAX_S: out anyway
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert len(bus.sent) == 3
+        big = bytes([0x60]) + bytes(1399)
+        for _ in range(wire.MAX_BATCH_BYTES // 1402 + 1):
+            port.send(big)
+        assert len(bus.sent) == 4  # a full batch does not wait for the window
+
+    asyncio.run(go())
+
+
 def test_router_transcodes_between_wires() -> None:
     """A fast packet to a JSON-only agent goes as JSON; to a fast agent as a batch."""
     async def go() -> None:
@@ -192,6 +243,25 @@ def test_router_transcodes_between_wires() -> None:
         bus.flush()
         assert len(bus.sent) == 1 and bus.sent[0][0] == "toAgent.agent_1.ip.tun.packet.raw"
         assert wire.decode_batch(bus.sent[0][1]) == [to1_from3, to1_from3, to1]
+        # the broker has not confirmed our last messages: downlink batches wait (and grow)
+        # until a read from the broker opens the window, or for HOLD_MAX_S at most
+        bus.sent.clear()
+        bus.window_open = False  # type: ignore[misc]
+        for _ in range(2):
+            router._on_message("fromAgent.agent_3.ip.tun.packet.raw",
+                               wire.encode_batch([to1_from3] * 2), props)
+            bus.flush()
+        assert bus.sent == []
+        bus.window_open = True  # type: ignore[misc]
+        bus.flush()
+        assert len(bus.sent) == 1 and wire.decode_batch(bus.sent[0][1]) == [to1_from3] * 4
+        bus.sent.clear()
+        bus.window_open = False  # type: ignore[misc]
+        router._on_message("fromAgent.agent_3.ip.tun.packet.raw",
+                           wire.encode_batch([to1_from3]), props)
+        bus.flush()
+        await asyncio.sleep(busport.HOLD_MAX_S + 0.05)
+        assert len(bus.sent) == 1  # no confirm came: out after HOLD_MAX_S anyway
 
     asyncio.run(go())
 
