@@ -18,8 +18,10 @@ import asyncio
 import logging
 import socket
 import ssl
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from time import monotonic
 from typing import Any
 
 import pika
@@ -51,6 +53,10 @@ WRITE_BUFFER_LIMIT = 4 * 1024 * 1024  # bytes pending to the broker before we dr
 # us after 2 missed heartbeats (4 s of a stalled loop).
 DEFAULT_HEARTBEAT = 2
 STANDBY_POLL = 0.5  # s between two tries of a standby to take the queue
+# the confirm window (Bus.window_open) closes only when our oldest unconfirmed message is
+# older than this many times the quickest confirm of the connection, plus the margin
+CONFIRM_SLACK = 2.0
+CONFIRM_MARGIN_S = 0.0005
 
 Handler = Callable[[str, bytes, "str | None"], None]  # (routing key, body, content type)
 
@@ -62,6 +68,18 @@ _PIKA_PROPS = {
     JSON_PROPS: pika.BasicProperties(content_type=CONTENT_TYPE, content_encoding=CONTENT_ENCODING),
     FAST_PROPS: pika.BasicProperties(content_type=FAST_CONTENT_TYPE),
 }
+
+
+def confirms_late(in_flight: int, window: int, oldest_age: float, quickest: float) -> bool:
+    """Should batches wait for the broker? Yes when at least `window` messages are
+    unconfirmed and the oldest of them (oldest_age s) has waited longer than the broker's
+    quickest confirm on this connection allows (CONFIRM_SLACK x quickest +
+    CONFIRM_MARGIN_S). window 0: never."""
+    return (
+        window > 0
+        and in_flight >= window
+        and oldest_age >= quickest * CONFIRM_SLACK + CONFIRM_MARGIN_S
+    )
 
 
 class BusFatal(Exception):
@@ -254,6 +272,8 @@ class Bus:
         self.confirm_window = confirm_window
         self._published = 0
         self._confirmed = 0
+        self._sent_at: deque[tuple[int, float]] = deque()  # (tag, monotonic) unconfirmed
+        self._min_confirm = float("inf")  # the quickest confirm seen on this connection
 
     @property
     def url(self) -> AmqpUrl:
@@ -354,6 +374,7 @@ class Bus:
         self._encoder = PublishEncoder(channel.channel_number, conn.params.frame_max, self.exchange)
         channel.add_on_close_callback(self._on_channel_closed)
         self._published = self._confirmed = 0
+        self._sent_at.clear()
         if self.confirm_window:
             channel.confirm_delivery(self._pika_confirm, callback=lambda _f: self._declare())
         else:
@@ -534,6 +555,8 @@ class Bus:
         self._out_bytes = 0
         self._ack_tag = 0
         self._published = self._confirmed = 0  # a new channel numbers from 1 again
+        self._sent_at.clear()
+        self._min_confirm = float("inf")
 
     def _data_received(self, data: bytes) -> None:
         conn, reader, pika_in = self._conn, self._reader, self._pika_in
@@ -557,8 +580,7 @@ class Bus:
                 except Exception:  # handlers catch their own; this is the last resort
                     self.log.exception("error handling a message on %s", event.routing_key)
             elif kind is Confirm:
-                if event.delivery_tag > self._confirmed:
-                    self._confirmed = event.delivery_tag
+                self._confirm(event.delivery_tag)
             else:
                 pika_in.to_pika(event.raw)  # heartbeats, RPC replies, channel.close...
                 if conn is not self._conn or conn.is_closed or self._reader is not reader:
@@ -573,10 +595,20 @@ class Bus:
 
     def _pika_confirm(self, frame: Any) -> None:
         """A confirm pika read (before our reader takes over the input)."""
-        tag = getattr(frame.method, "delivery_tag", 0)
-        if tag > self._confirmed:
-            self._confirmed = tag
+        self._confirm(getattr(frame.method, "delivery_tag", 0))
         self._flush_soon()
+
+    def _confirm(self, tag: int) -> None:
+        if tag <= self._confirmed:
+            return
+        self._confirmed = tag
+        sent_at, last = self._sent_at, 0.0
+        while sent_at and sent_at[0][0] <= tag:
+            last = sent_at.popleft()[1]
+        if last:
+            took = monotonic() - last
+            if took < self._min_confirm:
+                self._min_confirm = took
 
     @property
     def in_flight(self) -> int:
@@ -585,14 +617,34 @@ class Bus:
 
     @property
     def window_open(self) -> bool:
+        """May a batch leave now? (see `_window_open`)"""
+        if self._published - self._confirmed < self.confirm_window or not self.confirm_window:
+            return True
+        return self._window_open()
+
+    def _window_open(self) -> bool:  # the rest of window_open: a property's doc is short
         """May a batch leave now? With confirms on: fewer than confirm_window messages
         wait for the broker. Those who batch (agent.busport, the router) hold their packets
         while it is closed: when the broker is slow (a busy host), its confirms come late
         and the batches grow, so the broker handles fewer, fuller messages; when it is
         quick, a lone packet leaves at once. A confirm is counted as covering every tag
         below it (the broker confirms in order; out-of-order single confirms only make
-        this estimate low for a moment)."""
-        return self._published - self._confirmed < self.confirm_window or not self.confirm_window
+        this estimate low for a moment).
+
+        The broker's usual confirm time counts too: the window is open while our oldest
+        unconfirmed message is younger than CONFIRM_SLACK x the quickest confirm seen on
+        this connection + CONFIRM_MARGIN_S. A distant broker (a WAN round trip) is not a
+        slow one: packets are not held one round trip each, only when confirms take
+        longer than the path does when quick."""
+        sent_at = self._sent_at
+        if not sent_at:
+            return True  # published before confirms were on (or through pika): no age
+        return not confirms_late(
+            self._published - self._confirmed,
+            self.confirm_window,
+            monotonic() - sent_at[0][1],
+            self._min_confirm,
+        )
 
     def publish(self, routing_key: str, body: bytes, props: bytes | None = None) -> bool:
         """Queue a message for the next flush (at the latest one loop iteration later).
@@ -617,6 +669,8 @@ class Bus:
             return False
         self._out_bytes += len(body)
         self._published += 1
+        if self.confirm_window:
+            self._sent_at.append((self._published, monotonic()))
         self._flush_soon()
         return True
 

@@ -16,7 +16,7 @@ import pika
 import pytest
 
 from agent import pikaedge
-from agent.bus import FAST_PROPS, JSON_PROPS, Bus, QueueSpec
+from agent.bus import FAST_PROPS, JSON_PROPS, Bus, QueueSpec, confirms_late
 from agent.url import parse_url
 from agent.wire import CONTENT_TYPE, FAST_CONTENT_TYPE
 from tests.conftest import Listener, until
@@ -107,7 +107,8 @@ def test_publishes_read_back_by_pika_unchanged(vhost: str) -> None:
 
 def test_confirms_come_back_through_our_reader_and_open_the_window(vhost: str) -> None:
     """confirm_window=2: the broker confirms every message we publish (read by our
-    reader, not pika), so the window closes while they are out and opens again."""
+    reader, not pika); the bus learns its quickest confirm, and the window is open again
+    once they are all confirmed."""
     listener = Listener(vhost, ["dp.conf"])
     try:
         async def body(bus: Bus, _got: list) -> None:
@@ -115,10 +116,10 @@ def test_confirms_come_back_through_our_reader_and_open_the_window(vhost: str) -
             assert bus.window_open and bus.in_flight == 0
             for i in range(50):
                 assert bus.publish("dp.conf", b"m%d" % i, FAST_PROPS)
-            assert bus.in_flight == 50 and not bus.window_open
+            assert bus.in_flight == 50
             bus.flush()
             await until(lambda: bus.in_flight == 0, 5)
-            assert bus.window_open
+            assert bus.window_open and 0 < bus._min_confirm < 1
             assert bus.publish("dp.conf", b"last", FAST_PROPS)
             assert bus.in_flight == 1 and bus.window_open  # 1 < 2
             bus.flush()
@@ -196,3 +197,21 @@ def test_without_pika_internals_the_bus_still_works(
     got = asyncio.run(_with_bus(vhost + "?frame_max=4096", ["dp.fb.*"], body))
     assert got == sent
     assert caplog.text.count("falls back") == 2
+
+
+@pytest.mark.parametrize(
+    ("in_flight", "window", "age", "quickest", "late"),
+    [
+        (0, 2, 1.0, 0.0001, False),  # nothing out
+        (1, 2, 1.0, 0.0001, False),  # under the window
+        (2, 2, 0.0001, 0.0001, False),  # at the window, but younger than usual
+        (2, 2, 0.0008, 0.0001, True),  # older than 2 x quickest + 0.5 ms: the broker is slow
+        (5, 2, 0.05, 0.030, False),  # a distant broker (30 ms round trip) is not a slow one
+        (5, 2, 0.061, 0.030, True),
+        (5, 2, 10.0, float("inf"), False),  # no confirm seen yet: no idea, do not hold
+        (99, 0, 10.0, 0.0001, False),  # window 0: confirms off, never hold
+    ],
+)
+def test_confirms_late(in_flight: int, window: int, age: float, quickest: float,
+                       late: bool) -> None:
+    assert confirms_late(in_flight, window, age, quickest) is late
