@@ -97,18 +97,26 @@ def test_busport_batches_one_loop_iteration() -> None:
     asyncio.run(go())
 
 
+def _fast_port_on_our_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[list[float], FakeBus, BusPort]:
+    """A fast-wire BusPort on a FakeBus, the loop's and busport's clock set by now[0]
+    (call it inside the running loop)."""
+    now = [1000.0]
+    asyncio.get_running_loop().time = lambda: now[0]  # type: ignore[method-assign]
+    monkeypatch.setattr(busport, "monotonic", lambda: now[0])
+    bus = FakeBus()
+    port = BusPort("fromAgent.a.ip.tun.packet.raw", Counters())
+    port.bus = bus  # type: ignore[assignment]
+    port.fast = True
+    return now, bus, port
+
+
 def test_busport_holds_a_burst_only_amid_a_stream(monkeypatch: pytest.MonkeyPatch) -> None:
     """Idle: a packet leaves at the end of its burst. Right after a message (a stream):
     held up to COALESCE_S so that followers share its message; half a batch goes at once."""
     async def go() -> None:
-        loop = asyncio.get_running_loop()
-        now = [1000.0]
-        loop.time = lambda: now[0]  # type: ignore[method-assign]  # a clock of our own
-        monkeypatch.setattr(busport, "monotonic", lambda: now[0])
-        bus = FakeBus()
-        port = BusPort("fromAgent.a.ip.tun.packet.raw", Counters())
-        port.bus = bus  # type: ignore[assignment]
-        port.fast = True
+        now, bus, port = _fast_port_on_our_clock(monkeypatch)
         pkt = bytes([0x60]) + bytes(99)
         port.send(pkt)
         port.flush()  # idle: sent at once
@@ -150,15 +158,8 @@ def test_busport_holds_batches_while_the_broker_has_not_confirmed(
     which leaves at the confirm that opens it (Bus.before_flush), or after HOLD_MAX_S;
     a full batch never waits. Window open: a lone packet leaves at the end of its burst."""
     async def go() -> None:
-        loop = asyncio.get_running_loop()
-        now = [1000.0]
-        loop.time = lambda: now[0]  # type: ignore[method-assign]  # a clock of our own
-        monkeypatch.setattr(busport, "monotonic", lambda: now[0])
-        bus = FakeBus()
-        port = BusPort("fromAgent.a.ip.tun.packet.raw", Counters())
-        port.bus = bus  # type: ignore[assignment]
+        now, bus, port = _fast_port_on_our_clock(monkeypatch)
         bus.before_flush = port.release  # type: ignore[attr-defined]  # as agent.node does
-        port.fast = True
         pkt = bytes([0x60]) + bytes(99)
         bus.window_open = False  # type: ignore[misc]
         for _ in range(3):
