@@ -57,6 +57,7 @@ STANDBY_POLL = 0.5  # s between two tries of a standby to take the queue
 # older than this many times the quickest confirm of the connection, plus the margin
 CONFIRM_SLACK = 2.0
 CONFIRM_MARGIN_S = 0.0005
+CONFIRM_GIVE_UP_S = 1.0  # an unconfirmed message this old: the count is off, start afresh
 
 Handler = Callable[[str, bytes, "str | None"], None]  # (routing key, body, content type)
 
@@ -229,9 +230,9 @@ class Bus:
         label: str = "",
         confirm_window: int = 0,
     ) -> None:
-        """confirm_window > 0: publisher confirms on, and `window_open` says whether fewer
-        than that many of our messages wait for the broker (the pace of batching, see
-        `window_open`)."""
+        """confirm_window > 0: publisher confirms may be turned on (`pace`), and then
+        `window_open` says whether fewer than that many of our messages wait for the
+        broker (the pace of batching, see `window_open`)."""
         self.log = labelled(log, label)  # label: the session, when a process serves several
         self.urls = as_list(url)
         self.order = NodeOrder(len(self.urls))
@@ -270,6 +271,7 @@ class Bus:
         self.before_flush: Callable[[], None] | None = None
         # publisher confirms: messages published / confirmed on this channel
         self.confirm_window = confirm_window
+        self._confirming = False  # confirms on for this channel (see `pace`)
         self._published = 0
         self._confirmed = 0
         self._sent_at: deque[tuple[int, float]] = deque()  # (tag, monotonic) unconfirmed
@@ -373,17 +375,9 @@ class Bus:
         self._writer = pikaedge.writer(conn)
         self._encoder = PublishEncoder(channel.channel_number, conn.params.frame_max, self.exchange)
         channel.add_on_close_callback(self._on_channel_closed)
+        self._confirming = False
         self._published = self._confirmed = 0
         self._sent_at.clear()
-        if self.confirm_window:
-            channel.confirm_delivery(self._pika_confirm, callback=lambda _f: self._declare())
-        else:
-            self._declare()
-
-    def _declare(self) -> None:
-        channel = self._channel
-        if channel is None:
-            return
         if self.exchange.startswith("amq."):
             self._declare_queue()
         else:
@@ -554,7 +548,8 @@ class Bus:
         self._out.clear()
         self._out_bytes = 0
         self._ack_tag = 0
-        self._published = self._confirmed = 0  # a new channel numbers from 1 again
+        self._confirming = False  # a new channel starts without confirms
+        self._published = self._confirmed = 0
         self._sent_at.clear()
         self._min_confirm = float("inf")
 
@@ -610,15 +605,36 @@ class Bus:
             if took < self._min_confirm:
                 self._min_confirm = took
 
+    def pace(self) -> None:
+        """A batch of several packets is about to be published: from now on, this
+        channel's publishes are confirmed by the broker (if confirm_window > 0), so that
+        `window_open` can pace the batches. Not before: a session carrying only lone
+        packets (pings, CoAP exchanges) pays nothing for confirms (a frame from the broker
+        and a wake-up of ours per message)."""
+        if self._confirming or not self.confirm_window or not self.up:
+            return
+        channel = self._channel
+        if channel is None or not channel.is_open or self._encoder is None:
+            return
+        self._confirming = True  # once per channel, also if the broker refuses below
+        self._send_out()  # what was published before goes before Confirm.Select: unnumbered
+        try:
+            channel.confirm_delivery(self._pika_confirm)  # nowait: no Confirm.SelectOk
+        except (pex.AMQPError, ValueError) as exc:
+            self.log.debug("no publisher confirms on this channel: %s", exc)
+            return
+        self._published = self._confirmed = 0  # the broker numbers from here on, from 1
+        self._sent_at.clear()
+
     @property
     def in_flight(self) -> int:
         """Our messages the broker has not confirmed yet (0 without confirms)."""
-        return self._published - self._confirmed
+        return self._published - self._confirmed if self._confirming else 0
 
     @property
     def window_open(self) -> bool:
         """May a batch leave now? (see `_window_open`)"""
-        if self._published - self._confirmed < self.confirm_window or not self.confirm_window:
+        if not self._confirming or self._published - self._confirmed < self.confirm_window:
             return True
         return self._window_open()
 
@@ -638,12 +654,15 @@ class Bus:
         longer than the path does when quick."""
         sent_at = self._sent_at
         if not sent_at:
-            return True  # published before confirms were on (or through pika): no age
+            return True  # published through pika (no lean path): no age
+        age = monotonic() - sent_at[0][1]
+        if age > CONFIRM_GIVE_UP_S:  # a confirm we will never see: start counting afresh
+            self.log.debug("no confirm for %.1f s; window reset", age)
+            self._confirmed = self._published
+            sent_at.clear()
+            return True
         return not confirms_late(
-            self._published - self._confirmed,
-            self.confirm_window,
-            monotonic() - sent_at[0][1],
-            self._min_confirm,
+            self._published - self._confirmed, self.confirm_window, age, self._min_confirm
         )
 
     def publish(self, routing_key: str, body: bytes, props: bytes | None = None) -> bool:
@@ -669,7 +688,7 @@ class Bus:
             return False
         self._out_bytes += len(body)
         self._published += 1
-        if self.confirm_window:
+        if self._confirming:
             self._sent_at.append((self._published, monotonic()))
         self._flush_soon()
         return True
@@ -694,6 +713,9 @@ class Bus:
         """Send what publish() queued, and the pending ack, now."""
         if self.before_flush is not None:
             self.before_flush()
+        self._send_out()
+
+    def _send_out(self) -> None:
         self._flush_soon.cancel()
         out = self._out
         if self._ack_tag:

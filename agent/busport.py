@@ -170,6 +170,8 @@ class BusPort:
         packets, self._pending, self._pending_bytes = self._pending, [], 0
         if packets:
             self._last_sent = monotonic()
+            if len(packets) > 1:
+                self.bus.pace()  # batching matters now: confirms on (once)
         for body, count in wire.batches(packets):
             if not self.bus.publish(self.key, body, FAST_PROPS):
                 self.counters.drops[self.bus.drop_reason] += count

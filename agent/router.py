@@ -344,6 +344,8 @@ class Router(Service):
             self._window_hold = None
         pending, self._pending, self._pending_bytes = self._pending, {}, 0
         for target, packets in pending.items():
+            if len(packets) > 1:
+                self.bus.pace()  # batching matters now: confirms on (once)
             key = wire.downlink_key(target)
             for body, count in wire.batches(packets):
                 if self.bus.publish(key, body, FAST_PROPS):

@@ -344,6 +344,9 @@ def bench(args: argparse.Namespace, stack: Stack, logdir: Path) -> dict[str, Any
             r = measure_round(tunnels[:k], cc, args.seconds, logdir)
             log(json.dumps(r))
             result["rounds"].append(r)
+    # again after the streams: session 1 has carried batches since (its confirms are on)
+    log("idle ping again, after the streams")
+    result["idle_ping_after"] = idle_pings(tunnels[0], old, args.pings)
     result["rss_mib"] = rss(tunnels + ([old] if old else []))
     result["rss_mib_old"] = rss([old]) if old else None
     return result
@@ -378,11 +381,13 @@ def render(result: dict[str, Any]) -> str:
               "broker run", "broker wait"]
     lines = [table(header, rows)]
     ping_rows = []
-    for label, runs in result["idle_ping"].items():
-        for i, p in enumerate(runs):
-            ping_rows.append([label, i + 1, p["p50_ms"], p["p99_ms"], p["loss_pct"],
-                              p["machine_idle_pct"]])
-    lines.append(table(["code", "round", "p50 ms", "p99 ms", "loss %", "idle %"], ping_rows))
+    for when, key in (("before", "idle_ping"), ("after", "idle_ping_after")):
+        for label, runs in result.get(key, {}).items():
+            for i, p in enumerate(runs):
+                ping_rows.append([when, label, i + 1, p["p50_ms"], p["p99_ms"], p["loss_pct"],
+                                  p["machine_idle_pct"]])
+    lines.append(table(["streams", "code", "round", "p50 ms", "p99 ms", "loss %", "idle %"],
+                       ping_rows))
     lines.append(f"RSS MiB (new sessions, then old): {result['rss_mib']}")
     return "\n\n".join(lines)
 

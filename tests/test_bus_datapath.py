@@ -106,14 +106,19 @@ def test_publishes_read_back_by_pika_unchanged(vhost: str) -> None:
 
 
 def test_confirms_come_back_through_our_reader_and_open_the_window(vhost: str) -> None:
-    """confirm_window=2: the broker confirms every message we publish (read by our
-    reader, not pika); the bus learns its quickest confirm, and the window is open again
-    once they are all confirmed."""
+    """confirm_window=2: once paced, the broker confirms every message we publish (read
+    by our reader, not pika); the bus learns its quickest confirm, and the window is open
+    again once they are all confirmed. Before pace(): no confirms."""
     listener = Listener(vhost, ["dp.conf"])
     try:
         async def body(bus: Bus, _got: list) -> None:
             await until(lambda: bus._reader is not None, 5)
             assert bus.window_open and bus.in_flight == 0
+            assert bus.publish("dp.conf", b"before", FAST_PROPS)  # no confirms yet
+            bus.flush()
+            await asyncio.sleep(0.2)
+            assert bus.in_flight == 0 and bus._min_confirm == float("inf")
+            bus.pace()  # batching starts: confirms on
             for i in range(50):
                 assert bus.publish("dp.conf", b"m%d" % i, FAST_PROPS)
             assert bus.in_flight == 50
@@ -126,8 +131,10 @@ def test_confirms_come_back_through_our_reader_and_open_the_window(vhost: str) -
             await until(lambda: bus.in_flight == 0, 5)
 
         asyncio.run(_with_bus(vhost, ["dp.unused"], body, confirm_window=2))
-        got = [listener.get(timeout=5) for _ in range(51)]
-        assert [m[1] for m in got if m] == [b"m%d" % i for i in range(50)] + [b"last"]
+        got = [listener.get(timeout=5) for _ in range(52)]
+        assert [m[1] for m in got if m] == [b"before"] + [b"m%d" % i for i in range(50)] + [
+            b"last"
+        ]
     finally:
         listener.close()
 

@@ -56,6 +56,10 @@ class FakeBus:
     up = True
     drop_reason = ""
     window_open = True  # the broker has confirmed enough of our messages
+    paced = 0
+
+    def pace(self) -> None:
+        self.paced += 1
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, object]] = []
@@ -85,9 +89,11 @@ def test_busport_batches_one_loop_iteration() -> None:
         await asyncio.sleep(0)
         assert len(bus.sent) == 1 and bus.sent[0][2] is FAST_PROPS
         assert wire.decode_batch(bus.sent[0][1]) == pkts
+        assert bus.paced == 1  # a batch of several: the bus turns its confirms on
         port.send(pkts[0])
         await asyncio.sleep(0)
         assert len(bus.sent) == 2 and wire.decode_batch(bus.sent[1][1]) == [pkts[0]]
+        assert bus.paced == 1  # a lone packet does not ask for them
         # a full batch goes at once
         big = bytes([0x60]) + bytes(1399)
         for _ in range(wire.MAX_BATCH_BYTES // 1402 + 1):
