@@ -625,6 +625,7 @@ class Bus:
             return
         self._published = self._confirmed = 0  # the broker numbers from here on, from 1
         self._sent_at.clear()
+        self.log.debug("batching: publisher confirms on")
 
     @property
     def in_flight(self) -> int:

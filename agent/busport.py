@@ -31,6 +31,9 @@ STREAM_GAP_S = 0.002  # ...and only if the previous message left less than this 
 # chosen from bench.sessions runs of 0 (off), 1 and 2 (docs/scale.md)
 CONFIRM_WINDOW = 2
 HOLD_MAX_S = 0.2  # a batch held for the broker's confirms leaves after this at the latest
+# a batch of this many packets turns the confirms on (Bus.pace): a stream, not a few lone
+# packets that happened to meet (pings 1 ms apart make batches of 2 now and then)
+PACE_FROM = 4
 
 
 class BusPort:
@@ -170,7 +173,7 @@ class BusPort:
         packets, self._pending, self._pending_bytes = self._pending, [], 0
         if packets:
             self._last_sent = monotonic()
-            if len(packets) > 1:
+            if len(packets) >= PACE_FROM:
                 self.bus.pace()  # batching matters now: confirms on (once)
         for body, count in wire.batches(packets):
             if not self.bus.publish(self.key, body, FAST_PROPS):

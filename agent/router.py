@@ -15,7 +15,7 @@ from typing import Any
 
 from agent import wire
 from agent.bus import FAST_PROPS, Bus, QueueSpec, queue_arguments
-from agent.busport import CONFIRM_WINDOW, HOLD_MAX_S
+from agent.busport import CONFIRM_WINDOW, HOLD_MAX_S, PACE_FROM
 from agent.config import ConfigError, plan_from_bus
 from agent.ipheader import (
     PrefixTable,
@@ -344,7 +344,7 @@ class Router(Service):
             self._window_hold = None
         pending, self._pending, self._pending_bytes = self._pending, {}, 0
         for target, packets in pending.items():
-            if len(packets) > 1:
+            if len(packets) >= PACE_FROM:
                 self.bus.pace()  # batching matters now: confirms on (once)
             key = wire.downlink_key(target)
             for body, count in wire.batches(packets):

@@ -89,7 +89,7 @@ def test_busport_batches_one_loop_iteration() -> None:
         await asyncio.sleep(0)
         assert len(bus.sent) == 1 and bus.sent[0][2] is FAST_PROPS
         assert wire.decode_batch(bus.sent[0][1]) == pkts
-        assert bus.paced == 1  # a batch of several: the bus turns its confirms on
+        assert bus.paced == 1  # a batch of PACE_FROM or more: the bus turns its confirms on
         port.send(pkts[0])
         await asyncio.sleep(0)
         assert len(bus.sent) == 2 and wire.decode_batch(bus.sent[1][1]) == [pkts[0]]
