@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import subprocess
+import time
 
 import orjson
 import pytest
@@ -17,7 +19,7 @@ from agent.busport import BusPort
 from agent.counters import Counters
 from agent.router import Router
 from agent.url import parse_url
-from tests.conftest import Session, needs_root, ping, wait_for
+from tests.conftest import Session, needs_root, ns_run, ping, wait_for
 
 ip6 = st.binary(min_size=40, max_size=1500).map(lambda b: bytes([0x60]) + b[1:])
 ip4 = st.binary(min_size=20, max_size=1500).map(lambda b: bytes([0x45]) + b[1:])
@@ -316,3 +318,39 @@ def test_batches_split_by_the_one_rule(packets: list[bytes]) -> None:
         assert len(body) - last_size < wire.MAX_BATCH_BYTES  # not full before its last one
         if i < len(out) - 1:
             assert wire.batch_full(len(body))
+
+
+CONFIRMS_ON = "publisher confirms on"
+
+
+@pytest.mark.e2e
+@needs_root
+def test_confirms_turn_on_with_a_stream_not_with_pings(session: Session) -> None:
+    """Lone packets (pings) never turn publisher confirms on; a TCP stream's batches do,
+    in the sending agent and the router, and the stream and later pings get through."""
+    router = session.start_router()
+    a1 = session.start_agent("agent_1")
+    session.start_agent("agent_2")
+    assert session.learned("agent_1", "agent_2")
+    assert a1.wait_log("uplink wire: fast", 10), a1.output
+    ns1, ns2 = session.ns["agent_1"], session.ns["agent_2"]
+    assert ping(ns1, "bbbb::2", count=5)
+    assert CONFIRMS_ON not in a1.output and CONFIRMS_ON not in router.output
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", ns2, "iperf3", "-s", "-1", "-B", "bbbb::2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.5)
+        out = ns_run(ns1, "iperf3", "-c", "bbbb::2", "-t", "2", "-J", timeout=30)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr
+        sent = orjson.loads(out.stdout)["end"]["sum_received"]["bytes"]
+        assert sent > 1_000_000, sent
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait()
+    assert wait_for(lambda: CONFIRMS_ON in a1.output, 5), a1.output[-2000:]
+    assert CONFIRMS_ON in router.output
+    assert a1.output.count(CONFIRMS_ON) == 1  # once per connection
+    assert ping(ns1, "bbbb::2", count=3)
