@@ -69,7 +69,7 @@ class BusPort:
         self._pending_bytes = 0
         self._flush_soon = Soon(self._flush_batch)
         self._hold: asyncio.TimerHandle | None = None  # a held burst's send time
-        self._window_hold: asyncio.TimerHandle | None = None  # held for confirms, until
+        self._window_hold: asyncio.TimerHandle | None = None  # held for confirms: its deadline
         self._last_sent = -1.0  # monotonic() of the last fast-wire message
 
     async def open(self, deliver: Deliver, key: str) -> None:
