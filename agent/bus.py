@@ -634,25 +634,16 @@ class Bus:
 
     @property
     def window_open(self) -> bool:
-        """May a batch leave now? (see `_window_open`)"""
+        """May a batch leave now? Yes unless confirms are on and confirm_window of our
+        messages wait for the broker longer than it usually takes (`confirms_late`).
+
+        Those who batch (agent.busport, the router) hold their packets while it is closed:
+        when the broker is behind (a busy host), its confirms come late and the batches
+        grow, so it handles fewer, fuller messages; when it is quick, or only distant (a
+        WAN round trip is then its quickest confirm), nothing is held. A confirm counts as
+        covering every tag below it (the broker confirms in order)."""
         if not self._confirming or self._published - self._confirmed < self.confirm_window:
             return True
-        return self._window_open()
-
-    def _window_open(self) -> bool:  # the rest of window_open: a property's doc is short
-        """May a batch leave now? With confirms on: fewer than confirm_window messages
-        wait for the broker. Those who batch (agent.busport, the router) hold their packets
-        while it is closed: when the broker is slow (a busy host), its confirms come late
-        and the batches grow, so the broker handles fewer, fuller messages; when it is
-        quick, a lone packet leaves at once. A confirm is counted as covering every tag
-        below it (the broker confirms in order; out-of-order single confirms only make
-        this estimate low for a moment).
-
-        The broker's usual confirm time counts too: the window is open while our oldest
-        unconfirmed message is younger than CONFIRM_SLACK x the quickest confirm seen on
-        this connection + CONFIRM_MARGIN_S. A distant broker (a WAN round trip) is not a
-        slow one: packets are not held one round trip each, only when confirms take
-        longer than the path does when quick."""
         sent_at = self._sent_at
         if not sent_at:
             return True  # published through pika (no lean path): no age

@@ -140,8 +140,7 @@ class BusPort:
                         HOLD_MAX_S, self.drain
                     )
             elif (
-                COALESCE_S > 0
-                and self._pending_bytes < wire.MAX_BATCH_BYTES // 2
+                self._pending_bytes < wire.MAX_BATCH_BYTES // 2
                 and monotonic() - self._last_sent < STREAM_GAP_S
             ):
                 if self._hold is None:
