@@ -106,6 +106,42 @@ def sched_ns(pid: int | None) -> tuple[int, int]:
     return run, wait
 
 
+def switches(pid: int | None) -> int:
+    """Context switches (voluntary + involuntary) of pid's threads so far: about one per
+    wake-up, plus the times the scheduler took the CPU away."""
+    total = 0
+    if pid is None:
+        return 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if "ctxt_switches:" in line:  # voluntary_... and nonvoluntary_...
+                        total += int(line.split()[-1])
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def wakeups(tunnels: list[Tunnel]) -> dict[str, int]:
+    """Context switches so far of the agents, the routers (a shared one once) and the broker."""
+    out = {"agents": 0, "routers": 0, "broker": 0}
+    routers: set[int] = set()
+    for t in tunnels:
+        for name, proc in t.procs.items():
+            if name == "router":
+                routers.add(proc.pid)
+            else:
+                out["agents"] += switches(proc.pid)
+    out["routers"] = sum(switches(pid) for pid in routers)
+    out["broker"] = switches(tunnels[0].broker_pid) if tunnels else 0
+    return out
+
+
 def idle_pct(a: tuple[int, int], b: tuple[int, int]) -> float | None:
     total = b[1] - a[1]
     return 100.0 * (b[0] - a[0]) / total if total else None
@@ -218,12 +254,12 @@ def measure_round(
     """iperf3 TCP in every given session at once; throughput, batching, CPU per packet."""
     before: list[Sample] = [t.sample() for t in tunnels]
     bpid = tunnels[0].broker_pid if tunnels else None
-    cpu0, t0, b0 = cpu_times(), time.monotonic(), sched_ns(bpid)
+    cpu0, t0, b0, w0 = cpu_times(), time.monotonic(), sched_ns(bpid), wakeups(tunnels)
     tcp: list[dict[str, str]] = []
     results = iperf3_together(tunnels, cc, seconds, tcp)
     idle = idle_pct(cpu0, cpu_times())
     took = time.monotonic() - t0
-    b1 = sched_ns(bpid)
+    b1, w1 = sched_ns(bpid), wakeups(tunnels)
     # the broker's threads: time on a CPU and time runnable but waiting for one (ms per s)
     broker_sched = {"run_ms_per_s": round((b1[0] - b0[0]) / 1e6 / took),
                     "wait_ms_per_s": round((b1[1] - b0[1]) / 1e6 / took)}
@@ -262,6 +298,10 @@ def measure_round(
         "uplink_packets_per_message": round(packets / up_msgs, 2) if up_msgs else None,
         "downlink_packets_per_message": round(down_pkts / down_msgs, 2) if down_msgs else None,
         "cpu_us_per_packet": {k: (round(v, 2) if v is not None else None) for k, v in us.items()},
+        # context switches per 100 packets during the streams (wake-ups, and preemptions)
+        "switches_per_100_packets": {
+            k: round(100 * (w1[k] - w0[k]) / packets, 1) if packets else None for k in w0
+        },
         "machine_idle_pct": round(idle, 1) if idle is not None else None,
         "tcp_mid_round": tcp,
         "broker_sched": broker_sched,
@@ -375,10 +415,11 @@ def render(result: dict[str, Any]) -> str:
             us["total"], ratio, r["machine_idle_pct"],
             _median([float(t["rtt"].split("/")[0]) for t in r["tcp_mid_round"] if "rtt" in t]),
             r["broker_sched"]["run_ms_per_s"], r["broker_sched"]["wait_ms_per_s"],
+            *(r.get("switches_per_100_packets") or {}).values(),
         ])
     header = ["cc", "sessions", "Mbit/s", "/one", "slow/fast", "pkt/msg up", "pkt/msg down",
               "us/pkt agents", "routers", "broker", "total", "/one", "idle %", "rtt ms",
-              "broker run", "broker wait"]
+              "broker run", "broker wait", "switches/100 pkt agents", "routers", "broker"]
     lines = [table(header, rows)]
     ping_rows = []
     for when, key in (("before", "idle_ping"), ("after", "idle_ping_after")):
