@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    CLK_TCK,
     IPERF_PORT,
     Proc,
     Stack,
@@ -125,6 +126,29 @@ def switches(pid: int | None) -> int:
         except (OSError, ValueError):
             continue
     return total
+
+
+def user_system(pid: int | None) -> tuple[float, float]:
+    """(user, system) CPU seconds of pid so far; (0, 0) if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except (OSError, TypeError):
+        return 0.0, 0.0
+    fields = data[data.rindex(")") + 2 :].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def agents_user_system(tunnels: list[Tunnel]) -> tuple[float, float]:
+    """The agents' (user, system) CPU seconds so far: system includes the kernel's TCP/IP
+    work for the packets they write into their TUNs."""
+    user = system = 0.0
+    for t in tunnels:
+        for name, proc in t.procs.items():
+            if name != "router":
+                u, s = user_system(proc.pid)
+                user, system = user + u, system + s
+    return user, system
 
 
 def wakeups(tunnels: list[Tunnel]) -> dict[str, int]:
@@ -255,11 +279,12 @@ def measure_round(
     before: list[Sample] = [t.sample() for t in tunnels]
     bpid = tunnels[0].broker_pid if tunnels else None
     cpu0, t0, b0, w0 = cpu_times(), time.monotonic(), sched_ns(bpid), wakeups(tunnels)
+    us0 = agents_user_system(tunnels)
     tcp: list[dict[str, str]] = []
     results = iperf3_together(tunnels, cc, seconds, tcp)
     idle = idle_pct(cpu0, cpu_times())
     took = time.monotonic() - t0
-    b1, w1 = sched_ns(bpid), wakeups(tunnels)
+    b1, w1, us1 = sched_ns(bpid), wakeups(tunnels), agents_user_system(tunnels)
     # the broker's threads: time on a CPU and time runnable but waiting for one (ms per s)
     broker_sched = {"run_ms_per_s": round((b1[0] - b0[0]) / 1e6 / took),
                     "wait_ms_per_s": round((b1[1] - b0[1]) / 1e6 / took)}
@@ -298,6 +323,11 @@ def measure_round(
         "uplink_packets_per_message": round(packets / up_msgs, 2) if up_msgs else None,
         "downlink_packets_per_message": round(down_pkts / down_msgs, 2) if down_msgs else None,
         "cpu_us_per_packet": {k: (round(v, 2) if v is not None else None) for k, v in us.items()},
+        # the agents' CPU per packet split: user (Python) and system (syscalls, TCP/IP)
+        "agents_us_per_packet_user_system": [
+            round((b - a) * 1e6 / packets, 1) if packets else None
+            for a, b in zip(us0, us1, strict=True)
+        ],
         # context switches per 100 packets during the streams (wake-ups, and preemptions)
         "switches_per_100_packets": {
             k: round(100 * (w1[k] - w0[k]) / packets, 1) if packets else None for k in w0
@@ -416,10 +446,12 @@ def render(result: dict[str, Any]) -> str:
             _median([float(t["rtt"].split("/")[0]) for t in r["tcp_mid_round"] if "rtt" in t]),
             r["broker_sched"]["run_ms_per_s"], r["broker_sched"]["wait_ms_per_s"],
             *(r.get("switches_per_100_packets") or {}).values(),
+            "/".join(str(x) for x in r.get("agents_us_per_packet_user_system") or []),
         ])
     header = ["cc", "sessions", "Mbit/s", "/one", "slow/fast", "pkt/msg up", "pkt/msg down",
               "us/pkt agents", "routers", "broker", "total", "/one", "idle %", "rtt ms",
-              "broker run", "broker wait", "switches/100 pkt agents", "routers", "broker"]
+              "broker run", "broker wait", "switches/100 pkt agents", "routers", "broker",
+              "agents us/pkt user/sys"]
     lines = [table(header, rows)]
     ping_rows = []
     for when, key in (("before", "idle_ping"), ("after", "idle_ping_after")):
