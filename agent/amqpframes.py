@@ -137,11 +137,21 @@ class Passthrough(NamedTuple):
 Event = Delivery | Confirm | Passthrough
 
 
+def _confirm(buf: bytes, start: int) -> Confirm:
+    """The Confirm of a Basic.Ack/Nack method frame whose payload starts at start."""
+    (tag,) = _LONGLONG.unpack_from(buf, start + 4)
+    return Confirm(tag, bool(buf[start + 12] & 1), buf[start + 3] == BASIC_NACK)
+
+
 class FrameReader:
-    """Frames from a byte stream fed in any chunks; deliveries on `channel` assembled."""
+    """Frames from a byte stream fed in any chunks; deliveries on `channel` assembled,
+    confirms on `channel` and `confirm_channel` read."""
 
     def __init__(self, channel: int, frame_max: int = 131072) -> None:
         self.channel = channel
+        # publisher confirms (Basic.Ack/Nack) are read on this channel too, when set: the
+        # one our paced publishes go on (agent.bus)
+        self.confirm_channel: int | None = None
         self.frame_max = frame_max  # as negotiated: a bigger frame is a broken stream
         # bytes of an incomplete frame, in the chunks they came in, and how many the
         # frame needs in all: joined once, when it is complete (not once per chunk)
@@ -199,12 +209,16 @@ class FrameReader:
                     and size == 13
                     and buf[start : start + 4] in _CONFIRM_IDS
                 ):
-                    (tag,) = _LONGLONG.unpack_from(buf, start + 4)
-                    events.append(
-                        Confirm(tag, bool(buf[start + 12] & 1), buf[start + 3] == BASIC_NACK)
-                    )
+                    events.append(_confirm(buf, start))
                 else:
                     events.append(Passthrough(buf[pos : end + 1]))
+            elif (
+                fch == self.confirm_channel
+                and ftype == FRAME_METHOD
+                and size == 13
+                and buf[start : start + 4] in _CONFIRM_IDS
+            ):
+                events.append(_confirm(buf, start))
             else:
                 events.append(Passthrough(buf[pos : end + 1]))
             pos = end + 1

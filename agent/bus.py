@@ -58,6 +58,12 @@ STANDBY_POLL = 0.5  # s between two tries of a standby to take the queue
 CONFIRM_SLACK = 2.0
 CONFIRM_MARGIN_S = 0.0005
 CONFIRM_GIVE_UP_S = 1.0  # an unconfirmed message this old: the count is off, start afresh
+# paced publishing (publisher confirms) ends once, for this long, no batch asked for it
+# (`pace`), fewer than PACE_IDLE_MESSAGES were published (a stream sends hundreds a second
+# even in small batches; pings a few) and the broker confirmed all: lone packets then go
+# unconfirmed again
+PACE_IDLE_S = 1.0
+PACE_IDLE_MESSAGES = 50
 
 Handler = Callable[[str, bytes, "str | None"], None]  # (routing key, body, content type)
 
@@ -269,10 +275,19 @@ class Bus:
         self.drop_reason = ""  # why the last publish() returned False
         # called at the start of every flush: a last chance to publish what was held back
         self.before_flush: Callable[[], None] | None = None
-        # publisher confirms: messages published / confirmed on this channel
+        # publisher confirms (see `pace`): on a channel of their own, opened with the
+        # connection; publishes go there while a stream is paced, on the first otherwise
         self.confirm_window = confirm_window
-        self._confirming = False  # confirms on for this channel (see `pace`)
-        self._published = 0
+        self._confirming = False  # our publishes go on the confirm channel now
+        self._paced_channel: Any = None  # that channel (pika), in confirm mode
+        self._paced_encoder: PublishEncoder | None = None  # its frames, once it is open
+        self._switching = False  # waiting for the first channel's barrier (`pace`)
+        self._paces = 0  # pace() calls so far (the idle check compares)
+        self._pace_seen = 0
+        self._published_seen = 0
+        self._pace_check: asyncio.TimerHandle | None = None
+        self._pace_logged = False  # the INFO line: once per connection
+        self._published = 0  # messages on the confirm channel / confirmed by the broker
         self._confirmed = 0
         self._sent_at: deque[tuple[int, float]] = deque()  # (tag, monotonic) unconfirmed
         self._min_confirm = float("inf")  # the quickest confirm seen on this connection
@@ -313,6 +328,7 @@ class Bus:
             return
         if not conn.is_closing:
             self.flush()
+            self._unpace()
             try:
                 conn.close()
             except pex.ConnectionWrongStateError:
@@ -375,9 +391,7 @@ class Bus:
         self._writer = pikaedge.writer(conn)
         self._encoder = PublishEncoder(channel.channel_number, conn.params.frame_max, self.exchange)
         channel.add_on_close_callback(self._on_channel_closed)
-        self._confirming = False
-        self._published = self._confirmed = 0
-        self._sent_at.clear()
+        self._unpace()
         if self.exchange.startswith("amq."):
             self._declare_queue()
         else:
@@ -542,15 +556,54 @@ class Bus:
         leftover = pika_in.install(self._data_received)
         if leftover:  # a partial frame pika had not consumed (nor counted) yet
             self._data_received(leftover)
+        if self.confirm_window and self._paced_channel is None:
+            conn.channel(on_open_callback=self._on_paced_channel)
+
+    def _on_paced_channel(self, channel: Any) -> None:
+        """The confirm channel is open: confirms on (nowait), its confirms read by ours."""
+        conn, reader = self._conn, self._reader
+        if self._closing or conn is None or not conn.is_open or reader is None:
+            if channel.is_open:
+                channel.close()
+            return
+        channel.add_on_close_callback(self._on_paced_channel_closed)
+        try:
+            channel.confirm_delivery(self._pika_confirm)  # nowait: no Confirm.SelectOk
+        except (pex.AMQPError, ValueError) as exc:
+            self.log.debug("no publisher confirms: %s", exc)
+            return
+        self._paced_channel = channel
+        reader.confirm_channel = channel.channel_number
+        self._paced_encoder = PublishEncoder(
+            channel.channel_number, conn.params.frame_max, self.exchange
+        )
+        self._published = self._confirmed = 0  # the broker numbers them from 1
+
+    def _on_paced_channel_closed(self, channel: Any, exc: BaseException) -> None:
+        if channel is not self._paced_channel:
+            return
+        self._unpace()
+        self._paced_channel = self._paced_encoder = None
+        if self._reader is not None:
+            self._reader.confirm_channel = None
+        if self._closing or self._conn is None or not isinstance(exc, pex.ChannelClosedByBroker):
+            return  # the connection went: _on_closed reports and reconnects
+        if exc.reply_code == 403:  # a publish refused: as on the first channel, the end
+            self._closing = True
+            self._on_fatal(f"broker at {self.url.where} refused: {exc.reply_text}")
+            self._safe_close()
+            return
+        self.log.warning("confirm channel closed: %s; batches go unpaced", exc)
 
     def _forget_data_path(self) -> None:
         self._encoder = self._reader = self._pika_in = self._writer = None
         self._out.clear()
         self._out_bytes = 0
         self._ack_tag = 0
-        self._confirming = False  # a new channel starts without confirms
+        self._unpace()  # a new connection starts without confirms
+        self._paced_channel = self._paced_encoder = None
+        self._pace_logged = False
         self._published = self._confirmed = 0
-        self._sent_at.clear()
         self._min_confirm = float("inf")
 
     def _data_received(self, data: bytes) -> None:
@@ -606,26 +659,69 @@ class Bus:
                 self._min_confirm = took
 
     def pace(self) -> None:
-        """A batch of several packets is about to be published: from now on, this
-        channel's publishes are confirmed by the broker (if confirm_window > 0), so that
-        `window_open` can pace the batches. Not before: a session carrying only lone
-        packets (pings, CoAP exchanges) pays nothing for confirms (a frame from the broker
-        and a wake-up of ours per message)."""
-        if self._confirming or not self.confirm_window or not self.up:
+        """A batch of several packets is about to be published: our publishes move to
+        the confirm channel (if confirm_window > 0 and it is open), where the broker
+        confirms each, so that `window_open` can pace the batches. Not before, and not
+        after: once no batch asked for it for PACE_IDLE_S and all are confirmed, they
+        move back (`_pace_idle`), so lone packets (pings, CoAP exchanges) never pay for
+        confirms (a frame from the broker and a wake-up of ours per message).
+
+        Order is kept: the move waits for the answer to a Basic.Qos (the prefetch we
+        have) on the first channel, which the broker gives after it has routed every
+        message published there before; the move back waits for every confirm."""
+        self._paces += 1
+        if self._confirming or self._switching or self._paced_encoder is None:
             return
         channel = self._channel
-        if channel is None or not channel.is_open or self._encoder is None:
+        if not self.up or channel is None or not channel.is_open:
             return
-        self._confirming = True  # once per channel, also if the broker refuses below
-        self._send_out()  # what was published before goes before Confirm.Select: unnumbered
+        self._switching = True
+        self._send_out()  # what was published before goes before the barrier
         try:
-            channel.confirm_delivery(self._pika_confirm)  # nowait: no Confirm.SelectOk
+            channel.basic_qos(prefetch_count=self.queue.prefetch, callback=self._paced_on)
         except (pex.AMQPError, ValueError) as exc:
-            self.log.debug("no publisher confirms on this channel: %s", exc)
-            return
-        self._published = self._confirmed = 0  # the broker numbers from here on, from 1
+            self._switching = False
+            self.log.debug("no pacing: %s", exc)
+
+    def _paced_on(self, _frame: Any) -> None:
+        if not self._switching or self._paced_encoder is None:
+            return  # the connection went meanwhile
+        self._switching = False
+        self._confirming = True
         self._sent_at.clear()
-        self.log.info("batching: publisher confirms on (they pace the fast-wire batches)")
+        self._pace_seen, self._published_seen = self._paces, self._published
+        self._pace_check = asyncio.get_running_loop().call_later(PACE_IDLE_S, self._pace_idle)
+        if not self._pace_logged:
+            self._pace_logged = True
+            self.log.info("batching: publisher confirms on (they pace the fast-wire batches)")
+        else:
+            self.log.debug("batching: publisher confirms on")
+
+    def _pace_idle(self) -> None:
+        """Every PACE_IDLE_S while paced: back to the first channel once, since the last
+        look, no batch asked for pacing, fewer than PACE_IDLE_MESSAGES were published, and
+        the broker has confirmed everything."""
+        self._pace_check = None
+        if not self._confirming:
+            return
+        sent_at = self._sent_at
+        settled = self._published == self._confirmed or (
+            sent_at and monotonic() - sent_at[0][1] > CONFIRM_GIVE_UP_S  # one never came
+        )
+        quiet = self._published - self._published_seen < PACE_IDLE_MESSAGES
+        if self._paces == self._pace_seen and quiet and settled:
+            self._unpace()
+            self.log.debug("batching: publisher confirms off (no stream)")
+            return
+        self._pace_seen, self._published_seen = self._paces, self._published
+        self._pace_check = asyncio.get_running_loop().call_later(PACE_IDLE_S, self._pace_idle)
+
+    def _unpace(self) -> None:
+        self._confirming = self._switching = False
+        self._sent_at.clear()
+        if self._pace_check is not None:
+            self._pace_check.cancel()
+            self._pace_check = None
 
     @property
     def in_flight(self) -> int:
@@ -634,7 +730,8 @@ class Bus:
 
     @property
     def window_open(self) -> bool:
-        """May a batch leave now? Yes unless confirms are on and confirm_window of our
+        """May a batch leave now? Yes unless our publishes are moving to the confirm
+        channel (`pace`: one round trip), or confirms are on and confirm_window of our
         messages wait for the broker longer than it usually takes (`confirms_late`).
 
         Those who batch (agent.busport, the router) hold their packets while it is closed:
@@ -642,7 +739,9 @@ class Bus:
         grow, so it handles fewer, fuller messages; when it is quick, or only distant (a
         WAN round trip is then its quickest confirm), nothing is held. A confirm counts as
         covering every tag below it (the broker confirms in order)."""
-        if not self._confirming or self._published - self._confirmed < self.confirm_window:
+        if not self._confirming:
+            return not self._switching  # moving to the confirm channel: batches wait
+        if self._published - self._confirmed < self.confirm_window:
             return True
         sent_at = self._sent_at
         if not sent_at:
@@ -673,14 +772,15 @@ class Bus:
         if self._out_bytes + writer.backlog() > WRITE_BUFFER_LIMIT:
             self.drop_reason = "queue full"
             return False
+        paced = self._paced_encoder if self._confirming else None
         try:
-            self._out += encoder.publish(routing_key, props or self._props, body)
+            self._out += (paced or encoder).publish(routing_key, props or self._props, body)
         except ValueError:  # a routing key over 255 bytes
             self.drop_reason = "bus error"
             return False
         self._out_bytes += len(body)
-        self._published += 1
-        if self._confirming:
+        if paced is not None:
+            self._published += 1
             self._sent_at.append((self._published, monotonic()))
         self._flush_soon()
         return True
@@ -698,7 +798,6 @@ class Bus:
         except (pex.AMQPError, ValueError):
             self.drop_reason = "bus error"
             return False
-        self._published += 1
         return True
 
     def flush(self) -> None:

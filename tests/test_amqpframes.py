@@ -19,6 +19,7 @@ from agent.amqpframes import (
 )
 
 CH = 1
+PACED = 3  # the channel our paced publishes go on (agent.bus)
 shortstr = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=60)
 keys = st.text(st.characters(codec="ascii", min_codepoint=33, max_codepoint=126), max_size=120)
 bodies = st.binary(max_size=3000)
@@ -87,8 +88,9 @@ def deliveries(draw: st.DrawFn) -> tuple[list[bytes], Delivery | None, object]:
 
 @st.composite
 def confirms(draw: st.DrawFn) -> tuple[list[bytes], Confirm | None, object]:
-    """A publisher confirm (ack or nack) as the broker sends it; ours only on CH."""
-    ch = draw(st.sampled_from([CH, CH, 2]))
+    """A publisher confirm (ack or nack) as the broker sends it; ours on CH and on the
+    reader's confirm channel (PACED), another channel's (2) passes through."""
+    ch = draw(st.sampled_from([CH, CH, PACED, 2]))
     tag = draw(st.integers(0, 2**64 - 1))
     multiple = draw(st.booleans())
     nack = draw(st.booleans())
@@ -97,7 +99,7 @@ def confirms(draw: st.DrawFn) -> tuple[list[bytes], Confirm | None, object]:
     else:
         method = spec.Basic.Ack(tag, multiple)
     raw = frame.Method(ch, method).marshal()
-    if ch != CH:
+    if ch not in (CH, PACED):
         return [raw], None, None
     return [raw], Confirm(tag, multiple, nack), None
 
@@ -106,6 +108,8 @@ others = st.sampled_from([
     frame.Heartbeat().marshal(),
     frame.Method(CH, spec.Basic.QosOk()).marshal(),
     frame.Method(CH, spec.Basic.ConsumeOk("ctag")).marshal(),
+    frame.Method(PACED, spec.Channel.OpenOk()).marshal(),
+    frame.Method(PACED, spec.Confirm.SelectOk()).marshal(),
     frame.Method(0, spec.Connection.Blocked("low on memory")).marshal(),
     frame.Method(CH, spec.Channel.Close(406, "PRECONDITION_FAILED", 50, 10)).marshal(),
 ])
@@ -129,6 +133,7 @@ def test_reader_assembles_deliveries_and_passes_the_rest_in_order(items, data) -
     # fed in random pieces: the split points must not matter
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
     reader = FrameReader(CH)
+    reader.confirm_channel = PACED
     got: list[object] = []
     for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True):
         got += reader.feed(stream[a:b])

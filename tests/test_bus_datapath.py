@@ -16,7 +16,7 @@ import pika
 import pytest
 
 from agent import pikaedge
-from agent.bus import FAST_PROPS, JSON_PROPS, Bus, QueueSpec, confirms_late
+from agent.bus import FAST_PROPS, JSON_PROPS, PACE_IDLE_S, Bus, QueueSpec, confirms_late
 from agent.url import parse_url
 from agent.wire import CONTENT_TYPE, FAST_CONTENT_TYPE
 from tests.conftest import Listener, until
@@ -106,19 +106,24 @@ def test_publishes_read_back_by_pika_unchanged(vhost: str) -> None:
 
 
 def test_confirms_come_back_through_our_reader_and_open_the_window(vhost: str) -> None:
-    """confirm_window=2: once paced, the broker confirms every message we publish (read
-    by our reader, not pika); the bus learns its quickest confirm, and the window is open
-    again once they are all confirmed. Before pace(): no confirms."""
+    """confirm_window=2: once paced, our publishes go on the confirm channel and the
+    broker confirms each (read by our reader, not pika); the bus learns its quickest
+    confirm, and the window is open again once they are all confirmed. Before pace(), and
+    PACE_IDLE_S after the last pace() once all are confirmed: no confirms. The order of
+    the messages is kept across both moves."""
     listener = Listener(vhost, ["dp.conf"])
     try:
         async def body(bus: Bus, _got: list) -> None:
-            await until(lambda: bus._reader is not None, 5)
+            await until(lambda: bus._reader is not None and bus._paced_encoder is not None, 5)
             assert bus.window_open and bus.in_flight == 0
             assert bus.publish("dp.conf", b"before", FAST_PROPS)  # no confirms yet
             bus.flush()
             await asyncio.sleep(0.2)
             assert bus.in_flight == 0 and bus._min_confirm == float("inf")
-            bus.pace()  # batching starts: confirms on
+            bus.pace()  # batching starts: confirms on, once the first channel answered
+            assert bus.publish("dp.conf", b"moving", FAST_PROPS)  # still the first channel
+            assert bus.in_flight == 0
+            await until(lambda: bus._confirming, 5)
             for i in range(50):
                 assert bus.publish("dp.conf", b"m%d" % i, FAST_PROPS)
             assert bus.in_flight == 50
@@ -129,12 +134,24 @@ def test_confirms_come_back_through_our_reader_and_open_the_window(vhost: str) -
             assert bus.in_flight == 1 and bus.window_open  # 1 < 2
             bus.flush()
             await until(lambda: bus.in_flight == 0, 5)
+            # no pace() since: confirms off within two PACE_IDLE_S, publishes unconfirmed
+            await until(lambda: not bus._confirming, 3 * PACE_IDLE_S)
+            assert bus.publish("dp.conf", b"after", FAST_PROPS)
+            assert bus.in_flight == 0
+            bus.flush()
+            bus.pace()  # a stream again: on again, on the same confirm channel
+            await until(lambda: bus._confirming, 5)
+            assert bus.publish("dp.conf", b"again", FAST_PROPS)
+            assert bus.in_flight == 1
+            bus.flush()
+            await until(lambda: bus.in_flight == 0, 5)
 
         asyncio.run(_with_bus(vhost, ["dp.unused"], body, confirm_window=2))
-        got = [listener.get(timeout=5) for _ in range(52)]
-        assert [m[1] for m in got if m] == [b"before"] + [b"m%d" % i for i in range(50)] + [
-            b"last"
-        ]
+        want = [b"before", b"moving"] + [b"m%d" % i for i in range(50)]
+        want += [b"last", b"after", b"again"]
+        got = [listener.get(timeout=5) for _ in want]
+        assert [m[1] for m in got if m] == want
+        assert listener.get(timeout=0.3) is None
     finally:
         listener.close()
 

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent import busport, wire
-from agent.bus import FAST_PROPS
+from agent.bus import FAST_PROPS, PACE_IDLE_S
 from agent.busport import BusPort
 from agent.counters import Counters
 from agent.router import Router
@@ -327,7 +327,8 @@ CONFIRMS_ON = "publisher confirms on"
 @needs_root
 def test_confirms_turn_on_with_a_stream_not_with_pings(session: Session) -> None:
     """Lone packets (pings) never turn publisher confirms on; a TCP stream's batches do,
-    in the sending agent and the router, and the stream and later pings get through."""
+    in the sending agent and the router, and the stream and later pings get through,
+    also once publishes moved back to the first channel after the stream."""
     router = session.start_router()
     a1 = session.start_agent("agent_1")
     session.start_agent("agent_2")
@@ -354,3 +355,6 @@ def test_confirms_turn_on_with_a_stream_not_with_pings(session: Session) -> None
     assert CONFIRMS_ON in router.output
     assert a1.output.count(CONFIRMS_ON) == 1  # once per connection
     assert ping(ns1, "bbbb::2", count=3)
+    time.sleep(2.5 * PACE_IDLE_S)  # no stream: publishes back on the first channel
+    assert ping(ns1, "bbbb::2", count=3)
+    assert "Traceback" not in a1.output and "Traceback" not in router.output
