@@ -662,9 +662,9 @@ class Bus:
         """A batch of several packets is about to be published: our publishes move to
         the confirm channel (if confirm_window > 0 and it is open), where the broker
         confirms each, so that `window_open` can pace the batches. Not before, and not
-        after: once no batch asked for it for PACE_IDLE_S and all are confirmed, they
-        move back (`_pace_idle`), so lone packets (pings, CoAP exchanges) never pay for
-        confirms (a frame from the broker and a wake-up of ours per message).
+        after: once the stream is over and all are confirmed, they move back
+        (`_pace_idle`), so lone packets (pings, CoAP exchanges) never pay for confirms (a
+        frame from the broker and a wake-up of ours per message).
 
         Order is kept: the move waits for the answer to a Basic.Qos (the prefetch we
         have) on the first channel, which the broker gives after it has routed every
@@ -710,6 +710,7 @@ class Bus:
         )
         quiet = self._published - self._published_seen < PACE_IDLE_MESSAGES
         if self._paces == self._pace_seen and quiet and settled:
+            self._confirmed = self._published  # (a confirm that never came: given up)
             self._unpace()
             self.log.debug("batching: publisher confirms off (no stream)")
             return
