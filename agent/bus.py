@@ -53,6 +53,10 @@ WRITE_BUFFER_LIMIT = 4 * 1024 * 1024  # bytes pending to the broker before we dr
 # us after 2 missed heartbeats (4 s of a stalled loop).
 DEFAULT_HEARTBEAT = 2
 STANDBY_POLL = 0.5  # s between two tries of a standby to take the queue
+# while up, our exclusive queues are checked (passive declare) this often: after a node's
+# death a broker race can leave a queue without its record, or give its name to another
+# connection (docs/cluster.md); we then reconnect, which releases whatever we still hold
+QUEUE_CHECK_S = 5.0
 # the confirm window (Bus.window_open) closes only when our oldest unconfirmed message is
 # older than this many times the quickest confirm of the connection, plus the margin
 CONFIRM_SLACK = 2.0
@@ -258,6 +262,8 @@ class Bus:
         self._closing = False
         self._closed = asyncio.Event()
         self._retry: asyncio.TimerHandle | None = None
+        self._queue_check: asyncio.TimerHandle | None = None
+        self._checking = False  # a passive declare of ours is under way
         self._ack_tag = 0  # the newest delivery to acknowledge (multiple) at the next flush
         # the data path (agent.amqpframes), per connection once its channel is open
         self._encoder: PublishEncoder | None = None
@@ -323,6 +329,9 @@ class Bus:
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
+        if self._queue_check is not None:
+            self._queue_check.cancel()
+            self._queue_check = None
         conn = self._conn
         if conn is None or conn.is_closed:
             return
@@ -409,6 +418,15 @@ class Bus:
             return
         if not isinstance(exc, pex.ChannelClosedByBroker):
             return  # the connection went: _on_closed reports and reconnects
+        if self._checking:  # our queue check was refused: the queue is gone or not ours
+            self._checking = False
+            if exc.reply_code in (404, 405):
+                self.log.warning(
+                    "our queue is gone or held by another connection (%s); reconnecting",
+                    exc.reply_text,
+                )
+                self._safe_close()
+                return
         reason = f"channel closed: {exc}"
         if isinstance(exc, pex.ChannelClosedByBroker):
             if exc.reply_code == 405 and (self._on_standby is not None or self._ever_up):
@@ -529,7 +547,39 @@ class Bus:
             )
         self._ever_up = True
         self.order.connected()
+        self._arm_queue_check()
         self._on_up()
+
+    def _arm_queue_check(self) -> None:
+        if self.queue.exclusive and self._queue_check is None and not self._closing:
+            self._queue_check = asyncio.get_running_loop().call_later(
+                QUEUE_CHECK_S, self._check_queues
+            )
+
+    def _check_queues(self) -> None:
+        """Every QUEUE_CHECK_S while up: are our exclusive queues still there and ours?
+        A passive declare of each; a refusal closes the channel (`_on_channel_closed`)."""
+        self._queue_check = None
+        names = [self.queue_name]
+        if self.queue.control:
+            names.append(self.control_queue_name)
+        self._check_next(names)
+
+    def _check_next(self, names: list[str]) -> None:
+        channel = self._channel
+        self._checking = False
+        if self._closing or not self.up or channel is None or not channel.is_open:
+            return
+        if not names:
+            self._arm_queue_check()
+            return
+        name = names.pop(0)
+        try:
+            channel.queue_declare(name, passive=True, callback=lambda _f: self._check_next(names))
+        except (pex.AMQPError, ValueError) as exc:
+            self.log.debug("queue check not sent: %s", exc)
+            return
+        self._checking = True
 
     # -- data path -------------------------------------------------------------------------
     #
@@ -596,6 +646,10 @@ class Bus:
         self.log.warning("confirm channel closed: %s; batches go unpaced", exc)
 
     def _forget_data_path(self) -> None:
+        if self._queue_check is not None:
+            self._queue_check.cancel()
+            self._queue_check = None
+        self._checking = False
         self._encoder = self._reader = self._pika_in = self._writer = None
         self._out.clear()
         self._out_bytes = 0

@@ -9,9 +9,11 @@ import re
 import subprocess
 import sys
 
+import pika
 import pytest
 
-from tests.conftest import ROOT, Session, needs_root, ping, tun_links
+from agent.bus import QUEUE_CHECK_S
+from tests.conftest import ROOT, Session, needs_root, ping, rabbitmqctl, tun_links, wait_for
 
 pytestmark = [pytest.mark.e2e, needs_root]
 
@@ -124,3 +126,47 @@ def test_static_links_forward_only_between_linked_agents(session: Session) -> No
     assert re.search(r"agent_1 > agent_2  IPv6 bbbb::1 > bbbb::3 ICMPv6 Echo Request",
                      router.output)
     assert not re.search(r"agent_1 > [^ ]*agent_3", router.output)
+
+
+def test_router_whose_queue_vanished_reconnects(session: Session) -> None:
+    """The router's queue deleted behind its back (as a broker race after a cluster node's
+    death can do, docs/cluster.md): the router notices within QUEUE_CHECK_S, reconnects,
+    holds its queue again and the agents' pings get through again."""
+    router = session.start_router()
+    session.start_agent("agent_1")
+    session.start_agent("agent_2")
+    assert session.learned("agent_1", "agent_2")
+    ns1 = session.ns["agent_1"]
+    assert ping(ns1, "bbbb::2", count=2)
+    vhost = session.url.rsplit("/", 1)[1]
+    rabbitmqctl("delete_queue", "-p", vhost, "packetrouting@router")
+    assert router.wait_log("our queue is gone", QUEUE_CHECK_S + 10), router.output[-2000:]
+    assert router.wait_log("broker connection restored", 10), router.output[-2000:]
+    assert wait_for(lambda: ping(ns1, "bbbb::2", count=1), 20), router.output[-2000:]
+    assert "Traceback" not in router.output
+
+
+def test_router_whose_queue_name_another_connection_took_stands_by(session: Session) -> None:
+    """The router's queue deleted and its name then taken by another connection (the other
+    outcome of that broker race): the router notices, reconnects, stands by while the name
+    is held, and is active again, routing, once the holder goes."""
+    router = session.start_router()
+    session.start_agent("agent_1")
+    session.start_agent("agent_2")
+    assert session.learned("agent_1", "agent_2")
+    ns1 = session.ns["agent_1"]
+    vhost = session.url.rsplit("/", 1)[1]
+    rabbitmqctl("delete_queue", "-p", vhost, "packetrouting@router")
+    holder = pika.BlockingConnection(pika.URLParameters(session.url))
+    try:
+        holder.channel().queue_declare("packetrouting@router", exclusive=True)
+        assert router.wait_log("our queue is gone or held", QUEUE_CHECK_S + 10), router.output
+        assert router.wait_log("another router is active", 10), router.output[-2000:]
+    finally:
+        holder.close()
+    # active again: a second "active on" line (the first was at start)
+    assert wait_for(lambda: router.output.count("announced as packetrouting") >= 2, 10), (
+        router.output[-2000:]
+    )
+    assert wait_for(lambda: ping(ns1, "bbbb::2", count=1), 20), router.output[-2000:]
+    assert "Traceback" not in router.output
