@@ -329,9 +329,7 @@ class Bus:
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
-        if self._queue_check is not None:
-            self._queue_check.cancel()
-            self._queue_check = None
+        self._stop_queue_check()
         conn = self._conn
         if conn is None or conn.is_closed:
             return
@@ -438,19 +436,15 @@ class Bus:
             if exc.reply_code == 405:
                 reason = self.queue.in_use_message.format(queue=self.queue.name)
                 if not self._ever_up:
-                    self._closing = True
-                    self._on_fatal(reason)
-                    self._safe_close()
+                    self._give_up(reason)
                     return
             elif exc.reply_code == 403 or (exc.reply_code in (404, 406) and not self._ever_up):
                 # 403: the account may not (publish on that key, bind, declare): retrying
                 # cannot help, so one line naming what was refused, and the end
-                self._closing = True
                 if exc.reply_code == 403:
-                    self._on_fatal(f"broker at {self.url.where} refused: {exc.reply_text}")
+                    self._give_up(self._refused(exc))
                 else:
-                    self._on_fatal(f"broker refused a declaration: {exc.reply_text}")
-                self._safe_close()
+                    self._give_up(f"broker refused a declaration: {exc.reply_text}")
                 return
         self.log.warning("%s; reconnecting", reason)
         self._safe_close()
@@ -476,6 +470,15 @@ class Bus:
                 conn.channel(on_open_callback=self._on_channel)
 
         asyncio.get_running_loop().call_later(STANDBY_POLL, retry)
+
+    def _refused(self, exc: pex.ChannelClosedByBroker) -> str:
+        return f"broker at {self.url.where} refused: {exc.reply_text}"
+
+    def _give_up(self, reason: str) -> None:
+        """A setting to fix (refused permission, a name in use): one line, and the end."""
+        self._closing = True
+        self._on_fatal(reason)
+        self._safe_close()
 
     def _safe_close(self) -> None:
         conn = self._conn
@@ -556,6 +559,12 @@ class Bus:
                 QUEUE_CHECK_S, self._check_queues
             )
 
+    def _stop_queue_check(self) -> None:
+        if self._queue_check is not None:
+            self._queue_check.cancel()
+            self._queue_check = None
+        self._checking = False
+
     def _check_queues(self) -> None:
         """Every QUEUE_CHECK_S while up: are our exclusive queues still there and ours?
         A passive declare of each; a refusal closes the channel (`_on_channel_closed`)."""
@@ -578,6 +587,7 @@ class Bus:
             channel.queue_declare(name, passive=True, callback=lambda _f: self._check_next(names))
         except (pex.AMQPError, ValueError) as exc:
             self.log.debug("queue check not sent: %s", exc)
+            self._arm_queue_check()  # try again next time
             return
         self._checking = True
 
@@ -639,17 +649,12 @@ class Bus:
         if self._closing or self._conn is None or not isinstance(exc, pex.ChannelClosedByBroker):
             return  # the connection went: _on_closed reports and reconnects
         if exc.reply_code == 403:  # a publish refused: as on the first channel, the end
-            self._closing = True
-            self._on_fatal(f"broker at {self.url.where} refused: {exc.reply_text}")
-            self._safe_close()
+            self._give_up(self._refused(exc))
             return
         self.log.warning("confirm channel closed: %s; batches go unpaced", exc)
 
     def _forget_data_path(self) -> None:
-        if self._queue_check is not None:
-            self._queue_check.cancel()
-            self._queue_check = None
-        self._checking = False
+        self._stop_queue_check()
         self._encoder = self._reader = self._pika_in = self._writer = None
         self._out.clear()
         self._out_bytes = 0
