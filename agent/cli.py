@@ -279,6 +279,14 @@ def cli() -> None:
 @click.option("--mtu", type=click.IntRange(1280, 65535), default=1500, show_default=True)
 @click.option("--netns", default=None, help="Put the TUN into this existing network namespace.")
 @click.option(
+    "--coalesce/--no-coalesce",
+    default=True,
+    show_default=True,
+    help="Merge consecutive TCP segments addressed to this host into one before writing "
+    "them into the TUN, as a network card's GRO does (fewer writes and ACKs; tcpdump on "
+    "the TUN then shows segments larger than the MTU).",
+)
+@click.option(
     "--accept-any",
     is_flag=True,
     help="Write every packet from the bus into the TUN, not only those for this agent.",
@@ -306,6 +314,7 @@ def connect(
     reroute_prefixes: tuple[IPNetwork, ...],
     reroute_host: str | None,
     accept_any: bool,
+    coalesce: bool,
     wire: str,
     pcap: str | None,
     name: str,
@@ -391,6 +400,7 @@ def connect(
         ca_file=ca_file,
         stats_interval=stats,
         accept_any=accept_any,
+        coalesce=coalesce,
         wire=wire,
         reroute=reroute,
     )

@@ -15,6 +15,8 @@ class Counters:
         self.packets: Counter[str] = Counter()
         self.bytes: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
+        self.merged = 0
+        """TCP segments the TUN wrote merged into the one before (agent.coalesce)"""
 
     def count(self, path: str, size: int) -> None:
         self.packets[path] += 1
@@ -30,7 +32,12 @@ class Counters:
     def status_line(self) -> str:
         parts = [f"{p} {self.packets[p]}p/{self.bytes[p]}B" for p in self._paths()]
         drops = ", ".join(f"{r} {n}" for r, n in sorted(self.drops.items()))
-        return " | ".join(parts or ["no packets"]) + (f" | drops: {drops}" if drops else "")
+        merged = f" | merged {self.merged}" if self.merged else ""
+        return (
+            " | ".join(parts or ["no packets"])
+            + merged
+            + (f" | drops: {drops}" if drops else "")
+        )
 
     def per_port(self) -> dict[str, tuple[int, int, int, int]]:
         """port -> (packets in, bytes in, packets out, bytes out), summed over the paths."""
@@ -63,6 +70,8 @@ class Counters:
                     rows.append(f"  {'in  ' + port:<20}{pin:>10}{bin_:>14}")
                 if pout:
                     rows.append(f"  {'out ' + port:<20}{pout:>10}{bout:>14}")
+        if self.merged:
+            rows.append(f"  {'merged into one':<20}{self.merged:>10}")
         for reason, n in sorted(self.drops.items()):
             rows.append(f"  {'drop ' + reason:<20}{n:>10}")
         return "\n".join(rows)
@@ -72,4 +81,5 @@ class Counters:
             "packets": dict(self.packets),
             "bytes": dict(self.bytes),
             "drops": dict(self.drops),
+            "merged": self.merged,
         }

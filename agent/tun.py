@@ -19,7 +19,9 @@ from collections.abc import Sequence
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from agent.coalesce import coalesce
 from agent.config import AddressPlan, IPNetwork
+from agent.counters import Counters
 from agent.netns import Netlink, entered, netns_path
 from agent.port import LINKTYPE_RAW, Deliver
 
@@ -102,6 +104,12 @@ class Tun:
         self._netlink = netlink
         self.index = 0
         self._routes: list[IPNetwork] = []
+        self.coalesce = True
+        """merge TCP segments to our own addresses before writing them (agent.coalesce)"""
+        self._local: frozenset[bytes] = frozenset()
+        self._pending: list[bytes] = []
+        self.counters: Counters | None = None
+        """where a flush counts merged segments and failed writes (the agent's)"""
 
     @classmethod
     def create(cls, name: str | None, netns: str | None) -> Tun:
@@ -116,6 +124,7 @@ class Tun:
             self.index = found[0]
             await ipr.link("set", index=self.index, mtu=mtu)
             await ipr.link("set", index=self.index, state="up")
+            self._local = frozenset(i.ip.packed for i in plan.interfaces())
             for iface in plan.interfaces():
                 await ipr.addr(
                     "add",
@@ -181,6 +190,9 @@ class Tun:
         self._reading = True
 
     def send(self, packet: bytes) -> str | None:
+        if self.coalesce and self._local:
+            self._pending.append(packet)  # written by flush(), at the end of the burst
+            return None
         try:
             os.write(self.fd, packet)
         except OSError:
@@ -191,7 +203,22 @@ class Tun:
         """Nothing to do: re-route networks never leave by the TUN."""
 
     def flush(self) -> None:
-        """Nothing waits: every send() is one write()."""
+        """Write the burst send() queued, TCP segments to us merged (agent.coalesce)."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        write, fd = os.write, self.fd
+        out = coalesce(pending, self._local) if len(pending) > 1 else pending
+        counters = self.counters
+        if counters is not None:
+            counters.merged += len(pending) - len(out)
+        for packet in out:
+            try:
+                write(fd, packet)
+            except OSError:
+                if counters is not None:
+                    counters.drop("tun down")
 
     async def close(self) -> None:
         """Stop reading; delete our routes, then the device (by closing its descriptor)."""
