@@ -28,6 +28,7 @@ double the cost of merging).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Collection
 
 MAX_IP_LEN = 65535
@@ -41,7 +42,8 @@ def _sum16(data: bytes) -> int:
 
 
 class _Run:
-    """Segments of one flow waiting to be merged, and the slot their result takes."""
+    """Segments of one flow waiting to be merged (in `coalesce`'s output list, in the place
+    of the first)."""
 
     __slots__ = (
         "first",
@@ -51,13 +53,12 @@ class _Run:
         "size",
         "next_seq",
         "total",
-        "slot",
         "same",
         "open",
     )
 
     def __init__(
-        self, packet: bytes, ip_hl: int, hl: int, seq: int, plen: int, same: bytes, slot: int
+        self, packet: bytes, ip_hl: int, hl: int, seq: int, plen: int, same: tuple[object, ...]
     ) -> None:
         self.first = packet
         self.ip_hl = ip_hl
@@ -66,56 +67,62 @@ class _Run:
         self.size = plen
         self.next_seq = (seq + plen) & 0xFFFFFFFF
         self.total = len(packet)
-        self.slot = slot
         self.same = same
         # a short (or odd-sized) segment or a PSH ends the run
         self.open = plen % 2 == 0 and not packet[ip_hl + 13] & _PSH
 
 
-def _parse(
-    packet: bytes, local: Collection[bytes]
-) -> tuple[bytes, int, int, int, int, bytes] | None:
+_V4 = struct.Struct("!BBHHHBB2x4s4sHHIIBBH2xH")
+"""IPv4 (no options) + TCP: version/IHL, TOS, length, id, flags/offset, TTL, protocol,
+source, destination; ports, seq, ack, data offset, flags, window, urgent pointer"""
+_V6 = struct.Struct("!IHBB16s16sHHIIBBH2xH")
+"""IPv6 + TCP: version/class/flow label, payload length, next header, hop limit, source,
+destination; then TCP as above"""
+
+Flow = tuple[bytes, bytes, int, int]
+Parsed = tuple[Flow, int, int, int, int, tuple[object, ...]]
+
+
+def _parse(packet: bytes, local: Collection[bytes]) -> Parsed | None:
     """(flow, IP header length, IP+TCP header length, seq, payload length, fields that must
     match) of a segment that may merge, else None."""
     n = len(packet)
     if n < 40:
         return None
-    v = packet[0]
-    if v == 0x45:
-        if (
-            packet[9] != 6
-            or packet[6] & 0x3F
-            or packet[7]
-            or int.from_bytes(packet[2:4], "big") != n
-            or packet[16:20] not in local
-        ):
+    if packet[0] == 0x45:
+        (_, tos, tl, _, frag, ttl, proto, src, dst, sp, dp, seq, ack, doff, flags, win, urg) = (
+            _V4.unpack_from(packet)
+        )
+        if proto != 6 or frag & 0x3FFF or tl != n or dst not in local:
             return None
         ip_hl = 20
-        flow = packet[12:24]
-        same_ip = packet[1:2] + bytes((packet[6] & 0x40, packet[8]))
-    elif v >> 4 == 6:
-        if n < 60 or packet[6] != 6 or int.from_bytes(packet[4:6], "big") + 40 != n:
+        same_ip: tuple[int, ...] = (tos, frag, ttl)
+    elif packet[0] >> 4 == 6:
+        if n < 60:
             return None
-        if packet[24:40] not in local:
+        (vtf, pl, nh, hlim, src, dst, sp, dp, seq, ack, doff, flags, win, urg) = _V6.unpack_from(
+            packet
+        )
+        if nh != 6 or pl + 40 != n or dst not in local:
             return None
         ip_hl = 40
-        flow = packet[8:44]
-        same_ip = packet[0:4] + packet[7:8]
+        same_ip = (vtf, hlim)
     else:
         return None
-    t = ip_hl
-    doff = (packet[t + 12] >> 4) * 4
-    flags = packet[t + 13]
-    hl = t + doff
-    if doff < 20 or hl > n or flags & ~_PSH != _ACK:
+    hl = ip_hl + (doff >> 4) * 4
+    if hl < ip_hl + 20 or hl > n or flags & ~_PSH != _ACK:
         return None
     plen = n - hl
     if plen <= 0:
         return None
-    seq = int.from_bytes(packet[t + 4 : t + 8], "big")
-    # ACK number, data offset, window, urgent pointer, options
-    same = same_ip + packet[t + 8 : t + 13] + packet[t + 14 : t + 16] + packet[t + 18 : hl]
-    return flow, ip_hl, hl, seq, plen, same
+    return (
+        (src, dst, sp, dp),
+        ip_hl,
+        hl,
+        seq,
+        plen,
+        (*same_ip, ack, doff, win, urg, packet[ip_hl + 20 : hl]),
+    )
 
 
 def _merge(run: _Run) -> bytes:
@@ -162,15 +169,15 @@ def coalesce(packets: list[bytes], local: Collection[bytes]) -> list[bytes]:
     if len(packets) < 2 or not local:
         return packets
     out: list[bytes | _Run] = []
-    runs: dict[bytes, _Run] = {}
+    runs: dict[Flow, _Run] = {}
     for p in packets:
         parsed = _parse(p, local)
         if parsed is None:
             if runs and len(p) >= 40:
                 # anything between the same two hosts (a FIN, a pure ACK, a segment with
                 # IP options) goes after what we hold: no later segment may overtake it
-                pair = p[12:20] if p[0] >> 4 == 4 else p[8:40]
-                for key in [k for k in runs if k.startswith(pair)]:
+                pair = (p[12:16], p[16:20]) if p[0] >> 4 == 4 else (p[8:24], p[24:40])
+                for key in [k for k in runs if k[:2] == pair]:
                     del runs[key]
             out.append(p)
             continue
@@ -190,7 +197,7 @@ def coalesce(packets: list[bytes], local: Collection[bytes]) -> list[bytes]:
             if plen < run.size or p[ip_hl + 13] & _PSH:
                 run.open = False
             continue
-        run = _Run(p, ip_hl, hl, seq, plen, same, len(out))
+        run = _Run(p, ip_hl, hl, seq, plen, same)
         runs[flow] = run
         out.append(run)
     return [x if type(x) is bytes else _merge(x) for x in out]  # type: ignore[arg-type]
