@@ -279,7 +279,7 @@ def cli() -> None:
 @click.option("--mtu", type=click.IntRange(1280, 65535), default=1500, show_default=True)
 @click.option("--netns", default=None, help="Put the TUN into this existing network namespace.")
 @click.option(
-    "--coalesce/--no-coalesce",
+    "--gro/--no-gro",
     default=True,
     show_default=True,
     help="Merge consecutive TCP segments addressed to this host into one before writing "
@@ -314,7 +314,7 @@ def connect(
     reroute_prefixes: tuple[IPNetwork, ...],
     reroute_host: str | None,
     accept_any: bool,
-    coalesce: bool,
+    gro: bool,
     wire: str,
     pcap: str | None,
     name: str,
@@ -400,7 +400,7 @@ def connect(
         ca_file=ca_file,
         stats_interval=stats,
         accept_any=accept_any,
-        coalesce=coalesce,
+        gro=gro,
         wire=wire,
         reroute=reroute,
     )

@@ -57,7 +57,7 @@ class AgentOptions:
     ca_file: str | None = None
     stats_interval: float = 0.0
     accept_any: bool = False
-    coalesce: bool = True  # merge TCP segments to us before the TUN write (agent.coalesce)
+    gro: bool = True  # merge TCP segments to us before the TUN write (agent.gro)
     wire: str = "auto"  # "json": ioppytest's only; "fast": always ours; "auto": negotiated
     extra_started: dict[str, Any] = field(default_factory=dict)
     # --re-route-if/-prefix/-host: applied to every plan (CLI or tun.start), they win
@@ -186,7 +186,7 @@ class Agent(Service):
         tun = Tun.create(self.opts.tun_name, self.opts.netns)
         self.tun = tun
         tun.counters = self.counters
-        tun.coalesce = self.opts.coalesce
+        tun.gro = self.opts.gro
         await tun.configure(plan, self.opts.mtu)
         self.plan = plan
         self.switch.set_local(plan.owns())

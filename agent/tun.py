@@ -19,9 +19,9 @@ from collections.abc import Sequence
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from agent.coalesce import coalesce
 from agent.config import AddressPlan, IPNetwork
 from agent.counters import Counters
+from agent.gro import merge_segments
 from agent.netns import Netlink, entered, netns_path
 from agent.port import LINKTYPE_RAW, Deliver
 
@@ -104,8 +104,8 @@ class Tun:
         self._netlink = netlink
         self.index = 0
         self._routes: list[IPNetwork] = []
-        self.coalesce = True
-        """merge TCP segments to our own addresses before writing them (agent.coalesce)"""
+        self.gro = True
+        """merge TCP segments to our own addresses before writing them (agent.gro)"""
         self._local: frozenset[bytes] = frozenset()
         self._pending: list[bytes] = []
         self.counters: Counters | None = None
@@ -190,7 +190,7 @@ class Tun:
         self._reading = True
 
     def send(self, packet: bytes) -> str | None:
-        if self.coalesce and self._local:
+        if self.gro and self._local:
             self._pending.append(packet)  # written by flush(), at the end of the burst
             return None
         try:
@@ -203,13 +203,13 @@ class Tun:
         """Nothing to do: re-route networks never leave by the TUN."""
 
     def flush(self) -> None:
-        """Write the burst send() queued, TCP segments to us merged (agent.coalesce)."""
+        """Write the burst send() queued, TCP segments to us merged (agent.gro)."""
         pending = self._pending
         if not pending:
             return
         self._pending = []
         write, fd = os.write, self.fd
-        out = coalesce(pending, self._local) if len(pending) > 1 else pending
+        out = merge_segments(pending, self._local) if len(pending) > 1 else pending
         counters = self.counters
         if counters is not None:
             counters.merged += len(pending) - len(out)

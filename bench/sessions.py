@@ -2,7 +2,7 @@
 
     sudo .venv/bin/python -m bench.sessions [--sessions 1,2,4,8] [--cc bbr,cubic]
         [--seconds 8] [--tree DIR] [--old-tree DIR] [--pings 200] [--shared-router]
-        [--broker-nice N] [--json FILE] [--logs DIR]
+        [--broker-nice N] [--agent-arg ARG] [--json FILE] [--logs DIR]
 
 Each session is what a new user makes: its own vhost, `agent router`, two agents with
 their TUNs in namespaces of their own (bench.rig.Tunnel). For each congestion control
@@ -30,6 +30,9 @@ so 24 tunnel processes leave the broker, through which every packet passes, a sm
 
 --old-tree DIR: one more session run by the agent code in DIR (e.g. `git archive` of an
 older commit) to measure ping p50 on an idle session, new and old alternately in this run.
+
+--agent-arg ARG: one more argument for the measured sessions' agents, e.g.
+`--agent-arg=--no-gro` to compare with TCP segments written into the TUN one by one.
 """
 
 from __future__ import annotations
@@ -178,7 +181,7 @@ def loadavg() -> str:
 
 def open_session(
     stack: Stack, tag: str, logdir: Path, python: list[str], bpid: int | None,
-    url: str | None = None, router: Proc | None = None,
+    url: str | None = None, router: Proc | None = None, agent_args: tuple[str, ...] = (),
 ) -> Tunnel:
     """A session on vhost tag (made here unless url is given), with its own router
     unless router (one serving several sessions) is given."""
@@ -187,7 +190,7 @@ def open_session(
     ns_b = make_netns(stack, f"{tag}b")
     sdir = logdir / tag
     sdir.mkdir(parents=True, exist_ok=True)
-    tunnel = Tunnel(stack, url, ns_a, ns_b, sdir, [], bpid, python=python,
+    tunnel = Tunnel(stack, url, ns_a, ns_b, sdir, list(agent_args), bpid, python=python,
                     shared_router=router, label=tag if router is not None else "")
     tunnel.start(timeout=60)
     return tunnel
@@ -195,17 +198,18 @@ def open_session(
 
 def open_sessions(
     stack: Stack, tags: list[str], logdir: Path, python: list[str], bpid: int | None,
-    shared_router: bool, router_nice: int | None = None,
+    shared_router: bool, router_nice: int | None = None, agent_args: tuple[str, ...] = (),
 ) -> list[Tunnel]:
     if not shared_router:
-        return [open_session(stack, tag, logdir, python, bpid) for tag in tags]
+        return [open_session(stack, tag, logdir, python, bpid, agent_args=agent_args)
+                for tag in tags]
     urls = [make_vhost(stack, tag) for tag in tags]
     argv = python + ["router"] + [a for url in urls for a in ("--url", url)]
     router = Proc(stack, "router", argv, logdir)
     if router_nice is not None:  # a broker host's service, like the broker
         set_autogroup_nice(router.pid, router_nice)
     return [
-        open_session(stack, tag, logdir, python, bpid, url, router)
+        open_session(stack, tag, logdir, python, bpid, url, router, agent_args)
         for tag, url in zip(tags, urls, strict=True)
     ]
 
@@ -397,7 +401,7 @@ def bench(args: argparse.Namespace, stack: Stack, logdir: Path) -> dict[str, Any
     tags = [f"{tag}n{i}" for i in range(max(counts))]
     tunnels = open_sessions(
         stack, tags, logdir, agent_command(args.tree), bpid, args.shared_router,
-        args.broker_nice,
+        args.broker_nice, tuple(args.agent_arg),
     )
     old = None
     if args.old_tree:
@@ -479,6 +483,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="during the run, the broker's autogroup nice value (e.g. -10: the "
                     "broker before the sessions' processes); restored afterwards. With "
                     "--shared-router, the router's too")
+    ap.add_argument("--agent-arg", action="append", default=[], metavar="ARG",
+                    help="one more argument for the measured agents (not --old-tree's), "
+                    "e.g. --agent-arg=--no-gro; repeatable")
     ap.add_argument("--json", help="write the raw result here")
     ap.add_argument("--logs", help="keep the processes' logs in this directory")
     args = ap.parse_args(argv)

@@ -1,6 +1,6 @@
-"""Receive coalescing for the TUN: consecutive TCP segments of one flow, addressed to
-this host, become one large segment before they are written (what a network card's GRO
-does). Pure, no I/O.
+"""Receive offload in user space (GRO) for the TUN: consecutive TCP segments of one flow,
+addressed to this host, become one large segment before they are written (what a network
+card's GRO does). Pure, no I/O.
 
 Why: every packet written into a TUN is one system call and one pass through the
 kernel's TCP receive path, and the receiving TCP answers about every second segment with
@@ -42,7 +42,7 @@ def _sum16(data: bytes) -> int:
 
 
 class _Run:
-    """Segments of one flow waiting to be merged (in `coalesce`'s output list, in the place
+    """Segments of one flow waiting to be merged (in `merge_segments`'s output list, in the place
     of the first)."""
 
     __slots__ = (
@@ -162,7 +162,7 @@ def _merge(run: _Run) -> bytes:
     return bytes(ip) + bytes(tcp_hdr) + payload
 
 
-def coalesce(packets: list[bytes], local: Collection[bytes]) -> list[bytes]:
+def merge_segments(packets: list[bytes], local: Collection[bytes]) -> list[bytes]:
     """The packets to write for `packets` (in arrival order): runs of mergeable TCP
     segments to one of the `local` addresses (4 or 16 address bytes) merged, each in the
     place of its first segment; everything else unchanged. Order within a flow is kept."""

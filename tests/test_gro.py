@@ -1,4 +1,4 @@
-"""Receive coalescing of TCP segments before the TUN write (agent.coalesce): unit and
+"""Merging of TCP segments before the TUN write (agent.gro): unit and
 property tests against an independent checksum, and end to end through a real tunnel."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.coalesce import coalesce
+from agent.gro import merge_segments
 from tests.conftest import Session, needs_root, ns_run, wait_for
 
 A4, B4 = ipaddress.ip_address("10.2.0.1").packed, ipaddress.ip_address("10.2.0.2").packed
@@ -102,7 +102,7 @@ def stream(
 @pytest.mark.parametrize("src,dst", [(A4, B4), (A6, B6)], ids=["ipv4", "ipv6"])
 def test_a_burst_of_one_flow_becomes_one_segment(src: bytes, dst: bytes) -> None:
     segs = stream(src, dst, 30)
-    (merged,) = coalesce(segs, LOCAL)
+    (merged,) = merge_segments(segs, LOCAL)
     assert tcp_ok(merged)
     assert payload_of(merged) == b"".join(payload_of(s) for s in segs)
     ihl = 20 if src == A4 else 40
@@ -116,39 +116,39 @@ def test_a_burst_of_one_flow_becomes_one_segment(src: bytes, dst: bytes) -> None
 
 def test_not_to_this_host_is_left_alone() -> None:
     segs = stream(A4, ipaddress.ip_address("10.9.0.5").packed, 10)
-    assert coalesce(segs, LOCAL) == segs
-    assert coalesce(stream(A4, B4, 10), set()) is not None
+    assert merge_segments(segs, LOCAL) == segs
+    assert merge_segments(stream(A4, B4, 10), set()) is not None
     segs = stream(A4, B4, 10)
-    assert coalesce(segs, set()) == segs
+    assert merge_segments(segs, set()) == segs
 
 
 def test_too_long_is_split_at_64k() -> None:
     segs = stream(A6, B6, 50)
-    out = coalesce(segs, LOCAL)
+    out = merge_segments(segs, LOCAL)
     assert len(out) == 2 and all(len(p) <= 65535 + 40 for p in out)
     assert all(tcp_ok(p) for p in out)
     assert b"".join(map(payload_of, out)) == b"".join(map(payload_of, segs))
-    v4 = coalesce(stream(A4, B4, 50), LOCAL)
+    v4 = merge_segments(stream(A4, B4, 50), LOCAL)
     assert len(v4) == 2 and all(len(p) <= 65535 for p in v4)
 
 
 def test_gap_fin_psh_short_and_odd_segments_end_a_run() -> None:
     s = stream(A4, B4, 4, last_psh=False)
     gap = segment(A4, B4, 1000 + 5 * 1448, os.urandom(1448))
-    assert len(coalesce(s + [gap], LOCAL)) == 2
+    assert len(merge_segments(s + [gap], LOCAL)) == 2
     fin = segment(A4, B4, 1000 + 4 * 1448, b"", ACK | FIN)
     after = segment(A4, B4, 1000 + 4 * 1448 + 1, os.urandom(1448))
-    out = coalesce(s[:2] + [fin] + s[2:], LOCAL)
+    out = merge_segments(s[:2] + [fin] + s[2:], LOCAL)
     assert out[1] == fin and len(out) == 3  # what came after the FIN stays after it
-    out = coalesce(s + [fin, after], LOCAL)
+    out = merge_segments(s + [fin, after], LOCAL)
     assert out[1:] == [fin, after]
     psh = stream(A4, B4, 3)  # PSH on the third
     more = segment(A4, B4, 1000 + 3 * 1448, os.urandom(1448))
-    assert len(coalesce(psh + [more], LOCAL)) == 2
+    assert len(merge_segments(psh + [more], LOCAL)) == 2
     short = [segment(A4, B4, 1000, os.urandom(1000)), segment(A4, B4, 2000, os.urandom(1448))]
-    assert len(coalesce(short, LOCAL)) == 2  # a short segment ends the run
+    assert len(merge_segments(short, LOCAL)) == 2  # a short segment ends the run
     odd = [segment(A4, B4, 1000, os.urandom(1001)), segment(A4, B4, 2001, os.urandom(1001))]
-    assert coalesce(odd, LOCAL) == odd
+    assert merge_segments(odd, LOCAL) == odd
 
 
 def test_different_options_window_or_ack_do_not_merge() -> None:
@@ -161,7 +161,7 @@ def test_different_options_window_or_ack_do_not_merge() -> None:
         segment(A4, B4, 2448, os.urandom(1448), ack=8),
         segment(A4, B4, 2448, os.urandom(1448), flags=ACK | 0x40),  # ECE
     ):
-        assert coalesce([a, b], LOCAL) == [a, b]
+        assert merge_segments([a, b], LOCAL) == [a, b]
 
 
 def test_two_flows_each_merged_in_the_place_of_its_first_segment() -> None:
@@ -169,7 +169,7 @@ def test_two_flows_each_merged_in_the_place_of_its_first_segment() -> None:
     f2 = [segment(A4, B4, 9000 + i * 1448, os.urandom(1448), sport=40001) for i in range(6)]
     ping = bytes.fromhex("4500001c0001000040010000") + B4 + A4 + bytes(8)
     mixed = [f1[0], f2[0], ping, *[x for pair in zip(f1[1:], f2[1:], strict=True) for x in pair]]
-    out = coalesce(mixed, LOCAL)
+    out = merge_segments(mixed, LOCAL)
     assert len(out) == 3
     assert payload_of(out[0]) == b"".join(map(payload_of, f1))
     assert payload_of(out[1]) == b"".join(map(payload_of, f2))
@@ -180,13 +180,13 @@ def test_a_corrupt_segment_leaves_the_merged_checksum_wrong() -> None:
     segs = stream(A4, B4, 5)
     bad = bytearray(segs[2])
     bad[-7] ^= 0x40
-    out = coalesce(segs[:2] + [bytes(bad)] + segs[3:], LOCAL)
+    out = merge_segments(segs[:2] + [bytes(bad)] + segs[3:], LOCAL)
     assert len(out) == 1 and not tcp_ok(out[0])
 
 
 def test_garbage_passes_unchanged() -> None:
     junk = [b"", b"\x45", os.urandom(39), b"\x45" + os.urandom(60), b"\x60" + os.urandom(80)]
-    assert coalesce(junk, LOCAL) == junk
+    assert merge_segments(junk, LOCAL) == junk
 
 
 FLOWS = [(A4, B4, 40000), (A4, B4, 40001), (A6, B6, 40000), (A4, b"\x0a\x09\x00\x05", 40000)]
@@ -264,7 +264,7 @@ def _streams(packets: list[bytes]) -> tuple[dict[bytes, bytes], dict[bytes, dict
 @given(traffic())
 def test_property_same_bytes_in_order_valid_checksums(case: tuple[list[bytes], int]) -> None:
     packets, corrupt = case
-    out = coalesce(packets, LOCAL)
+    out = merge_segments(packets, LOCAL)
     assert len(out) <= len(packets)
     streams_in, barriers_in = _streams(packets)
     streams_out, barriers_out = _streams(out)
@@ -346,7 +346,7 @@ def _merged(proc) -> int:  # type: ignore[no-untyped-def]
 def test_bulk_tcp_arrives_intact_with_segments_merged(session: Session) -> None:
     """20 MB each way of IPv6 and IPv4 TCP arrive byte for byte (the kernel checked every
     merged checksum); agent_2 merged segments (its status line says how many), and an
-    agent started with --no-coalesce merges none and still carries the stream."""
+    agent started with --no-gro merges none and still carries the stream."""
     session.start_router()
     session.start_agent("agent_1")
     a2 = session.start_agent("agent_2")
@@ -356,7 +356,7 @@ def test_bulk_tcp_arrives_intact_with_segments_merged(session: Session) -> None:
     assert _merged(a2) > 1000, a2.output[-2000:]
     a2.stop(signal.SIGTERM)
     assert "merged into one" in a2.output
-    a2 = session.start_agent("agent_2", "--no-coalesce")
+    a2 = session.start_agent("agent_2", "--no-gro")
     assert wait_for(
         lambda: ns_run(session.ns["agent_1"], "ping", "-c1", "-W1", "bbbb::2").returncode == 0, 15
     )
