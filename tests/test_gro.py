@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -18,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.gro import merge_segments
-from tests.conftest import Session, needs_root, ns_run, wait_for
+from tests.conftest import Session, needs_root, ns_run, tun_links, wait_for
 
 A4, B4 = ipaddress.ip_address("10.2.0.1").packed, ipaddress.ip_address("10.2.0.2").packed
 A6, B6 = ipaddress.ip_address("bbbb::1").packed, ipaddress.ip_address("bbbb::2").packed
@@ -117,7 +118,6 @@ def test_a_burst_of_one_flow_becomes_one_segment(src: bytes, dst: bytes) -> None
 def test_not_to_this_host_is_left_alone() -> None:
     segs = stream(A4, ipaddress.ip_address("10.9.0.5").packed, 10)
     assert merge_segments(segs, LOCAL) == segs
-    assert merge_segments(stream(A4, B4, 10), set()) is not None
     segs = stream(A4, B4, 10)
     assert merge_segments(segs, set()) == segs
 
@@ -314,10 +314,10 @@ c.sendall(data); c.close()
 """
 
 
-def _transfer(session: Session, dst: str, size: int) -> None:
+def _transfer(session: Session, dst: str, size: int, sink_ns: str | None = None) -> None:
     seed = hashlib.sha256(dst.encode()).hexdigest()
     data = bytes.fromhex(seed) * (size // 32)
-    ns1, ns2 = session.ns["agent_1"], session.ns["agent_2"]
+    ns1, ns2 = session.ns["agent_1"], sink_ns or session.ns["agent_2"]
     sink = subprocess.Popen(
         ["ip", "netns", "exec", ns2, sys.executable, "-c", SINK, dst],
         stdout=subprocess.PIPE,
@@ -388,3 +388,47 @@ def test_iperf3_through_merging_agents(session: Session) -> None:
     finally:
         server.kill()
         server.wait()
+
+
+@pytest.mark.e2e
+@needs_root
+def test_segments_the_host_forwards_are_not_merged(
+    session: Session, netns: Callable[[], str]
+) -> None:
+    """TCP to a host behind agent_2 (its namespace forwards to a third one over a veth with
+    MTU 1500): agent_2 writes those segments as they came (a merged one would exceed the
+    veth's MTU and be dropped), and 5 MB arrive intact."""
+    session.start_router()
+    session.start_agent("agent_1")
+    a2 = session.start_agent("agent_2", "--accept-any")  # takes the flooded 10.9.0.5
+    assert session.learned("agent_1", "agent_2")
+    ns1, ns2, ns3 = session.ns["agent_1"], session.ns["agent_2"], netns()
+    for cmd in (
+        [
+            "ip",
+            "-n",
+            ns2,
+            "link",
+            "add",
+            "gro0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "gro1",
+            "netns",
+            ns3,
+        ],
+        ["ip", "-n", ns2, "addr", "add", "10.9.0.1/24", "dev", "gro0"],
+        ["ip", "-n", ns3, "addr", "add", "10.9.0.5/24", "dev", "gro1"],
+        ["ip", "-n", ns2, "link", "set", "gro0", "up"],
+        ["ip", "-n", ns3, "link", "set", "gro1", "up"],
+        ["ip", "-n", ns3, "route", "add", "default", "via", "10.9.0.1"],
+        ["ip", "netns", "exec", ns2, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+        ["ip", "-n", ns1, "route", "add", "10.9.0.0/24", "dev", tun_links(ns1)[0]],
+    ):
+        subprocess.run(cmd, check=True)
+    assert wait_for(lambda: ns_run(ns1, "ping", "-c1", "-W1", "10.9.0.5").returncode == 0, 15)
+    _transfer(session, "10.9.0.5", 5_000_000, sink_ns=ns3)
+    assert _merged(a2) == 0, a2.output[-2000:]
+    assert "Traceback" not in a2.output
