@@ -203,13 +203,14 @@ class Tun:
         """Nothing to do: re-route networks never leave by the TUN."""
 
     def flush(self) -> None:
-        """Write the burst send() queued, TCP segments to us merged (agent.gro)."""
+        """Write the burst send() queued, TCP segments to us merged (agent.gro). A failed
+        write counts one "tun down" drop (the packets were counted as sent by the agent)."""
         pending = self._pending
         if not pending:
             return
         self._pending = []
         write, fd = os.write, self.fd
-        out = merge_segments(pending, self._local) if len(pending) > 1 else pending
+        out = merge_segments(pending, self._local)
         counters = self.counters
         if counters is not None:
             counters.merged += len(pending) - len(out)
