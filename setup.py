@@ -8,7 +8,7 @@ setup(
     python_requires=">=3.11",
     install_requires=[
         "scapy>=2.5",
-        "pika>=1.3,<2",  # agent.bus uses a few pika 1.x internals (guarded)
+        "pika>=1.3,<2",  # agent.bus.connection uses a few pika 1.x internals (guarded)
         "click>=8.1",
         "pyserial>=3.5",
         "pyroute2>=0.9",

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from agent.bus.url import AmqpUrl, UrlError, by_vhost, parse_urls, resolve_url
 from agent.config import (
     ConfigError,
     IPNetwork,
@@ -32,7 +33,6 @@ from agent.slip.options import (
     SerialOptionError,
 )
 from agent.slip.port import DEFAULT_BAUDRATE
-from agent.url import AmqpUrl, UrlError, by_vhost, parse_urls, resolve_url
 
 log = logging.getLogger("agent")
 _EXCHANGE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,127}")
@@ -51,7 +51,7 @@ def setup_logging(verbose: int, quiet: int) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # per-packet lines (agent.taps, router, sniff): INFO with -v, dumps (DEBUG) with -vv
+    # per-packet lines (agent.inspect.taps, router, sniff): INFO with -v, dumps (DEBUG) with -vv
     packets = logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING
     logging.getLogger("agent.packets").setLevel(packets)
     for noisy in ("pika", "pyroute2", "asyncio", "scapy"):
@@ -368,7 +368,7 @@ def connect(
             "or use --wait-bootstrap to take them from a tun.start"
         )
     if netns is not None:
-        from agent.netns import netns_path
+        from agent.tun.netns import netns_path
 
         try:
             netns_path(netns)
@@ -405,13 +405,13 @@ def connect(
         reroute=reroute,
     )
     agent = Agent(opts)
-    if verbose or pcap:  # packet trace / capture taps (agent.taps); none: no per-packet cost
-        from agent.taps import install_cli
+    if verbose or pcap:  # packet trace, capture taps (agent.inspect.taps); none: no cost
+        from agent.inspect.taps import install_cli
 
         try:
             install_cli(agent, verbose, pcap)
         except OSError as exc:
-            from agent.taps import file_error_hint
+            from agent.inspect.taps import file_error_hint
 
             raise click.FileError(pcap or "", hint=file_error_hint(exc)) from None
     # the ports beside the TUN and the bus, one line each (the agent opens and closes them)
@@ -482,7 +482,7 @@ def router(
     """
     setup_logging(verbose, quiet)
     sessions = by_vhost(_url(url, url_file, one_vhost=False))
-    from agent.router import Router, RouterSet, RoutingTable
+    from agent.router.router import Router, RouterSet, RoutingTable
 
     def make(urls: list[AmqpUrl], **kwargs: Any) -> Router:
         table = (
@@ -497,7 +497,7 @@ def router(
 
 
 def _filter(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-    from agent.pktfilter import Filter, FilterError  # only when sniffing
+    from agent.inspect.filter import Filter, FilterError  # only when sniffing
 
     return _optional(Filter, FilterError)(ctx, param, value)
 
@@ -542,7 +542,7 @@ def sniff(
     """Watch a session's packets on the bus (no root, no TUN): one line per packet."""
     setup_logging(2 if verbose >= 2 else 0, quiet)  # -v: dump each packet; -vv: debug logs
     amqp = _url(url, url_file)
-    from agent.sniff import Sniffer
+    from agent.inspect.sniff import Sniffer
 
     try:
         sniffer = Sniffer(
@@ -557,7 +557,7 @@ def sniff(
             full_dump=verbose > 0,
         )
     except OSError as exc:
-        from agent.taps import file_error_hint
+        from agent.inspect.taps import file_error_hint
 
         raise click.FileError(pcap or "", hint=file_error_hint(exc)) from None
     _run(sniffer.run)

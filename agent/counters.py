@@ -16,7 +16,7 @@ class Counters:
         self.bytes: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         self.merged = 0
-        """TCP segments the TUN wrote merged into the one before (agent.gro)"""
+        """TCP segments the TUN wrote merged into the one before (agent.tun.gro)"""
 
     def count(self, path: str, size: int) -> None:
         self.packets[path] += 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent import wire
+from agent.bus import wire
 
 LOSSY_KEY = wire.LOSSY_KEY
 COUNT_FIELD = "number_of_packets_to_drop"

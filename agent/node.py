@@ -17,17 +17,17 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agent import wire
-from agent.bus import Bus, agent_queue
-from agent.busport import CONFIRM_WINDOW, BusPort
+from agent.bus import wire
+from agent.bus.connection import Bus, agent_queue
+from agent.bus.port import CONFIRM_WINDOW, BusPort
+from agent.bus.url import Urls
 from agent.config import AddressPlan, ConfigError, IPNetwork, plan_from_bus
 from agent.port import Port
 from agent.reroute.iface import IfaceError, IfacePort, open_for_plan
 from agent.reroute.options import RerouteOptions
 from agent.service import Service
 from agent.switch import BUS, TUN, Switch, is_drop, routes
-from agent.tun import Tun, TunError
-from agent.url import Urls
+from agent.tun.device import Tun, TunError
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class AgentOptions:
     ca_file: str | None = None
     stats_interval: float = 0.0
     accept_any: bool = False
-    gro: bool = True  # merge TCP segments to us before the TUN write (agent.gro)
+    gro: bool = True  # merge TCP segments to us before the TUN write (agent.tun.gro)
     wire: str = "auto"  # "json": ioppytest's only; "fast": always ours; "auto": negotiated
     extra_started: dict[str, Any] = field(default_factory=dict)
     # --re-route-if/-prefix/-host: applied to every plan (CLI or tun.start), they win

@@ -21,7 +21,7 @@ from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.packet import Raw
 
-from agent.pktfilter import Filter
+from agent.inspect.filter import Filter
 
 PACKETS = {
     "coap6": bytes(

@@ -18,8 +18,8 @@ republished unchanged to the other side's downlink key. No parsing, no routing t
   the publisher times each round trip (like ping through the tunnel: four broker hops).
 
 All three use pika's SelectConnection (its own poll loop, the leanest pika adapter): the
-plain pika relay. With lean=True they use the agent's own bus code instead (agent.bus.Bus
-in an asyncio loop: pika for the connection, agent.amqpframes for the messages), which
+plain pika relay. With lean=True they use the agent's own bus code instead (agent.bus.connection.Bus
+in an asyncio loop: pika for the connection, agent.bus.frames for the messages), which
 shows what the broker does with clients as lean as ours.
 """
 
@@ -39,9 +39,9 @@ from typing import Any
 
 import pika
 
-from agent import wire
-from agent.bus import JSON_PROPS, Bus, QueueSpec
-from agent.url import parse_url
+from agent.bus import wire
+from agent.bus.connection import JSON_PROPS, Bus, QueueSpec
+from agent.bus.url import parse_url
 from bench.common import Stack, cpu_seconds, percentile
 
 EXCHANGE = "amq.topic"
@@ -179,7 +179,7 @@ class _Client(_Role):
 
 
 class _LeanClient(_Role):
-    """The role on agent.bus.Bus (the agent's data path), in its own asyncio loop."""
+    """The role on agent.bus.connection.Bus (the agent's data path), in its own asyncio loop."""
 
     def __init__(self, *role: Any) -> None:
         super().__init__(*role)

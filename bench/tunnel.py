@@ -327,7 +327,7 @@ def notes(result: dict[str, Any]) -> list[str]:
         + " msgs/s); its round trip is a ping-sized body out and back "
         "(4 broker hops, as a ping through the tunnel)",
         "relay on agent.bus: the same relay with the agent's own bus code (pika for the "
-        "connection, agent.amqpframes for the messages) in all three roles: what the broker "
+        "connection, agent.bus.frames for the messages) in all three roles: what the broker "
         "moves with clients as lean as the tunnel's",
         "CPU s/10k pkt x 100 = us per packet; broker CPU is per router arrival / relayed "
         "message; relay CPU rows: publisher ~ agent_1, relay ~ router, consumer ~ agent_2",

@@ -1,4 +1,4 @@
-"""The data path's AMQP frames (agent.amqpframes) against pika's own marshalling."""
+"""The data path's AMQP frames (agent.bus.frames) against pika's own marshalling."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pika import frame, spec
 
-from agent.amqpframes import (
+from agent.bus.frames import (
     Confirm,
     Delivery,
     FrameError,
@@ -19,7 +19,7 @@ from agent.amqpframes import (
 )
 
 CH = 1
-PACED = 3  # the channel our paced publishes go on (agent.bus)
+PACED = 3  # the channel our paced publishes go on (agent.bus.connection)
 shortstr = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=60)
 keys = st.text(st.characters(codec="ascii", min_codepoint=33, max_codepoint=126), max_size=120)
 bodies = st.binary(max_size=3000)

@@ -1,4 +1,4 @@
-"""The Bus's own data path (agent.amqpframes under pika) against the real broker.
+"""The Bus's own data path (agent.bus.frames under pika) against the real broker.
 
 Small frame_max so bodies span many body frames; a small prefetch so a missing ack
 stalls the stream; heartbeat frames passing through to pika while the reader owns the
@@ -15,10 +15,10 @@ from collections.abc import Callable
 import pika
 import pytest
 
-from agent import pikaedge
-from agent.bus import FAST_PROPS, JSON_PROPS, PACE_IDLE_S, Bus, QueueSpec, confirms_late
-from agent.url import parse_url
-from agent.wire import CONTENT_TYPE, FAST_CONTENT_TYPE
+from agent.bus import pikaedge
+from agent.bus.connection import FAST_PROPS, JSON_PROPS, PACE_IDLE_S, Bus, QueueSpec, confirms_late
+from agent.bus.url import parse_url
+from agent.bus.wire import CONTENT_TYPE, FAST_CONTENT_TYPE
 from tests.conftest import Listener, until
 
 pytestmark = pytest.mark.e2e
@@ -184,7 +184,7 @@ def test_lean_path_is_active_on_the_pinned_pika(
     vhost: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """On the pika setup.py pins, our reader owns the input and publishes leave by one
-    send() on the socket: if a pika upgrade breaks agent.pikaedge, this fails (the bus
+    send() on the socket: if a pika upgrade breaks agent.bus.pikaedge, this fails (the bus
     itself would only fall back, slower, with a WARNING)."""
     caplog.set_level(logging.WARNING, logger="agent.bus")
 
@@ -203,7 +203,7 @@ def test_lean_path_is_active_on_the_pinned_pika(
 def test_without_pika_internals_the_bus_still_works(
     vhost: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A pika whose internals agent.pikaedge does not find: deliveries, acks and
+    """A pika whose internals agent.bus.pikaedge does not find: deliveries, acks and
     publishes go through pika's own API, with one WARNING each, and nothing raises."""
     caplog.set_level(logging.WARNING, logger="agent.bus")
     monkeypatch.setattr(pikaedge, "_warned", set())

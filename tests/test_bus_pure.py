@@ -1,4 +1,4 @@
-"""Tests for the pure parts of agent.bus: reconnect backoff, the one-line error a user
+"""Tests for the pure parts of agent.bus.connection: reconnect backoff, the one-line error a user
 reads when the broker cannot be used, and the pika connection parameters."""
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from pika.adapters.utils.connection_workflow import (
     AMQPConnectorTransportSetupError,
 )
 
-from agent.bus import connection_parameters, describe_error, queue_arguments
-from agent.failover import Backoff
-from agent.url import parse_url
+from agent.bus.connection import connection_parameters, describe_error, queue_arguments
+from agent.bus.failover import Backoff
+from agent.bus.url import parse_url
 
 PASSWORD = "Sup3r-S3cret!"  # noqa: S105 (test value)
 URL = parse_url("amqp://paul:Sup3r-S3cret%21@broker.example:5673/session05")

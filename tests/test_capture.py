@@ -1,4 +1,4 @@
-"""Tests for agent.capture: pcapng writer and one-line packet summaries."""
+"""Tests for agent.inspect.capture: pcapng writer and one-line packet summaries."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from scapy.layers.inet6 import (
 )
 from scapy.utils import PcapNgReader, rdpcap
 
-from agent.capture import (
+from agent.inspect.capture import (
     LINKTYPE_ETHERNET,
     LINKTYPE_IEEE802_15_4_NOFCS,
     LINKTYPE_RAW,
@@ -472,7 +472,7 @@ def test_truncates_existing_file(tmp_path: Path) -> None:
 
 
 def test_summarize_falls_back_when_scapy_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    import agent.capture as capture
+    import agent.inspect.capture as capture
 
     def boom(data: bytes) -> str:
         raise IndexError("dissector bug")

@@ -24,7 +24,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 
-from agent import wire
+from agent.bus import wire
 from tests.conftest import (
     NOBODY,
     ROOT,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 
-from agent import wire
+from agent.bus import wire
 from tests.conftest import Proc, Session, needs_root, ping, wait_for
 
 pytestmark = [pytest.mark.e2e, needs_root]
@@ -76,7 +76,7 @@ def test_url_file_own_exchange_and_sniff_name(  # type: ignore[no-untyped-def]
 
 # --------------------------------------------------------------------------- back-pressure
 
-PREFETCH, MAX_LENGTH, TTL = 256, 1000, 5.0  # agent.bus: agent_queue, queue_arguments
+PREFETCH, MAX_LENGTH, TTL = 256, 1000, 5.0  # agent.bus.connection: agent_queue, queue_arguments
 
 
 def _bus_to_tun(agent: Proc) -> int:

@@ -25,7 +25,7 @@ from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.packet import raw
 
-from agent import wire
+from agent.bus import wire
 from tests.conftest import (
     ROOT,
     Proc,

@@ -12,7 +12,7 @@ import sys
 import pika
 import pytest
 
-from agent.bus import QUEUE_CHECK_S
+from agent.bus.connection import QUEUE_CHECK_S
 from tests.conftest import ROOT, Session, needs_root, ping, rabbitmqctl, tun_links, wait_for
 
 pytestmark = [pytest.mark.e2e, needs_root]

@@ -20,7 +20,7 @@ import orjson
 import pytest
 import serial
 
-from agent import wire
+from agent.bus import wire
 from tests.conftest import (
     ROOT,
     Proc,

@@ -13,12 +13,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent import busport, wire
-from agent.bus import FAST_PROPS, PACE_IDLE_S
-from agent.busport import BusPort
+from agent.bus import port as busport
+from agent.bus import wire
+from agent.bus.connection import FAST_PROPS, PACE_IDLE_S
+from agent.bus.port import BusPort
+from agent.bus.url import parse_url
 from agent.counters import Counters
-from agent.router import Router
-from agent.url import parse_url
+from agent.router.router import Router
 from tests.conftest import Session, needs_root, ns_run, ping, wait_for
 
 ip6 = st.binary(min_size=40, max_size=1500).map(lambda b: bytes([0x60]) + b[1:])

@@ -16,13 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import wire
+from agent.bus import wire
+from agent.bus.url import parse_url
 from agent.config import default_plan
 from agent.node import Agent, AgentOptions
 from agent.port import LINKTYPE_RAW
-from agent.router import Router
+from agent.router.router import Router
 from agent.switch import BUS, TUN
-from agent.url import parse_url
 
 URL = parse_url("amqp://guest:guest@127.0.0.1:1/fuzz")
 

@@ -1,4 +1,4 @@
-"""Merging of TCP segments before the TUN write (agent.gro): unit and
+"""Merging of TCP segments before the TUN write (agent.tun.gro): unit and
 property tests against an independent checksum, and end to end through a real tunnel."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.gro import merge_segments
+from agent.tun.gro import merge_segments
 from tests.conftest import Session, needs_root, ns_run, tun_links, wait_for
 
 A4, B4 = ipaddress.ip_address("10.2.0.1").packed, ipaddress.ip_address("10.2.0.2").packed

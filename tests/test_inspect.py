@@ -14,14 +14,14 @@ import pytest
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 
-from agent import wire
-from agent.capture import LINKTYPE_IEEE802_15_4_NOFCS, LINKTYPE_RAW
+from agent.bus import wire
+from agent.bus.url import parse_url
 from agent.counters import Counters
+from agent.inspect.capture import LINKTYPE_IEEE802_15_4_NOFCS, LINKTYPE_RAW
+from agent.inspect.filter import Filter
+from agent.inspect.sniff import Sniffer, bindings, describe_plan, line
+from agent.inspect.taps import PcapTap, TraceTap, direction, install, router_line, trace_line
 from agent.node import Agent, AgentOptions
-from agent.pktfilter import Filter
-from agent.sniff import Sniffer, bindings, describe_plan, line
-from agent.taps import PcapTap, TraceTap, direction, install, router_line, trace_line
-from agent.url import parse_url
 from tests.tools.pcap import TSHARK
 from tests.tools.pcap import read_raw as _read
 from tests.tools.pcap import tshark_fields as _tshark

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent import wire
+from agent.bus import wire
 from agent.lossy import LOSSY_KEY, LossyCommandError, LossyLink, packets_to_drop, packets_to_drop_in
 
 

@@ -1,4 +1,4 @@
-"""agent.pikaedge: pika's frames built from our reader's frames equal pika's own decoding,
+"""agent.bus.pikaedge: pika's frames built from our reader's frames equal pika's own decoding,
 and a pika without the internals we use gives one WARNING and pika's path, never an
 exception. (That the lean path IS active on the pinned pika: test_bus_datapath.py.)"""
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pika import frame as pika_frame
 from pika import spec
 
-from agent import pikaedge
+from agent.bus import pikaedge
 
 METHODS = st.one_of(
     st.builds(spec.Basic.Ack, st.integers(0, 2**64 - 1), st.booleans()),

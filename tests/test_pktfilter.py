@@ -1,4 +1,4 @@
-"""agent.pktfilter: `sniff --filter` selects exactly what tcpdump selects.
+"""agent.inspect.filter: `sniff --filter` selects exactly what tcpdump selects.
 
 A pcap of mixed raw-IP traffic (IPv4/IPv6, ICMP, UDP with CoAP and DNS, TCP, fragments,
 extension headers, odd lengths) is written with Scapy; for a table of filters, and for
@@ -29,7 +29,7 @@ from scapy.layers.inet6 import (
 )
 from scapy.packet import Raw
 
-from agent.pktfilter import COAP_EXPR, Filter, FilterError, translate
+from agent.inspect.filter import COAP_EXPR, Filter, FilterError, translate
 
 TCPDUMP = shutil.which("tcpdump")
 LINKTYPE_RAW = 101

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from scapy.layers.inet6 import UDP, IPv6
 
-from agent import wire
+from agent.bus import wire
 from tests.conftest import (
     ROOT,
     Session,

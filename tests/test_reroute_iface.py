@@ -14,7 +14,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment
 from scapy.packet import Packet, Raw, raw
 
-from agent import wire
+from agent.bus import wire
 from agent.config import default_plan
 from agent.ipheader import PrefixTable
 from agent.reroute.checksum import complete_checksum

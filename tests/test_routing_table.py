@@ -1,4 +1,4 @@
-"""Tests for the pure part of agent.router: who gets a copy of a packet."""
+"""Tests for the pure part of agent.router.router: who gets a copy of a packet."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, ICMPv6ND_NS, IPv6
 
-from agent import router as router_module
-from agent import wire
+from agent.bus import wire
 from agent.config import ConfigError, default_plan
-from agent.router import RoutingTable
+from agent.router import router as router_module
+from agent.router.router import RoutingTable
 
 
 def started(name: str, **changes: Any) -> dict[str, Any]:

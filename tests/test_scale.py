@@ -10,8 +10,8 @@ from collections import Counter
 import orjson
 import pytest
 
-from agent import wire
-from agent.bus import CONTROL_QUEUE_ARGUMENTS, agent_queue, control_queue_name
+from agent.bus import wire
+from agent.bus.connection import CONTROL_QUEUE_ARGUMENTS, agent_queue, control_queue_name
 from bench.many_agents import pings as _pings
 from tests.conftest import Listener, Session, needs_root, ns_run, wait_for
 

@@ -9,8 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent import sniff, wire
-from agent.bus import agent_queue, control_queue_name
+from agent.bus import wire
+from agent.bus.connection import agent_queue, control_queue_name
+from agent.bus.url import parse_url
+from agent.inspect import sniff
 from agent.session.accounts import (
     AccountError,
     account_url,
@@ -22,7 +24,6 @@ from agent.session.accounts import (
     session_grants,
 )
 from agent.session.ops import describe, parse_description
-from agent.url import parse_url
 
 names = st.from_regex(r"[A-Za-z0-9_-]{1,20}", fullmatch=True).filter(
     lambda n: n not in ("router", "observer")

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 
-from agent import wire
+from agent.bus import wire
+from agent.bus.url import parse_url
 from agent.config import AddressPlan, parse_reroute_prefix
 from agent.node import Agent, AgentOptions
 from agent.reroute.options import RerouteOptions
@@ -34,7 +35,6 @@ from agent.slip.options import (
 from agent.slip.port import SerialPortError, SerialSettings
 from agent.slip.probe import data_slip
 from agent.switch import routes
-from agent.url import parse_url
 from tests.conftest import until
 
 END = b"\xc0"

@@ -1,4 +1,4 @@
-"""Tests for agent.url: AMQP URL parsing, where the URL comes from, and secrecy of the password."""
+"""Tests for agent.bus.url: AMQP URL parsing, where the URL comes from, password secrecy."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from agent.url import DEFAULT_URL, AmqpUrl, UrlError, parse_url, resolve_url
+from agent.bus.url import DEFAULT_URL, AmqpUrl, UrlError, parse_url, resolve_url
 
 # ----------------------------------------------------------------------------- parsing
 

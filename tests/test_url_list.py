@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.failover import Backoff, NodeOrder
-from agent.url import UrlError, by_vhost, mask, parse_urls, resolve_url
+from agent.bus.failover import Backoff, NodeOrder
+from agent.bus.url import UrlError, by_vhost, mask, parse_urls, resolve_url
 
 SECRET = "s3cr%3Bet"  # an encoded ';' in the password must not split the list
 

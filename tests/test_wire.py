@@ -1,4 +1,4 @@
-"""Tests for agent.wire: the ioppytest bodies and routing keys, both ways.
+"""Tests for agent.bus.wire: the ioppytest bodies and routing keys, both ways.
 
 Golden bodies are the examples of ../shared/wire-format.md; peers (the ioppytest
 router, the original agent) produce and expect exactly those shapes.
@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 
-from agent import wire
+from agent.bus import wire
+from agent.bus.wire import WireError
 from agent.config import AddressPlan, default_plan, plan_from_bus
-from agent.wire import WireError
 
 GOLDEN_TUN_START = b"""
 {"_api_version": "1.2.15", "name": "agent_2", "ipv6_prefix": "bbbb", "ipv6_host": "2",

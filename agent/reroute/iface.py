@@ -55,10 +55,10 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.config import AddressPlan, ConfigError, IPNetwork
 from agent.ipheader import PrefixTable, destination, is_group, is_link_local_or_unspecified, source
-from agent.netns import Netlink, entered
 from agent.port import LINKTYPE_RAW, Deliver
 from agent.reroute.checksum import complete_checksum
 from agent.switch import iface_port_name
+from agent.tun.netns import Netlink, entered
 
 if TYPE_CHECKING:
     from pyroute2 import AsyncIPRoute

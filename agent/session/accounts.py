@@ -1,8 +1,8 @@
 """The accounts of a session and what the broker lets each do. Pure: no I/O.
 
 A session is a vhost. Each participant gets a user whose permissions are exactly what our
-agent, router or sniffer does on the bus (agent.bus, agent.node, agent.router,
-agent.sniff, agent.slip.probe), checked by the broker:
+agent, router or sniffer does on the bus (agent.bus.connection, agent.node, agent.router.router,
+agent.inspect.sniff, agent.slip.probe), checked by the broker:
 
 - resource permissions (configure/write/read) on queue and exchange names: each account
   may declare, bind and consume only its own queue, publish and bind only on the session
@@ -20,12 +20,12 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
-from agent import wire
+from agent.bus import wire
 
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 WORD = r"[A-Za-z0-9_-]+"  # one routing-key word (an agent name), as a broker regex
-SNIFF_QUEUE_RE = r"[0-9a-f]{16}@sniff"  # agent.sniff: `<16 random hex digits>@sniff`
-ROUTER_QUEUE = "packetrouting@router"  # agent.router
+SNIFF_QUEUE_RE = r"[0-9a-f]{16}@sniff"  # agent.inspect.sniff: `<16 random hex digits>@sniff`
+ROUTER_QUEUE = "packetrouting@router"  # agent.router.router
 RESERVED = ("router", "observer")  # account names of the session's non-agents
 MARKER = "agent session"  # vhost description prefix: this vhost is ours to delete
 
@@ -73,7 +73,7 @@ def _lit(text: str) -> str:
 
 def declared(exchange: str, compat: bool = False) -> list[str]:
     """The exchange in the configure permission when clients declare it: ours declare
-    every exchange but the `amq.*` ones (agent.bus), the original agent (kombu) all of
+    every exchange but the `amq.*` ones (agent.bus.connection), the original agent (kombu) all of
     them. The broker then also lets that account delete it: least privilege is only
     complete on `amq.topic`."""
     return [_lit(exchange)] if compat or not exchange.startswith("amq.") else []
@@ -103,7 +103,7 @@ def agent_grant(
     publishes ready and its own fromAgent keys, binds its own toAgent keys, everyone's
     tun.started (`fromAgent.*.ip.tun.started`, for announced routes) and ready."""
     n, x = _lit(name), _lit(exchange)
-    # its packet queue and, beside it, its announcements' queue (agent.bus.control_queue_name)
+    # its packet queue and, beside it, its announcements' queue (control_queue_name)
     queues = [_lit(f"{name}@agent"), _lit(f"{name}@agent.control")]
     if compat:  # the original agent: kombu queues, one per topic
         queues.append(rf"consumer: {n}\..*")

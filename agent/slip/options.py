@@ -24,9 +24,9 @@ from agent.slip.port import DEFAULT_BAUDRATE, SerialSettings
 from agent.switch import SERIAL
 
 if TYPE_CHECKING:
+    from agent.bus.url import Urls
     from agent.counters import Counters
     from agent.slip.link import SerialLink
-    from agent.url import Urls
 
 log = logging.getLogger(__name__)
 

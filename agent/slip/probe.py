@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import logging
 
-from agent import wire
-from agent.bus import Bus, agent_queue
+from agent.bus import wire
+from agent.bus.connection import Bus, agent_queue
+from agent.bus.url import Urls
 from agent.service import Service
 from agent.slip.framing import encode_frame
 from agent.slip.port import SerialPort, SerialSettings
-from agent.url import Urls
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import logging
 from collections.abc import Callable, Sequence
 from time import monotonic
 
-from agent import wire
-from agent.bus import FAST_PROPS, Bus
+from agent.bus import wire
+from agent.bus.connection import FAST_PROPS, Bus
 from agent.config import IPNetwork
 from agent.counters import Counters
 from agent.port import LINKTYPE_RAW, Deliver

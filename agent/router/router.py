@@ -13,9 +13,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent import wire
-from agent.bus import FAST_PROPS, Bus, QueueSpec, queue_arguments
-from agent.busport import CONFIRM_WINDOW, HOLD_MAX_S, PACE_FROM
+from agent.bus import wire
+from agent.bus.connection import FAST_PROPS, Bus, QueueSpec, queue_arguments
+from agent.bus.port import CONFIRM_WINDOW, HOLD_MAX_S, PACE_FROM
+from agent.bus.url import AmqpUrl, Urls
 from agent.config import ConfigError, plan_from_bus
 from agent.ipheader import (
     PrefixTable,
@@ -28,7 +29,6 @@ from agent.ipheader import (
 from agent.logs import labelled
 from agent.lossy import LOSSY_KEY, LossyCommandError, LossyLink, packets_to_drop_in
 from agent.service import Service
-from agent.url import AmqpUrl, Urls
 
 log = logging.getLogger(__name__)
 trace = logging.getLogger("agent.packets")
@@ -184,7 +184,7 @@ class Router(Service):
 
     async def start(self) -> None:
         if trace.isEnabledFor(logging.INFO):
-            import agent.taps  # noqa: F401  (-v: load Scapy now, not on the first packet)
+            import agent.inspect.taps  # noqa: F401  (-v: load Scapy now, not on the first packet)
         self.log.info("connecting to %s", self.bus.url.redacted())
         self.bus.start()
 
@@ -280,7 +280,7 @@ class Router(Service):
         if self.lossy.pending and self.lossy.take():
             self.counters.drop("lossy link")
             if trace.isEnabledFor(logging.INFO):
-                from agent.taps import summarize
+                from agent.inspect.taps import summarize
 
                 whole = wire.decode_packet(json_body) if json_body else packet
                 _trace_line(self.label, f"{agent} > - (lossy link, dropped)  {summarize(whole)}")
@@ -356,7 +356,7 @@ class Router(Service):
 
 def _trace(label: str, agent: str, targets: list[str] | None, packet: bytes) -> None:
     """The router's -v line for one packet (only called when -v is on)."""
-    from agent.taps import router_line
+    from agent.inspect.taps import router_line
 
     _trace_line(label, router_line(agent, targets, packet))
 

@@ -21,9 +21,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.config import AddressPlan, IPNetwork
 from agent.counters import Counters
-from agent.gro import merge_segments
-from agent.netns import Netlink, entered, netns_path
 from agent.port import LINKTYPE_RAW, Deliver
+from agent.tun.gro import merge_segments
+from agent.tun.netns import Netlink, entered, netns_path
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class Tun:
         self.index = 0
         self._routes: list[IPNetwork] = []
         self.gro = True
-        """merge TCP segments to our own addresses before writing them (agent.gro)"""
+        """merge TCP segments to our own addresses before writing them (agent.tun.gro)"""
         self._local: frozenset[bytes] = frozenset()
         self._pending: list[bytes] = []
         self.counters: Counters | None = None
@@ -203,7 +203,7 @@ class Tun:
         """Nothing to do: re-route networks never leave by the TUN."""
 
     def flush(self) -> None:
-        """Write the burst send() queued, TCP segments to us merged (agent.gro). A failed
+        """Write the burst send() queued, TCP segments to us merged (agent.tun.gro). A failed
         write counts one "tun down" drop (the packets were counted as sent by the agent)."""
         pending = self._pending
         if not pending:

@@ -56,7 +56,7 @@ def _fallback(what: str, missing: str) -> None:
     _warned.add(what)
     log.warning(
         "pika %s has no %s: the bus's %s falls back to pika's own path (slower); "
-        "agent.pikaedge needs updating for this pika",
+        "agent.bus.pikaedge needs updating for this pika",
         pika.__version__, missing, what,
     )
 

@@ -6,10 +6,10 @@ different: if it fails, the reason is reported as fatal (a user typo should not 
 forever).
 
 pika runs the connection; the per-packet messages take a shorter road once consuming
-(see "data path" below and agent.amqpframes): deliveries are read from the socket's
+(see "data path" below and agent.bus.frames): deliveries are read from the socket's
 bytes without pika's frame objects, publishes and acks are encoded once per routing key
 and sent in one send() per burst. What that needs of pika's internals is in
-agent.pikaedge, and only there.
+agent.bus.pikaedge, and only there.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ import pika.exceptions as pex
 from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.adapters.utils.connection_workflow import AMQPConnectionWorkflowFailed
 
-from agent import pikaedge
-from agent.amqpframes import (
+from agent.bus import pikaedge
+from agent.bus.failover import NodeOrder
+from agent.bus.frames import (
     Confirm,
     Delivery,
     FrameError,
@@ -38,11 +39,10 @@ from agent.amqpframes import (
     PublishEncoder,
     encode_properties,
 )
-from agent.failover import NodeOrder
+from agent.bus.url import AmqpUrl, Urls, as_list
+from agent.bus.wire import CONTENT_ENCODING, CONTENT_TYPE, FAST_CONTENT_TYPE
 from agent.logs import labelled
 from agent.soon import Soon
-from agent.url import AmqpUrl, Urls, as_list
-from agent.wire import CONTENT_ENCODING, CONTENT_TYPE, FAST_CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ Handler = Callable[[str, bytes, "str | None"], None]  # (routing key, body, cont
 # encoded content-header properties of the two kinds of packet message
 JSON_PROPS = encode_properties(CONTENT_TYPE, CONTENT_ENCODING)
 FAST_PROPS = encode_properties(FAST_CONTENT_TYPE)
-# the same, for pika's own publish (when agent.pikaedge finds no transport to write on)
+# the same, for pika's own publish (when agent.bus.pikaedge finds no transport to write on)
 _PIKA_PROPS = {
     JSON_PROPS: pika.BasicProperties(content_type=CONTENT_TYPE, content_encoding=CONTENT_ENCODING),
     FAST_PROPS: pika.BasicProperties(content_type=FAST_CONTENT_TYPE),
@@ -265,7 +265,7 @@ class Bus:
         self._queue_check: asyncio.TimerHandle | None = None
         self._checking = False  # a passive declare of ours is under way
         self._ack_tag = 0  # the newest delivery to acknowledge (multiple) at the next flush
-        # the data path (agent.amqpframes), per connection once its channel is open
+        # the data path (agent.bus.frames), per connection once its channel is open
         self._encoder: PublishEncoder | None = None
         self._reader: FrameReader | None = None
         self._pika_in: pikaedge.Reader | None = None  # our reader's hold on pika's input
@@ -794,7 +794,7 @@ class Bus:
         channel (`pace`: one round trip), or confirms are on and confirm_window of our
         messages wait for the broker longer than it usually takes (`confirms_late`).
 
-        Those who batch (agent.busport, the router) hold their packets while it is closed:
+        Those who batch (agent.bus.port, the router) hold their packets while it is closed:
         when the broker is behind (a busy host), its confirms come late and the batches
         grow, so it handles fewer, fuller messages; when it is quick, or only distant (a
         WAN round trip is then its quickest confirm), nothing is held. A confirm counts as
@@ -846,7 +846,7 @@ class Bus:
         return True
 
     def _pika_publish(self, routing_key: str, body: bytes, props: bytes | None) -> bool:
-        """publish() through pika's channel: only when agent.pikaedge found no writer."""
+        """publish() through pika's channel: only when agent.bus.pikaedge found no writer."""
         channel = self._channel
         if channel is None or not channel.is_open:
             self.drop_reason = "bus down"

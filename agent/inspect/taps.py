@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from agent.capture import (
+from agent.inspect.capture import (
     INBOUND,
     LINKTYPE_IEEE802_15_4_NOFCS,
     LINKTYPE_RAW,

@@ -150,7 +150,7 @@ class FrameReader:
     def __init__(self, channel: int, frame_max: int = 131072) -> None:
         self.channel = channel
         # publisher confirms (Basic.Ack/Nack) are read on this channel too, when set: the
-        # one our paced publishes go on (agent.bus)
+        # one our paced publishes go on (agent.bus.connection)
         self.confirm_channel: int | None = None
         self.frame_max = frame_max  # as negotiated: a bigger frame is a broken stream
         # bytes of an incomplete frame, in the chunks they came in, and how many the

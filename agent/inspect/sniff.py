@@ -27,20 +27,20 @@ import sys
 import time
 from typing import Any, TextIO
 
-from agent import wire
-from agent.bus import Bus, QueueSpec
-from agent.capture import (
+from agent.bus import wire
+from agent.bus.connection import Bus, QueueSpec
+from agent.bus.url import Urls
+from agent.config import ConfigError, plan_from_bus
+from agent.inspect.capture import (
     LINKTYPE_IEEE802_15_4_NOFCS,
     LINKTYPE_RAW,
     PcapNgWriter,
     dump,
     summarize,
 )
-from agent.config import ConfigError, plan_from_bus
-from agent.pktfilter import Filter
+from agent.inspect.filter import Filter
 from agent.service import Service
 from agent.soon import Soon
-from agent.url import Urls
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The AMQP edge: connection, failover, frames, the pika edge, URLs, the ioppytest wire."""

@@ -1,0 +1,1 @@
+"""Looking at packets: one-line summaries, pcapng, libpcap filters, taps, agent sniff."""

@@ -1,0 +1,1 @@
+"""The packet router: forwards between the agents of a session."""
