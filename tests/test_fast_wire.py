@@ -57,7 +57,6 @@ def test_capability_fields() -> None:
 
 class FakeBus:
     up = True
-    drop_reason = ""
     window_open = True  # the broker has confirmed enough of our messages
     paced = 0
 
@@ -67,9 +66,9 @@ class FakeBus:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, object]] = []
 
-    def publish(self, key: str, body: bytes, props: object = None) -> bool:
+    def publish(self, key: str, body: bytes, props: object = None) -> str | None:
         self.sent.append((key, body, props))
-        return True
+        return None
 
     def flush(self) -> None:
         """What the real bus does after each read from the broker."""
@@ -113,10 +112,10 @@ def _fast_port_on_our_clock(
     (call it inside the running loop)."""
     now = [1000.0]
     asyncio.get_running_loop().time = lambda: now[0]  # type: ignore[method-assign]
-    monkeypatch.setattr(busport, "monotonic", lambda: now[0])
     bus = FakeBus()
     port = BusPort("fromAgent.a.ip.tun.packet.raw", Counters())
     port.bus = bus  # type: ignore[assignment]
+    port.batcher.clock = lambda: now[0]
     port.fast = True
     return now, bus, port
 
@@ -208,7 +207,7 @@ def test_router_transcodes_between_wires() -> None:
     async def go() -> None:
         router = Router(parse_url("amqp://guest:guest@127.0.0.1:1/x"))
         bus = FakeBus()
-        router.bus = bus  # type: ignore[assignment]
+        router.bus = router.batcher.bus = bus  # type: ignore[assignment]
         bus.before_flush = router._flush  # type: ignore[attr-defined]
         started = {"ipv6_host": "1", "ipv4_address": "10.2.0.1", wire.WIRE_FIELD: ["batch1"]}
         router._on_message("fromAgent.agent_1.ip.tun.started", orjson.dumps(started), None)

@@ -29,6 +29,7 @@ from typing import Any, TextIO
 
 from agent.bus import wire
 from agent.bus.connection import Bus, QueueSpec
+from agent.bus.dispatch import dispatcher
 from agent.bus.url import Urls
 from agent.config import ConfigError, plan_from_bus
 from agent.inspect.capture import (
@@ -84,6 +85,13 @@ def summarize_wpan(frame: bytes) -> str:
     return f"{_printable(text)} {len(frame)} B"
 
 
+def _who(agent: str | None, uplink: bool) -> tuple[str, str]:
+    """The agent and the direction a line shows ("?" and "" for keys of no agent)."""
+    if agent is None:
+        return "?", ""
+    return _printable(agent, 40), "up" if uplink else "down"
+
+
 def describe_plan(msg: dict[str, Any]) -> str:
     """tun.start / tun.started as `bbbb::2/64, fe80::2/64, 10.2.0.2/24, re-route cccc::/64 ...`."""
     try:
@@ -127,6 +135,7 @@ class Sniffer(Service):
         self._ifaces: dict[tuple[str, str, int], int] = {}
         self._done = False
         self._flush_soon = Soon(self._flush)
+        self._dispatch = dispatcher(self._show, self.counters, log, self._malformed)
         self.bus = Bus(
             url,
             exchange,
@@ -225,49 +234,52 @@ class Sniffer(Service):
     # -- messages -----------------------------------------------------------------------
 
     def _on_message(self, key: str, body: bytes, content_type: str | None) -> None:
-        if self._done:
-            return
+        if not self._done:
+            self._dispatch(key, body, content_type)
+
+    def _malformed(self, key: str, exc: wire.WireError) -> None:
+        topic = wire.topic(key)
+        who, way = _who(topic.agent, topic.uplink)
+        self._emit(line(time.time(), who, way, f"malformed message on {_printable(key)}: {exc}"))
+
+    def _show(self, msg: wire.Message) -> None:
+        """One line per message (agent.bus.dispatch counts and logs what this raises)."""
         now = time.time()
-        who, way = "?", ""
-        try:
-            topic = wire.topic(key)
-            if topic.agent is not None:
-                who = _printable(topic.agent, 40)
-                way = "up" if topic.uplink else "down"
-            msg = wire.parse(key, body, content_type)
-            if isinstance(msg, wire.Terminate):
-                desc = msg.fields.get("description")
-                self._emit(line(now, "testingtool", "", f"terminate: {_printable(desc)}"))
-                log.info("testingtool.terminate received; stopping")
-                self.stop()
-            elif isinstance(msg, wire.Ready):
-                if self.names and msg.component not in self.names:
-                    return
-                self._emit(line(now, _printable(msg.component, 40), "up", "ready"))
-            elif isinstance(msg, wire.Packets):  # JSON, or our fast wire (several a message)
-                for packet in msg.packets():
-                    if self._done:
-                        break
-                    self._packet(msg.agent, who, way, packet, now, wpan=False)
-            elif isinstance(msg, wire.Frames):
-                self._packet(msg.agent, who, way, msg.frame(), now, wpan=True)
-            elif isinstance(msg, wire.TunStart | wire.TunStarted):
-                text = describe_plan(msg.fields)
-                self._emit(line(now, who, way, f"{topic.kind[3:]}: {text}"))
-            elif isinstance(msg, wire.SerialStarted):
+        if isinstance(msg, wire.Terminate):
+            desc = msg.fields.get("description")
+            self._emit(line(now, "testingtool", "", f"terminate: {_printable(desc)}"))
+            log.info("testingtool.terminate received; stopping")
+            self.stop()
+        elif isinstance(msg, wire.Ready):
+            if self.names and msg.component not in self.names:
+                return
+            self._emit(line(now, _printable(msg.component, 40), "up", "ready"))
+        elif isinstance(msg, wire.Packets):  # JSON, or our fast wire (several a message)
+            who, way = _who(msg.agent, msg.uplink)
+            for packet in msg.packets():
+                if self._done:
+                    break
+                self._packet(msg.agent, who, way, packet, now, wpan=False)
+        elif isinstance(msg, wire.Frames):
+            who, way = _who(msg.agent, msg.uplink)
+            self._packet(msg.agent, who, way, msg.frame(), now, wpan=True)
+        elif isinstance(msg, wire.TunStart | wire.TunStarted | wire.SerialStarted):
+            who, way = _who(msg.agent, msg.uplink)
+            if isinstance(msg, wire.SerialStarted):
                 port = _printable(msg.fields.get("port"))
                 baud = _printable(msg.fields.get("boudrate"))
-                self._emit(line(now, who, way, f"serial.started: {port} at {baud} baud"))
-            elif topic.agent is None:
-                self._emit(line(now, "?", "", f"{_printable(key)} ({len(body)} B)"))
+                text = f"serial.started: {port} at {baud} baud"
             else:
-                self._emit(line(now, who, way, f"{_printable(topic.kind)} ({len(body)} B)"))
-        except wire.WireError as exc:
-            self.counters.drop(exc.reason)
-            self._emit(line(now, who, way, f"malformed message on {_printable(key)}: {exc}"))
-        except Exception:  # a formatting bug must not end the capture
-            self.counters.drop("error")
-            log.exception("error handling a message on %s", key)
+                kind = "tun.start" if isinstance(msg, wire.TunStart) else "tun.started"
+                text = f"{kind}: {describe_plan(msg.fields)}"
+            self._emit(line(now, who, way, text))
+        elif isinstance(msg, wire.Other):
+            if msg.topic.agent is None:
+                self._emit(line(now, "?", "", f"{_printable(msg.topic.kind)} ({msg.size} B)"))
+            else:
+                who, way = _who(msg.topic.agent, msg.topic.uplink)
+                text = f"{_printable(msg.topic.kind)} ({msg.size} B)"
+                self._emit(line(now, who, way, text))
 
     def _packet(
         self, agent: str, who: str, way: str, packet: bytes, now: float, wpan: bool

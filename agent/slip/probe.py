@@ -15,6 +15,7 @@ import logging
 
 from agent.bus import wire
 from agent.bus.connection import Bus, agent_queue
+from agent.bus.dispatch import dispatcher
 from agent.bus.url import Urls
 from agent.service import Service
 from agent.slip.framing import encode_frame
@@ -56,7 +57,7 @@ class SerialProbe(Service):
             url,
             exchange,
             agent_queue(name, [self._downlink_key]),
-            on_message=self._on_message,
+            on_message=dispatcher(self._on_message, self.counters, log),
             on_up=self._on_bus_up,
             on_fatal=self.on_fatal,
             ca_file=ca_file,
@@ -86,10 +87,11 @@ class SerialProbe(Service):
 
     def _on_frame(self, frame: bytes) -> None:
         body = wire.encode_serial_packet(frame, data_slip(frame), INTERFACE_NAME)
-        if self.bus.publish(self._uplink_key, body):
+        reason = self.bus.publish(self._uplink_key, body, None)
+        if reason is None:
             self.counters.count("serial>bus", len(frame))
         else:
-            self.counters.drop("bus down")
+            self.counters.drop(reason)
 
     def _on_drop(self, reason: str, count: int) -> None:
         self.counters.drops[f"serial {reason}"] += count
@@ -100,26 +102,21 @@ class SerialProbe(Service):
 
     def _publish_started(self) -> None:
         body = wire.encode_serial_started(self.name, self.settings.device, self.settings.baudrate)
-        self.bus.publish(self._started_key, body)
+        self.bus.publish(self._started_key, body, None)
 
     # -- bus -> serial -------------------------------------------------------------------
 
     def _on_bus_up(self) -> None:
-        self.bus.publish(wire.READY_KEY, wire.encode_ready(self.name))
+        self.bus.publish(wire.READY_KEY, wire.encode_ready(self.name), None)
         log.info("connected to %s; published ready", self.bus.url.where)
         if self.port.is_open:
             self._publish_started()
 
-    def _on_message(self, key: str, body: bytes, content_type: str | None) -> None:
-        try:
-            msg = wire.parse(key, body, content_type)
-            if not isinstance(msg, wire.Frames) or msg.uplink or msg.agent != self.name:
-                return
-            frame = msg.frame()
-        except wire.WireError as exc:
-            self.counters.drop(exc.reason)
-            log.warning("dropped a malformed message on %s: %s", key, exc)
+    def _on_message(self, msg: wire.Message) -> None:
+        """One delivery, typed (agent.bus.dispatch counts and logs what this raises)."""
+        if not isinstance(msg, wire.Frames) or msg.uplink or msg.agent != self.name:
             return
+        frame = msg.frame()
         if self.port.send(frame):
             self.counters.count("bus>serial", len(frame))
         else:
