@@ -153,10 +153,10 @@ class Pacer:
         if tag <= self.confirmed:
             return
         self.confirmed = tag
-        sent_at, last = self.sent_at, 0.0
+        sent_at, last = self.sent_at, None
         while sent_at and sent_at[0][0] <= tag:
             last = sent_at.popleft()[1]
-        if last:
+        if last is not None:
             took = now - last
             if took < self.quickest:
                 self.quickest = took
