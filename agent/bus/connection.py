@@ -44,6 +44,7 @@ from agent.bus.pacing import (
     PACE_IDLE_MESSAGES,
     PACE_IDLE_S,
     Pacer,
+    PaceState,
     confirms_late,
 )
 from agent.bus.params import DEFAULT_HEARTBEAT, connection_parameters
@@ -68,7 +69,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
 class Publish(Protocol):
+    """Bus.publish: None, or why the message was dropped."""
+
     def __call__(
         self, routing_key: str, body: bytes, props: bytes | None = None
     ) -> str | None: ...
@@ -170,7 +174,8 @@ class Bus:
     @property
     def window_open(self) -> bool:
         """May a held batch leave now (agent.bus.pacing.Pacer.window_open)? Reads only."""
-        return self.pacer.window_open(monotonic())
+        pacer = self.pacer
+        return pacer.state is PaceState.OFF or pacer.window_open(monotonic())
 
     @property
     def before_flush(self) -> Callable[[], None] | None:
