@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from agent.bus import wire
 from agent.bus.datapath import FAST_PROPS
 from agent.counters import Counters
+from agent.soon import Soon
 
 COALESCE_S = 0.001  # hold a burst at most this long (epoll's resolution is 1 ms)...
 STREAM_GAP_S = 0.002  # ...and only if the previous message left less than this ago
@@ -57,7 +58,7 @@ class Batcher:
     """Packets per routing key to publish as fast-wire batches. `sent_path`: a counter
     path for each message published (the router's "tx fast"); drops are counted by the
     bus's reason, one per packet. `clock` and `call_later` default to monotonic and the
-    running loop's (tests give their own)."""
+    running loop's (tests give their own); `soon`: see `add`."""
 
     def __init__(
         self,
@@ -65,6 +66,7 @@ class Batcher:
         counters: Counters,
         *,
         coalesce: bool = False,
+        soon: bool = False,
         sent_path: str | None = None,
         clock: Callable[[], float] = monotonic,
         call_later: CallLater | None = None,
@@ -80,13 +82,23 @@ class Batcher:
         self._hold: Any = None  # a burst held amid a stream: its send time
         self._window_hold: Any = None  # held for the broker's confirms: its deadline
         self.last_sent = -1.0  # clock() of the last publish
+        self._soon = Soon(self.publish) if soon else None
 
-    def add(self, key: str, packet: bytes) -> None:
+    def add(self, key: str, packet: bytes) -> bool:
+        """Queue packet for key; True when the pending packets make a full batch (then
+        publish now: a full batch never waits). With `soon`, packets that no flush()
+        follows leave at the end of the loop turn (unless held)."""
         try:
             self.pending[key].append(packet)
         except KeyError:
             self.pending[key] = [packet]
         self.pending_bytes += len(packet) + 2
+        if self.pending_bytes >= wire.MAX_BATCH_BYTES:
+            return True
+        soon = self._soon
+        if soon is not None and self._hold is None and self._window_hold is None:
+            soon()
+        return False
 
     @property
     def full(self) -> bool:
@@ -99,6 +111,8 @@ class Batcher:
 
     def flush(self) -> None:
         """The end of a burst: publish what is pending, or hold it (see the module)."""
+        if self._soon is not None:
+            self._soon.cancel()
         if not self.pending:
             return
         assert self.bus is not None
@@ -130,6 +144,8 @@ class Batcher:
 
     def publish(self) -> None:
         """Publish everything pending now, as few messages per key as fit."""
+        if self._soon is not None:
+            self._soon.cancel()
         if self._hold is not None:
             self._hold.cancel()
             self._hold = None

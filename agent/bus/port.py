@@ -26,7 +26,6 @@ from agent.bus.dispatch import dispatcher
 from agent.config import IPNetwork
 from agent.counters import Counters
 from agent.port import LINKTYPE_RAW, Deliver
-from agent.soon import Soon
 from agent.switch import BUS
 
 log = logging.getLogger(__name__)
@@ -60,10 +59,9 @@ class BusPort:
         self._deliver_key = BUS
         self.interface_name = "tun0"  # the TUN's name once it exists (peers classify by it)
         self.fast = False
-        self.batcher = Batcher(None, counters, coalesce=True)
-        # a burst nobody flushed (packets sent outside Agent.receive) leaves at the end
-        # of the loop turn
-        self._flush_soon = Soon(self.batcher.publish)
+        # soon: a burst nobody flushed (packets sent outside Agent.receive) leaves at the
+        # end of the loop turn
+        self.batcher = Batcher(None, counters, coalesce=True, soon=True)
         self.on_message = dispatcher(self._handle, counters, log)
         """The bus's delivery handler: packets to `deliver`, the rest to `on_control`.
         A malformed message is counted and logged, never raised."""
@@ -100,13 +98,8 @@ class BusPort:
             return bus.publish(self.key, wire.encode_packet(packet, self.interface_name), None)
         if not bus.up:
             return "bus down"
-        batcher = self.batcher
-        batcher.add(self.key, packet)
-        if batcher.full:
-            self._flush_soon.cancel()
-            batcher.publish()
-        elif not batcher.held:
-            self._flush_soon()
+        if self.batcher.add(self.key, packet):
+            self.batcher.publish()
         return None
 
     def routed(self, networks: Sequence[IPNetwork]) -> None:
@@ -115,7 +108,6 @@ class BusPort:
     def flush(self) -> None:
         """The end of a burst: publish the batch or hold it (agent.bus.batcher), then
         write what waits for the broker."""
-        self._flush_soon.cancel()
         self.batcher.flush()
         self.bus.flush()
 
@@ -126,5 +118,4 @@ class BusPort:
 
     def drain(self) -> None:
         """Publish everything pending now (held or not), then write to the broker."""
-        self._flush_soon.cancel()
         self.batcher.drain()
