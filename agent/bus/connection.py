@@ -80,6 +80,7 @@ class Publish(Protocol):
 
 ACTIVE, DECLARING, STANDBY = ConnState.ACTIVE, ConnState.DECLARING, ConnState.STANDBY
 ENDED = (ConnState.CLOSING, ConnState.CLOSED)
+PACE_OFF = PaceState.OFF
 
 
 class Bus:
@@ -175,7 +176,7 @@ class Bus:
     def window_open(self) -> bool:
         """May a held batch leave now (agent.bus.pacing.Pacer.window_open)? Reads only."""
         pacer = self.pacer
-        return pacer.state is PaceState.OFF or pacer.window_open(monotonic())
+        return pacer.state is PACE_OFF or pacer.window_open(monotonic())
 
     @property
     def before_flush(self) -> Callable[[], None] | None:
