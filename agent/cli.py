@@ -25,6 +25,7 @@ from agent.config import (
 )
 from agent.slip.options import (
     BAUDRATE_ENV,
+    FRAMINGS,
     MAX_BAUD,
     MIN_BAUD,
     MODE_802154,
@@ -190,10 +191,14 @@ serial_options = [
         "transmission time (for motes that drop back-to-back frames).",
     ),
     click.option(
-        "--slip-leading-end",
-        is_flag=True,
-        help="Start each frame with END too (RFC 1055 style; RIOT discards such frames).",
+        "--slip-framing",
+        type=click.Choice(list(FRAMINGS)),
+        default=None,
+        help="Frames sent to the line: both = END payload END (the default: a mote that "
+        "boots or resets loses nothing; RIOT since 2024, Contiki-NG), end-only = payload END "
+        "(older RIOT releases).",
     ),
+    click.option("--slip-leading-end", is_flag=True, hidden=True),  # old flag: the default now
     click.option(
         "--serial-mode",
         type=click.Choice([MODE_IP, MODE_802154]),

@@ -29,9 +29,10 @@ changed: if adding ours fails because one exists, that is logged and left alone.
 
 What enters the switch from the interface (`accept_from_link`): unicast packets for this
 host's link-layer address, from an address inside a re-route network, to an address that
-is neither link-local, multicast nor one of this namespace's own addresses (those are the
-kernel's, which answers them itself). Neighbour discovery, ARP, router advertisements and
-anything else link-local therefore never reach the bus.
+is neither multicast nor one of this namespace's own addresses (those are the kernel's,
+which answers them itself). Link-local scope (neighbour discovery, router solicitations,
+fe80::/10, 169.254.0.0/16) is the switch's rule, the same for every re-route port
+(`agent.switch.DROP_LINK_LOCAL`): it never reaches the bus.
 
 If the kernel of the namespace forwards a family itself (forwarding sysctl on), packets of
 that family from the interface are left to it: it routes them into the TUN, where the
@@ -54,7 +55,7 @@ from typing import TYPE_CHECKING
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.config import AddressPlan, ConfigError, IPNetwork
-from agent.ipheader import PrefixTable, destination, is_group, is_link_local_or_unspecified, source
+from agent.ipheader import PrefixTable, destination, is_group, source
 from agent.port import LINKTYPE_RAW, Deliver
 from agent.reroute.checksum import complete_checksum
 from agent.switch import iface_port_name
@@ -105,8 +106,8 @@ def accept_from_link(packet: bytes, networks: PrefixTable[bool], local: set[byte
     if dst is None or src is None:
         return "not ip"
     version, addr = dst
-    if is_group(version, addr) or is_link_local_or_unspecified(version, addr):
-        return "link scope"
+    if is_group(version, addr):
+        return "multicast"
     if addr in local:
         return "for the host"
     if networks.lookup(*src) is None:
