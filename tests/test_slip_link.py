@@ -190,6 +190,33 @@ def test_802154_mode_takes_port_and_baudrate_from_env(monkeypatch: pytest.Monkey
     )
 
 
+@pytest.mark.parametrize(
+    "given, leading_end",
+    [
+        ({}, True),  # the default: END payload END
+        ({"slip_framing": "both"}, True),
+        ({"slip_framing": "end-only"}, False),  # RIOT before its 2024 SLIP rewrite
+        ({"slip_leading_end": True}, True),  # the old flag: what is now the default
+    ],
+)
+def test_slip_framing_option(given: dict[str, object], leading_end: bool) -> None:
+    choice = serial_choice({"serial_port": "/dev/ttyUSB0", **given})
+    assert choice is not None and choice.settings.leading_end is leading_end
+
+
+def test_slip_framing_contradictions_are_one_line_errors() -> None:
+    with pytest.raises(SerialOptionError, match="contradicts") as err:
+        serial_choice(
+            {"serial_port": "/dev/ttyUSB0", "slip_leading_end": True, "slip_framing": "end-only"}
+        )
+    assert "\n" not in str(err.value)
+    with pytest.raises(SerialOptionError, match="one of: both, end-only") as err:
+        serial_choice({"serial_port": "/dev/ttyUSB0", "slip_framing": "none"})
+    assert err.value.option == "--slip-framing"
+    with pytest.raises(SerialOptionError, match="--slip-framing needs a serial device"):
+        serial_choice({"slip_framing": "end-only"})
+
+
 def test_ip_mode_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(BAUDRATE_ENV, raising=False)
     choice = serial_choice(
@@ -319,7 +346,7 @@ def test_frames_from_the_line(pty_path: tuple[Path, int]) -> None:
 
     asyncio.run(main())
     assert forwarded == [(reply6, "serial"), (reply4, "serial")]
-    assert bytes(got) == b"!P\xcc\xcc" + b"\x00" * 6 + END
+    assert bytes(got) == END + b"!P\xcc\xcc" + b"\x00" * 6 + END
     c = agent.counters
     assert c.packets["serial>log"] == 1 and c.packets["serial ?P>!P"] == 1
     assert c.drops["serial other"] == 1
