@@ -200,8 +200,19 @@ class Agent(Service):
         where = f" in namespace {self.opts.netns}" if self.opts.netns else ""
         log.info("TUN %s up%s: %s, mtu %d", tun.name, where, addrs, self.opts.mtu)
         await tun.open(self.receive, TUN)
+        await self._route_own_networks(tun, routes(plan, self.opts.reroute))
         for nets in list(self._announced.values()):
             for net in nets:
+                await tun.add_route(net)
+
+    async def _route_own_networks(self, tun: Tun, table: dict[IPNetwork, str]) -> None:
+        """This host reaches the networks behind a port that is no interface of its own (a
+        serial line) through the TUN, as the other agents' hosts do: a route into it for
+        each, removed with the TUN. An interface port makes sure of its own routes
+        (agent.reroute.iface: on-link, when no route leads out of it)."""
+        iface = self.iface.name if self.iface is not None else None
+        for net, key in table.items():
+            if key != iface:
                 await tun.add_route(net)
 
     def _add_routes(self, table: dict[IPNetwork, str]) -> None:

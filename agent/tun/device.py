@@ -146,7 +146,10 @@ class Tun:
             await ipr.route("add", dst=str(network), oif=self.index)
         except NetlinkError as exc:
             if network in self._routes:
-                self._routes.remove(network)
+                self._routes.remove(network)  # not ours to delete later
+            if exc.code == errno.EEXIST:
+                log.info("route %s exists already: left as it is", network)
+                return True
             log.warning("cannot add route %s dev %s: %s", network, self.name, os.strerror(exc.code))
             return False
         log.info("route %s dev %s added", network, self.name)
