@@ -279,6 +279,42 @@ def test_attach_missing_device_is_serial_port_error(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- the link
 
 
+class RecordingTun:
+    """Stands in for agent.tun.device.Tun: the routes the agent adds into it."""
+
+    def __init__(self) -> None:
+        self.routes: list[object] = []
+
+    async def add_route(self, network: object) -> bool:
+        self.routes.append(network)
+        return True
+
+
+def test_own_networks_behind_the_line_are_routed_into_the_tun(
+    pty_path: tuple[Path, int],
+) -> None:
+    """The agent's own host reaches the mote through the TUN (there is no interface of its
+    own to the line); an interface port's networks get no such route (the interface
+    leads there itself)."""
+    link_path, _master = pty_path
+    v4 = parse_reroute_prefix("192.0.2.0/24")
+    agent, _link = serial_agent(link_path, RerouteOptions((CCCC, v4), "1"))
+    tun = RecordingTun()
+    asyncio.run(agent._route_own_networks(tun, routes(None, agent.opts.reroute)))  # type: ignore[arg-type]
+    assert tun.routes == [CCCC, v4]
+    by_iface = make_agent(reroute=RerouteOptions((CCCC,), "1", "eth1"))
+    table = routes(None, by_iface.opts.reroute)
+    assert table == {CCCC: "eth1"}
+
+    class Eth1:
+        name = "eth1"
+
+    by_iface.iface = Eth1()  # type: ignore[assignment]
+    tun = RecordingTun()
+    asyncio.run(by_iface._route_own_networks(tun, table))  # type: ignore[arg-type]
+    assert tun.routes == []
+
+
 def test_attach_routes_prefixes_and_amends_plans(pty_path: tuple[Path, int]) -> None:
     link_path, _master = pty_path
     agent, link = serial_agent(link_path, RerouteOptions((CCCC,), "1"))
