@@ -388,8 +388,8 @@ def test_802154_probe_with_an_agent_account(
                 pika.BasicProperties(content_type="application/json"))
         finally:
             conn.close()
-        received = read_at_least(fd, len(slip(down)))
-        assert received == slip(down), (received, probe.output)
+        received = read_at_least(fd, len(slip(down, leading_end=True)))  # the default framing
+        assert received == slip(down, leading_end=True), (received, probe.output)
         assert probe.running() and "refused" not in probe.output, probe.output
     finally:
         os.close(fd)
