@@ -545,9 +545,27 @@ def run_example(script: str, tag_prefix: str, tmp_path: Path,
 _E2E_FIXTURES = {"vhost", "netns", "procs", "session", "listener", "one_ns", "unprivileged"}
 
 
+def _cap_examples(items: list[pytest.Item], cap: int) -> None:
+    """At most `cap` examples per property test (AGENT_MAX_EXAMPLES): the extra
+    interpreters of scripts/pythons.sh check the code runs there; the properties run in
+    full on the main one. Hypothesis reads a test's settings from this attribute when it
+    runs (a profile cannot lower an explicit @settings(max_examples=...)); should it go,
+    the tests run in full, only slower."""
+    from hypothesis import settings
+
+    for item in items:
+        fn = getattr(item, "obj", None)
+        current = getattr(fn, "_hypothesis_internal_use_settings", None)
+        if isinstance(current, settings) and current.max_examples > cap:
+            fn._hypothesis_internal_use_settings = settings(current, max_examples=cap)  # type: ignore[union-attr]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark `e2e` every test that needs root or the broker, so that `-m "not e2e"` runs
     only tests that need neither (as any user, with no broker reachable)."""
+    cap = os.environ.get("AGENT_MAX_EXAMPLES", "")
+    if cap.isdigit() and int(cap) > 0:
+        _cap_examples(items, int(cap))
     for item in items:
         if item.get_closest_marker("e2e"):
             continue
