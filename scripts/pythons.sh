@@ -5,12 +5,15 @@
 # script must answer `agent --version`, and the fast slice (-m "not e2e") runs there (with
 # at most $AGENT_MAX_EXAMPLES examples per property test, default 25: the properties run in
 # full on .venv's interpreter). With --e2e, one end-to-end tunnel test runs on the oldest
-# (as root, with the broker). Extra arguments go to pytest. Run by scripts/test.sh.
+# (as root, with the broker); with --e2e-after FILE, once FILE exists (scripts/test.sh
+# makes it when its end-to-end slice is over: never during its broker restart). Extra
+# arguments go to pytest. Run by scripts/test.sh.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
-e2e=0
+e2e=0 e2e_after=""
 if [ "${1:-}" = "--e2e" ]; then e2e=1; shift; fi
+if [ "${1:-}" = "--e2e-after" ]; then e2e=1 e2e_after=$2; shift 2; fi
 export AGENT_MAX_EXAMPLES=${AGENT_MAX_EXAMPLES:-25}
 
 work=$(mktemp -d)
@@ -100,6 +103,9 @@ done
 
 if [ "$e2e" -eq 1 ]; then
     oldest=${pythons[0]%%=*}
+    if [ -n "$e2e_after" ]; then
+        while [ ! -e "$e2e_after" ]; do sleep 2; done
+    fi
     start=$SECONDS
     test=tests/test_e2e_tunnel.py::test_ping_both_ways_ipv6_and_ipv4
     if "$work/venv-$oldest/bin/python" -m pytest -p no:cacheprovider "$test" \

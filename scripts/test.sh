@@ -3,9 +3,9 @@
 # Extra arguments go to pytest, e.g. scripts/test.sh -k tunnel
 # The fast slice (-m "not e2e": no root, no broker, CPU-bound property tests) runs beside
 # the end-to-end tests (which mostly wait on namespaces, brokers and pings), followed by
-# scripts/pythons.sh (the wheel on each other Python 3.10-3.13: its fast slice, and one
-# tunnel test on the oldest; AGENT_PYTHONS=0 leaves it out); their output is printed when
-# all are done. All must pass.
+# scripts/pythons.sh (the wheel on each other Python 3.10-3.13: its fast slice, and, once
+# the end-to-end slice is over, one tunnel test on the oldest; AGENT_PYTHONS=0 leaves it
+# out); their output is printed when all are done. All must pass.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -13,7 +13,8 @@ bash scripts/setup.sh
 .venv/bin/ruff check agent tests bench
 fast_log=$(mktemp)
 py_log=$(mktemp)
-trap 'rm -f "$fast_log" "$py_log"' EXIT
+e2e_done="$fast_log.e2e-done"
+trap 'rm -f "$fast_log" "$py_log" "$e2e_done"' EXIT
 started=$SECONDS
 (
     rc=0
@@ -28,13 +29,14 @@ fast=$!
     if [ "${AGENT_PYTHONS:-1}" = 0 ]; then
         echo "pythons: skipped (AGENT_PYTHONS=0)"
     else
-        bash scripts/pythons.sh --e2e "$@"
+        bash scripts/pythons.sh --e2e-after "$e2e_done" "$@"
     fi
 ) >"$py_log" 2>&1 &
 pythons=$!
 e2e_rc=0
 .venv/bin/python -m pytest -p no:cacheprovider -m e2e "$@" || e2e_rc=$?
 echo "(the end-to-end slice took $((SECONDS - started)) s)"
+touch "$e2e_done"  # scripts/pythons.sh's tunnel test on the oldest Python may start
 fast_rc=0
 wait "$fast" || fast_rc=$?
 py_rc=0
