@@ -13,7 +13,7 @@ import contextlib
 import socket
 import threading
 
-from agent.netns import entered
+from agent.tun.netns import entered
 
 
 class NsForward:
