@@ -45,7 +45,7 @@ pythons=()
 for v in 3.10 3.11 3.12 3.13; do
     py=$(find_python "$v")
     if [ -z "$py" ]; then
-        echo "pythons: SKIP Python $v: not on this machine (no ~/.pyenv/versions/$v.*, no python$v)"
+        echo "pythons: SKIP Python $v: not on this machine (no ${PYENV_ROOT:-$HOME/.pyenv}/versions/$v.*, no python$v on PATH)"
         continue
     fi
     pythons+=("$v=$py")

@@ -176,3 +176,22 @@ def test_tun_device_not_accessible(
     assert out.returncode == 1
     assert_one_line_error(out, TUN_DEVICE, "mode 0600", f"uid {NOBODY}", "0666")
     assert tun_links(ns) == []
+
+
+def test_reroute_if_needs_net_raw_too(
+    netns: Callable[[], str], unprivileged: Unprivileged, tun_open_to_all: None,
+) -> None:
+    """--re-route-if opens packet sockets: CAP_NET_RAW is named when missing; with it the
+    interface and the TUN come up as nobody (what fails then is the absent broker)."""
+    ns = netns()
+    args = unprivileged.argv("connect", "--name", "agent_1", "--url", NO_BROKER,
+                             "--re-route-if", "lo", "--re-route-prefix", "cccc")
+    out = _run(["ip", "netns", "exec", ns, *setpriv("net_admin"), *args], unprivileged)
+    assert out.returncode == 1
+    assert_one_line_error(out, "--re-route-if", "CAP_NET_RAW")
+    out = _run(["ip", "netns", "exec", ns, *setpriv("net_admin", "net_raw"), *args],
+               unprivileged)
+    assert_one_line_error(out, "cannot reach broker")
+    assert "re-route interface lo: cccc::/64 leave by it" in out.stderr, out.stderr
+    assert "TUN tun" in out.stderr, out.stderr  # up (and removed) before the broker failed
+    assert tun_links(ns) == []
