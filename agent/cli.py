@@ -250,9 +250,16 @@ def with_options(options):  # type: ignore[no-untyped-def]
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
-    from agent import DISTRIBUTION, version
+    import agent
 
-    click.echo(f"agent {version()} ({DISTRIBUTION}, Python {platform.python_version()})")
+    python = f"Python {platform.python_version()}"
+    found = agent.version()
+    if found is None:
+        where = os.path.dirname(os.path.abspath(agent.__file__))
+        click.echo(f"agent: version unknown ({agent.DISTRIBUTION} is not installed; "
+                   f"code from {where}), {python}")
+    else:
+        click.echo(f"agent {found} ({agent.DISTRIBUTION}, {python})")
     ctx.exit()
 
 

@@ -6,9 +6,12 @@ import subprocess
 import sys
 from importlib.metadata import version
 
+import pytest
+from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
+import agent
 from agent import DISTRIBUTION
 from agent.caps import (
     CAP_NET_ADMIN,
@@ -18,6 +21,7 @@ from agent.caps import (
     holds,
     parse_cap_eff,
 )
+from agent.cli import cli
 from tests.conftest import ROOT
 
 STATUS = """Name:\tpython3
@@ -86,3 +90,12 @@ def test_version_comes_from_the_installed_package() -> None:
     expected = f"agent {version(DISTRIBUTION)} ({DISTRIBUTION}, Python "
     assert out.stdout.startswith(expected), out.stdout
     assert out.stdout.count("\n") == 1
+
+
+def test_version_of_a_tree_never_installed_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent, "DISTRIBUTION", "ip-over-amqp-never-installed")
+    assert agent.version() is None
+    out = CliRunner().invoke(cli, ["--version"])
+    assert out.exit_code == 0
+    assert out.output.startswith("agent: version unknown (ip-over-amqp-never-installed is "
+                                 "not installed; code from "), out.output
