@@ -1,4 +1,4 @@
-"""Tests for agent.inspect.capture: pcapng writer and one-line packet summaries."""
+"""Tests for agent.inspect.pcapng (the writer) and agent.inspect.summary (one-line summaries)."""
 
 from __future__ import annotations
 
@@ -23,14 +23,13 @@ from scapy.layers.inet6 import (
 )
 from scapy.utils import PcapNgReader, rdpcap
 
-from agent.inspect.capture import (
+from agent.inspect.pcapng import (
     LINKTYPE_ETHERNET,
     LINKTYPE_IEEE802_15_4_NOFCS,
     LINKTYPE_RAW,
     PcapNgWriter,
-    dump,
-    summarize,
 )
+from agent.inspect.summary import dump, summarize
 from tests.tools.pcap import TSHARK
 from tests.tools.pcap import read_raw as _raw_read
 from tests.tools.pcap import tshark_fields as _tshark_fields
@@ -472,7 +471,7 @@ def test_truncates_existing_file(tmp_path: Path) -> None:
 
 
 def test_summarize_falls_back_when_scapy_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    import agent.inspect.capture as capture
+    import agent.inspect.summary as capture
 
     def boom(data: bytes) -> str:
         raise IndexError("dissector bug")

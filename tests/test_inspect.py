@@ -17,8 +17,8 @@ from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 from agent.bus import wire
 from agent.bus.url import parse_url
 from agent.counters import Counters
-from agent.inspect.capture import LINKTYPE_IEEE802_15_4_NOFCS, LINKTYPE_RAW
 from agent.inspect.filter import Filter
+from agent.inspect.pcapng import LINKTYPE_IEEE802_15_4_NOFCS, LINKTYPE_RAW
 from agent.inspect.sniff import Sniffer, bindings, describe_plan, line
 from agent.inspect.taps import PcapTap, TraceTap, direction, install, router_line, trace_line
 from agent.node import Agent, AgentOptions

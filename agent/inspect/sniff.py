@@ -31,14 +31,9 @@ from agent.bus import wire
 from agent.bus.connection import Bus, QueueSpec
 from agent.bus.url import Urls
 from agent.config import ConfigError, plan_from_bus
-from agent.inspect.capture import (
-    LINKTYPE_IEEE802_15_4_NOFCS,
-    LINKTYPE_RAW,
-    PcapNgWriter,
-    dump,
-    summarize,
-)
 from agent.inspect.filter import Filter
+from agent.inspect.pcapng import LINKTYPE_IEEE802_15_4_NOFCS, LINKTYPE_RAW, PcapNgWriter
+from agent.inspect.summary import dump, summarize
 from agent.service import Service
 from agent.soon import Soon
 

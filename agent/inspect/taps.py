@@ -15,15 +15,14 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from agent.inspect.capture import (
+from agent.inspect.pcapng import (
     INBOUND,
     LINKTYPE_IEEE802_15_4_NOFCS,
     LINKTYPE_RAW,
     OUTBOUND,
     PcapNgWriter,
-    dump,
-    summarize,
 )
+from agent.inspect.summary import dump, summarize
 from agent.soon import Soon
 
 if TYPE_CHECKING:
