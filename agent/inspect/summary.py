@@ -19,7 +19,7 @@ from scapy.layers import inet, inet6
 from scapy.packet import NoPayload, Packet, Raw
 from scapy.utils import hexdump
 
-__all__ = ["dump", "load", "quiet", "summarize"]
+__all__ = ["clean", "dump", "load", "quiet", "summarize"]
 
 
 _IPV6_EXT = inet6._IPv6ExtHdr  # hop-by-hop, routing, fragment, destination options
@@ -108,7 +108,7 @@ def _ip_version(data: bytes) -> int:
     return 0
 
 
-def _clean(text: str, limit: int = 80) -> str:
+def clean(text: str, limit: int = 80) -> str:
     """Make untrusted text safe for a one-line log message."""
     out = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
     return out if len(out) <= limit else out[: limit - 3] + "..."
@@ -209,9 +209,9 @@ def _upper(
     if not icmp6 and isinstance(layer, inet.ICMP):
         return _icmp4(layer)
     if proto_name:
-        return _clean(proto_name)
+        return clean(proto_name)
     if not isinstance(layer, Raw | NoPayload) and layer.name:
-        return _clean(layer.name)
+        return clean(layer.name)
     return f"proto {proto}"
 
 
@@ -257,7 +257,7 @@ def _coap_hint(payload: bytes) -> str | None:
         uri = "/" + "/".join(paths)
         if queries:
             uri += "?" + "&".join(queries)
-        text += " " + _clean(uri)
+        text += " " + clean(uri)
     return text
 
 
@@ -333,7 +333,7 @@ def dump(packet: bytes) -> str:
                 pkt = inet6.IPv6(data) if version == 6 else inet.IP(data)
                 return str(pkt.show(dump=True)).rstrip("\n")
     except Exception as exc:
-        head = f"{summarize(data)}\n(dump failed: {type(exc).__name__}: {_clean(str(exc))})"
+        head = f"{summarize(data)}\n(dump failed: {type(exc).__name__}: {clean(str(exc))})"
     else:
         head = _not_ip(data)
     try:
