@@ -97,7 +97,7 @@ class TraceTap:
 
 class WpanTrace:
     """`-v` in the 802.15.4 probe mode: one line per frame, read down to the IPv6 packet
-    inside (agent.inspect.sixlowpan), `up   serial>bus  802.15.4 0x1234 > 0xffff 6LoWPAN
+    inside (agent.inspect.sixlowpan), `up   serial>bus 802.15.4 0x1234 > 0xffff 6LoWPAN
     IPHC ...`; `-vv` adds the dump. Fragments are reassembled per direction."""
 
     def __init__(self, full_dump: bool = False, logger: logging.Logger = trace) -> None:
@@ -110,7 +110,7 @@ class WpanTrace:
     def line(self, frame: bytes, way: str) -> tuple[str, bytes | None]:
         decoded = self._decoders["up" if way == "up" else "down"].decode(frame)
         path = "serial>bus" if way == "up" else "bus>serial"
-        return f"{way:<4} {path:<9} {decoded.text} {len(frame)} B", decoded.ipv6
+        return f"{way:<4} {path} {decoded.text} {len(frame)} B", decoded.ipv6
 
     def __call__(self, frame: bytes, way: str) -> None:
         line, ipv6 = self.line(frame, way)

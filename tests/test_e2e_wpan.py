@@ -1,0 +1,109 @@
+"""End to end: 6LoWPAN frames through the 802.15.4 probe mode, read by `-v` and `agent sniff`.
+
+A socat pty pair stands for the mote's serial line; the frames (tests/tools/wpan.py) are
+written SLIP-encoded on the mote's end. The probe's `-v` lines and a `sniff --filter`
+on an inner IPv6 word show what is inside the frames.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.conftest import needs_root, read_at_least, wait_for
+from tests.test_e2e_inspect import _sniff, _wait_stderr
+from tests.test_e2e_serial import Socat, slip
+from tests.tools import wpan
+from tests.tools.proc import end_process
+
+pytestmark = [pytest.mark.e2e, needs_root]
+
+
+@pytest.fixture
+def pty_line(tmp_path: Path) -> Iterator[Socat]:
+    socat = Socat(tmp_path)
+    socat.start()
+    yield socat
+    socat.stop()
+
+
+def test_probe_v_and_sniff_show_and_filter_inner_packets(  # type: ignore[no-untyped-def]
+    vhost: str, procs, pty_line: Socat, listener
+) -> None:
+    mixed = wpan.mixed()
+    frames = [f for f, _ in mixed]
+    fd = os.open(pty_line.a, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    sniff = None
+    try:
+        probe = procs(
+            "connect",
+            "--url",
+            vhost,
+            "--name",
+            "probe_1",
+            "--serial-mode",
+            "802154",
+            "--serial-port",
+            str(pty_line.b),
+            "-v",
+            label="probe_1",
+        )
+        assert probe.wait_log("published ready"), probe.output
+        sniff = _sniff(vhost, "--name", "probe_1", "--filter", "udp port 5683", "--count", "4")
+        seen = _wait_stderr(sniff, r"sniffing probe_1")  # its queue exists: frames may come
+        os.write(fd, b"".join(slip(f, leading_end=True) for f in frames))
+        out, rest = sniff.communicate(timeout=20)
+        assert sniff.returncode == 0, seen + rest
+
+        # -v: one line per frame, read down to the IPv6 / UDP / CoAP inside
+        assert probe.wait_log(r"serial>bus 802\.15\.4 Ack seq 9 3 B"), probe.output
+        rd, wk = mixed[0][1], mixed[1][1]
+        assert rd is not None and wk is not None
+        expected = [
+            f"up   serial>bus 802.15.4 0x1234 > 0xffff 6LoWPAN IPHC {rd.src} > ff02::1a "
+            f"UDP 5683 > 5683 CoAP NON GET /rd {len(frames[0])} B",
+            f"6LoWPAN IPHC bbbb::1 > bbbb::2 UDP 40001 > 5683 CoAP CON GET /.well-known/core "
+            f"{len(frames[1])} B",
+            f"6LoWPAN FRAG1 tag 7 offset 0 size 188 {len(frames[2])} B",
+            f"6LoWPAN FRAGN tag 7 offset 96 size 188 {len(frames[3])} B",
+            "6LoWPAN FRAGN tag 7 offset 152 size 188 reassembled IPHC ",
+            "6LoWPAN MESH 0x0001 > 0x0002 hops 5 IPHC fe80::1 > fe80::2 UDP 5683 > 49152 "
+            "CoAP ACK 2.05 Content",
+            "6LoWPAN IPv6 bbbb::3 > bbbb::4 ICMPv6 Echo Request",
+            "6LoWPAN [IPHC header cut short",
+            "6LoWPAN [not 6LoWPAN: dispatch 0x01]",
+        ]
+        trace = [x for x in probe.output.splitlines() if "serial>bus" in x]
+        assert len(trace) == len(frames), probe.output
+        for got, want in zip(trace, expected, strict=False):
+            assert want in got, (got, want)
+
+        # sniff --filter 'udp port 5683': the four frames whose IPv6 packet has it
+        packets = [x for x in out.splitlines() if " 802.15.4 " in x]
+        assert len(packets) == 4, out
+        assert all(" probe_1       up    802.15.4 " in x for x in packets), out
+        wanted = ["NON GET /rd", "CON GET /.well-known/core", "reassembled", "ACK 2.05 Content"]
+        for got, want in zip(packets, wanted, strict=True):
+            assert want in got, (got, want)
+        assert "UDP 61616 > 5683 CoAP CON POST /big" in packets[2]
+
+        # downlink: a frame from the bus shows as `down bus>serial` and reaches the line
+        lst = listener(["toAgent.probe_1.#"])
+        lst.publish("toAgent.probe_1.802154.serial.packet.raw", _frame_message(frames[0]))
+        on_line = read_at_least(fd, len(slip(frames[0])))  # either SLIP framing
+        assert on_line.strip(b"\xc0") == slip(frames[0]).strip(b"\xc0")
+        assert wait_for(lambda: "down bus>serial 802.15.4 0x1234 > 0xffff" in probe.output, 5)
+        assert "Traceback" not in probe.output
+    finally:
+        if sniff is not None:
+            end_process(sniff)
+        os.close(fd)
+
+
+def _frame_message(frame: bytes) -> bytes:
+    body = {"_api_version": "1.2.15", "data": list(frame), "interface_name": "serial"}
+    return orjson.dumps({**body, "timestamp": 1.0})
