@@ -57,6 +57,21 @@ def test_the_decompressed_packet_is_the_one_sent() -> None:
     assert pkt.plen == len(got) - 40
 
 
+def test_decompressed_datagrams_are_byte_exact() -> None:
+    """Decompression (and reassembly) gives back the very IPv6 packet that was compressed,
+    UDP length and checksum included."""
+    frags, big = wpan.fragmented()
+    decoder = WpanDecoder()
+    got = [decoder.decode(f).ipv6 for f in frags][-1]
+    body = wpan.coap(0, 2, 0x0BAD, ("big",), bytes(range(65, 91)) * 5)
+    sent = IPv6(src=big.src, dst=big.dst, hlim=64) / UDP(sport=61616, dport=5683) / body
+    assert got == bytes(sent)
+    frame, wk = wpan.inline_fields()
+    body = wpan.coap(0, 1, 0x0102, (".well-known", "core"))
+    sent = IPv6(src=wk.src, dst=wk.dst, hlim=64) / UDP(sport=40001, dport=5683) / body
+    assert WpanDecoder().decode(frame).ipv6 == bytes(sent)
+
+
 def test_mesh_header() -> None:
     frame, _ = wpan.meshed()
     assert summarize_wpan(frame) == (
@@ -100,6 +115,26 @@ def test_fragments_in_any_order_and_repeated() -> None:
     for order in ([2, 0, 1], [1, 2, 0], [0, 2, 2, 1]):
         lines = _lines([frags[i] for i in order])
         assert [("reassembled" in line) for line in lines] == [False] * (len(order) - 1) + [True]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.permutations([0, 1, 2]), st.lists(st.integers(0, 2), max_size=3))
+def test_reassembly_in_any_order_property(order: list[int], repeats: list[int]) -> None:
+    """Any order, with repeated fragments before the last new one: the datagram is
+    complete exactly on the frame bringing its last missing fragment, and it is the one
+    sent."""
+    frags, inner = wpan.fragmented(tag=11)
+    sequence = [order[0], order[1], *[r for r in repeats if r in order[:2]], order[2]]
+    decoder = WpanDecoder()
+    got = [decoder.decode(frags[i]).ipv6 for i in sequence]
+    assert all(g is None for g in got[:-1])
+    last = got[-1]
+    assert last is not None
+    pkt = IPv6(last)
+    assert (pkt.src, pkt.dst, pkt[UDP].sport, pkt[UDP].dport) == (
+        inner.src, inner.dst, inner.sport, inner.dport
+    )
+    assert len(decoder.fragments) == 0
 
 
 def test_a_missing_fragment_means_no_datagram() -> None:
