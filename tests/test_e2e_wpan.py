@@ -53,7 +53,7 @@ def test_probe_v_and_sniff_show_and_filter_inner_packets(  # type: ignore[no-unt
             label="probe_1",
         )
         assert probe.wait_log("published ready"), probe.output
-        sniff = _sniff(vhost, "--name", "probe_1", "--filter", "udp port 5683", "--count", "4")
+        sniff = _sniff(vhost, "--name", "probe_1", "--filter", "udp port 5683", "--count", "5")
         seen = _wait_stderr(sniff, r"sniffing probe_1")  # its queue exists: frames may come
         os.write(fd, b"".join(slip(f, leading_end=True) for f in frames))
         out, rest = sniff.communicate(timeout=20)
@@ -73,20 +73,23 @@ def test_probe_v_and_sniff_show_and_filter_inner_packets(  # type: ignore[no-unt
             "6LoWPAN FRAGN tag 7 offset 152 size 188 reassembled IPHC ",
             "6LoWPAN MESH 0x0001 > 0x0002 hops 5 IPHC fe80::1 > fe80::2 UDP 5683 > 49152 "
             "CoAP ACK 2.05 Content",
+            "6LoWPAN IPHC (context 0/0, prefix unknown) ::ff:fe00:3 > ::ff:fe00:a UDP 5683 > 5683 "
+            "CoAP CON PUT /ctx",
             "6LoWPAN IPv6 bbbb::3 > bbbb::4 ICMPv6 Echo Request",
             "6LoWPAN [IPHC header cut short",
             "6LoWPAN [not 6LoWPAN: dispatch 0x01]",
+            "up   serial>bus 802.15.4 Ack seq 9 3 B",
         ]
         trace = [x for x in probe.output.splitlines() if "serial>bus" in x]
         assert len(trace) == len(frames), probe.output
-        for got, want in zip(trace, expected, strict=False):
+        for got, want in zip(trace, expected, strict=True):
             assert want in got, (got, want)
 
-        # sniff --filter 'udp port 5683': the four frames whose IPv6 packet has it
+        # sniff --filter 'udp port 5683': the five frames whose IPv6 packet has it
         packets = [x for x in out.splitlines() if " 802.15.4 " in x]
-        assert len(packets) == 4, out
+        assert len(packets) == 5, out
         assert all(" probe_1       up    802.15.4 " in x for x in packets), out
-        wanted = ["NON GET /rd", "CON GET /.well-known/core", "reassembled", "ACK 2.05 Content"]
+        wanted = ["GET /rd", "GET /.well-known/core", "reassembled", "ACK 2.05", "PUT /ctx"]
         for got, want in zip(packets, wanted, strict=True):
             assert want in got, (got, want)
         assert "UDP 61616 > 5683 CoAP CON POST /big" in packets[2]

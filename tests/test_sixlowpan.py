@@ -80,6 +80,14 @@ def test_mesh_header() -> None:
     )
 
 
+def test_context_based_addresses_are_flagged() -> None:
+    frame, inner = wpan.stateful()
+    assert summarize_wpan(frame) == (
+        f"802.15.4 0x0003 > 0x0004 6LoWPAN IPHC (context 0/0, prefix unknown) {inner.src} > "
+        f"{inner.dst} UDP 5683 > 5683 CoAP CON PUT /ctx {len(frame)} B"
+    )
+
+
 def test_uncompressed_ipv6_dispatch() -> None:
     frame, _ = wpan.uncompressed_echo()
     assert summarize_wpan(frame).startswith(
@@ -219,7 +227,7 @@ def test_filter_ip_words_match_the_decompressed_packet() -> None:
     assert f5683.needs_inner
     pairs = list(zip(frames, decoded, strict=True))
     picked = [d.text for f, d in pairs if f5683.matches(f, True, d.ipv6)]
-    assert len(picked) == 4, picked  # /rd, /.well-known/core, the mesh ACK, the reassembled POST
+    assert len(picked) == 5, picked  # /rd, /.well-known/core, reassembled POST, mesh ACK, /ctx
     assert all("UDP" in t and "5683" in t for t in picked)
     assert sum("reassembled" in t for t in picked) == 1
     # other IP words, and the agent's own
@@ -238,7 +246,7 @@ def test_filter_ip_words_match_the_decompressed_packet() -> None:
 # ------------------------------------------------------------------------ tshark
 
 
-_CODES = {1: "GET", 2: "POST", 69: "2.05"}
+_CODES = {1: "GET", 2: "POST", 3: "PUT", 69: "2.05"}
 
 
 @needs_tshark
@@ -274,7 +282,7 @@ def test_summaries_agree_with_tshark(tmp_path: Path) -> None:
             assert "CoAP " in decoded.text and _CODES[int(code)] in decoded.text
             assert expected is not None and (expected.src, expected.dport) == (src, int(dport))
             agreed += 1
-    assert agreed == 4  # /rd, /.well-known/core, the reassembled POST, the mesh ACK
+    assert agreed == 5  # /rd, /.well-known/core, the reassembled POST, the mesh ACK, /ctx
 
 
 # ------------------------------------------------------------------------ cost

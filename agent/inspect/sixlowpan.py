@@ -29,7 +29,12 @@ from dataclasses import dataclass, field
 
 from scapy.layers.dot15d4 import Dot15d4, Dot15d4Data
 from scapy.layers.inet6 import IPv6
-from scapy.layers.sixlowpan import LoWPAN_IPHC, LoWPAN_NHC, LoWPAN_NHC_UDP
+from scapy.layers.sixlowpan import (
+    LoWPAN_IPHC,
+    LoWPAN_NHC,
+    LoWPAN_NHC_UDP,
+    _extract_upperaddress,
+)
 from scapy.packet import Packet
 from scapy.utils import hexdump
 
@@ -178,9 +183,10 @@ def _iphc(data: bytes, link: Packet | None) -> tuple[str, bytes]:
         iphc = LoWPAN_IPHC(data, _underlayer=link)
     except Exception as exc:
         raise NotDecoded(f"IPHC header cut short ({type(exc).__name__})") from None
-    note = f"(context {iphc.sci}/{iphc.dci}, prefix unknown) " if iphc.cid or iphc.sac or (
-        iphc.dac
-    ) else ""
+    note = ""
+    if iphc.sac or iphc.dac:  # stateful: the prefix (or more) comes from a shared context
+        sci, dci = (iphc.sci, iphc.dci) if iphc.cid else (0, 0)
+        note = f"(context {sci}/{dci}, prefix unknown) "
     ipv6: Packet | None
     if iphc.nh:
         nhc = iphc.payload
@@ -193,7 +199,26 @@ def _iphc(data: bytes, link: Packet | None) -> tuple[str, bytes]:
         ipv6 = iphc.payload if isinstance(iphc.payload, IPv6) else None
     if ipv6 is None:
         raise NotDecoded("IPHC: no IPv6 packet")
-    return note, bytes(ipv6)
+    return note, _stateful(iphc, bytes(ipv6))
+
+
+def _stateful(iphc: Packet, ipv6: bytes) -> bytes:
+    """Context-based (SAC / DAC) unicast addresses as tshark shows them without the
+    contexts: prefix ::, interface identifier inline or from the link address (Scapy
+    puts fe80:: there, or leaves out the ff:fe00 of a 16-bit identifier)."""
+    out = bytearray(ipv6)
+    if iphc.sac and iphc.sam in (2, 3):
+        iid = _link_iid(iphc, True) if iphc.sam == 3 else out[16:24]
+        out[8:24] = bytes(8) + iid
+    if iphc.dac and not iphc.m and iphc.dam in (2, 3):
+        iid = _link_iid(iphc, False) if iphc.dam == 3 else b"\x00\x00\x00\xff\xfe\x00" + out[38:40]
+        out[24:40] = bytes(8) + iid
+    return bytes(out)
+
+
+def _link_iid(iphc: Packet, source: bool) -> bytes:
+    """The interface identifier derived from the link-layer address (RFC 6282 3.2.2)."""
+    return bytes(_extract_upperaddress(iphc, source=source))[8:16]
 
 
 def _inner(ipv6: bytes) -> str:

@@ -124,6 +124,15 @@ def meshed() -> tuple[bytes, Inner]:
     return frame, Inner(src, dst, 5683, 49152, 69)
 
 
+def stateful() -> tuple[bytes, Inner]:
+    """Context-based IPHC (SAC 1 / SAM 11: identifier from the MAC source; DAC 1 / DAM 10:
+    16-bit identifier inline), context 0 not known to the reader: prefix ::."""
+    src, dst = "::ff:fe00:3", "::ff:fe00:a"
+    udp = udp_bytes(src, dst, 5683, 5683, coap(0, 3, 0x0303, ("ctx",), b"1"))
+    frame = mac_short(0x0003, 0x0004) + b"\x7e\x76" + b"\x00\x0a" + nhc_udp(udp)
+    return frame, Inner(src, dst, 5683, 5683, 3)
+
+
 def uncompressed_echo() -> tuple[bytes, Inner | None]:
     """The uncompressed-IPv6 dispatch (0x41) with an ICMPv6 echo request."""
     pkt = bytes(IPv6(src="bbbb::3", dst="bbbb::4", hlim=64) / ICMPv6EchoRequest(id=1, seq=1))
@@ -150,6 +159,7 @@ def mixed() -> list[tuple[bytes, Inner | None]]:
     one, rd = multicast_rd()
     two, wk = inline_fields()
     mesh, ack_205 = meshed()
+    ctx, put = stateful()
     echo, _ = uncompressed_echo()
     return [
         (one, rd),
@@ -158,6 +168,7 @@ def mixed() -> list[tuple[bytes, Inner | None]]:
         (frags[1], None),
         (frags[2], big),
         (mesh, ack_205),
+        (ctx, put),
         (echo, None),
         (cut_short(), None),
         (not_lowpan(), None),
