@@ -75,6 +75,8 @@ def test_probe_v_and_sniff_show_and_filter_inner_packets(  # type: ignore[no-unt
             "CoAP ACK 2.05 Content",
             "6LoWPAN IPHC (context 0/0, prefix unknown) ::ff:fe00:3 > ::ff:fe00:a UDP 5683 > 5683 "
             "CoAP CON PUT /ctx",
+            "6LoWPAN IPHC fd00::212:4b00:1:1 > fd00::212:4b00:2:2 UDP 5683 > 5683 "
+            "CoAP CON DELETE /x",
             "6LoWPAN IPv6 bbbb::3 > bbbb::4 ICMPv6 Echo Request",
             "6LoWPAN [IPHC header cut short",
             "6LoWPAN [not 6LoWPAN: dispatch 0x01]",
@@ -85,7 +87,8 @@ def test_probe_v_and_sniff_show_and_filter_inner_packets(  # type: ignore[no-unt
         for got, want in zip(trace, expected, strict=True):
             assert want in got, (got, want)
 
-        # sniff --filter 'udp port 5683': the five frames whose IPv6 packet has it
+        # sniff --filter 'udp port 5683': the five frames whose IPv6 packet has it (not
+        # the RPL one: as in tcpdump, `udp` does not look past a hop-by-hop header)
         packets = [x for x in out.splitlines() if " 802.15.4 " in x]
         assert len(packets) == 5, out
         assert all(" probe_1       up    802.15.4 " in x for x in packets), out

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import UDP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet6 import HBHOptUnknown, IPv6, IPv6ExtHdrHopByHop
 
 from agent.inspect.filter import Filter
 from agent.inspect.pcapng import LINKTYPE_IEEE802_15_4_NOFCS, PcapNgWriter
@@ -69,6 +69,15 @@ def test_decompressed_datagrams_are_byte_exact() -> None:
     frame, wk = wpan.inline_fields()
     body = wpan.coap(0, 1, 0x0102, (".well-known", "core"))
     sent = IPv6(src=wk.src, dst=wk.dst, hlim=64) / UDP(sport=40001, dport=5683) / body
+    assert WpanDecoder().decode(frame).ipv6 == bytes(sent)
+    frame, rpl = wpan.rpl_hop_by_hop()
+    option = HBHOptUnknown(otype=0x63, optdata=b"\x00\x1e\x02\x00")
+    sent = (
+        IPv6(src=rpl.src, dst=rpl.dst, hlim=64)
+        / IPv6ExtHdrHopByHop(options=[option])
+        / UDP(sport=5683, dport=5683)
+        / wpan.coap(0, 4, 0x4444, ("x",))
+    )
     assert WpanDecoder().decode(frame).ipv6 == bytes(sent)
 
 
@@ -177,7 +186,9 @@ def test_fragment_table_bounded_and_timed_out() -> None:
         (wpan.cut_short(), "[IPHC header cut short"),
         (wpan.not_lowpan(), "[not 6LoWPAN: dispatch 0x01]"),
         (wpan.mac_short(1, 2) + b"\x42\x00", "[HC1 compression (obsolete) not decoded]"),
-        (wpan.mac_short(1, 2) + b"\x7e\x33\xe0\x3a\x00", "NHC extension header not decoded]"),
+        (wpan.mac_short(1, 2) + b"\x7e\x33\xee\x00", "NHC IPv6 header not decoded]"),
+        (wpan.mac_short(1, 2) + b"\x7e\x33\x80\x00", "unknown NHC header 0x80]"),
+        (wpan.mac_short(1, 2) + b"\x7e\x33\xe1\x06\x63", "NHC extension header cut short]"),
         (wpan.mac_short(1, 2) + b"\xc0\x50", "[fragment header cut short]"),
         (wpan.mac_short(1, 2), "[no payload]"),
         (b"\x49\x88\x01\xcd\xab\x02\x00\x01\x00" + b"\x05" + bytes(12), "[secured: payload"),
@@ -227,7 +238,14 @@ def test_filter_ip_words_match_the_decompressed_packet() -> None:
     assert f5683.needs_inner
     pairs = list(zip(frames, decoded, strict=True))
     picked = [d.text for f, d in pairs if f5683.matches(f, True, d.ipv6)]
-    assert len(picked) == 5, picked  # /rd, /.well-known/core, reassembled POST, mesh ACK, /ctx
+    assert len(picked) == 5, picked  # /rd, /.well-known/core, the POST, the mesh ACK, /ctx
+    # as tcpdump, `udp` does not look past an IPv6 extension header (RPL's hop-by-hop
+    # option); `ip6 protochain 17` does
+    rpl, _ = wpan.rpl_hop_by_hop()
+    rpl_ipv6 = WpanDecoder().decode(rpl).ipv6
+    assert not f5683.matches(rpl, True, rpl_ipv6)
+    assert Filter("ip6 protochain 17").matches(rpl, True, rpl_ipv6)
+    assert Filter("ip6 protochain 17 and ip6[50:2] = 5683").matches(rpl, True, rpl_ipv6)
     assert all("UDP" in t and "5683" in t for t in picked)
     assert sum("reassembled" in t for t in picked) == 1
     # other IP words, and the agent's own
@@ -246,7 +264,7 @@ def test_filter_ip_words_match_the_decompressed_packet() -> None:
 # ------------------------------------------------------------------------ tshark
 
 
-_CODES = {1: "GET", 2: "POST", 3: "PUT", 69: "2.05"}
+_CODES = {1: "GET", 2: "POST", 3: "PUT", 4: "DELETE", 69: "2.05"}
 
 
 @needs_tshark
@@ -282,7 +300,7 @@ def test_summaries_agree_with_tshark(tmp_path: Path) -> None:
             assert "CoAP " in decoded.text and _CODES[int(code)] in decoded.text
             assert expected is not None and (expected.src, expected.dport) == (src, int(dport))
             agreed += 1
-    assert agreed == 5  # /rd, /.well-known/core, the reassembled POST, the mesh ACK, /ctx
+    assert agreed == 6  # /rd, /.well-known/core, reassembled POST, mesh ACK, /ctx, RPL /x
 
 
 # ------------------------------------------------------------------------ cost

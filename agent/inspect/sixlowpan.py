@@ -22,22 +22,24 @@ never imports this module otherwise.
 
 from __future__ import annotations
 
+import socket
+import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from scapy.layers.dot15d4 import Dot15d4, Dot15d4Data
-from scapy.layers.inet6 import IPv6
 from scapy.layers.sixlowpan import (
     LoWPAN_IPHC,
-    LoWPAN_NHC,
-    LoWPAN_NHC_UDP,
     _extract_upperaddress,
+    dest_addr_size,
+    source_addr_size,
 )
 from scapy.packet import Packet
 from scapy.utils import hexdump
 
+from agent.inspect import nhc
 from agent.inspect.summary import clean, dump, quiet, summarize
 
 __all__ = ["Decoded", "Fragments", "WpanDecoder", "dump_wpan", "summarize_wpan"]
@@ -178,42 +180,67 @@ def _link_context(mac: Dot15d4, mesh: tuple[int, int, int, int] | None) -> Packe
 
 
 def _iphc(data: bytes, link: Packet | None) -> tuple[str, bytes]:
-    """IPHC (RFC 6282) decompressed by Scapy: (note, IPv6 packet); NotDecoded if not."""
+    """IPHC (RFC 6282): (note, the IPv6 packet); NotDecoded if it cannot be read.
+    Scapy's LoWPAN_IPHC reads the header and decompresses the addresses; the headers
+    after it (inline, or LOWPAN_NHC: agent.inspect.nhc) are restored here."""
     try:
-        iphc = LoWPAN_IPHC(data, _underlayer=link)
+        iphc = LoWPAN_IPHC(data, _underlayer=link, stop_dissection_after=LoWPAN_IPHC)
+        length = _iphc_length(iphc)
+        src = socket.inet_pton(socket.AF_INET6, iphc.src)
+        dst = socket.inet_pton(socket.AF_INET6, iphc.dst)
+        tc, fl = iphc._getTrafficClassAndFlowLabel()
     except Exception as exc:
         raise NotDecoded(f"IPHC header cut short ({type(exc).__name__})") from None
+    if length > len(data):
+        raise NotDecoded("IPHC header cut short")
     note = ""
     if iphc.sac or iphc.dac:  # stateful: the prefix (or more) comes from a shared context
         sci, dci = (iphc.sci, iphc.dci) if iphc.cid else (0, 0)
         note = f"(context {sci}/{dci}, prefix unknown) "
-    ipv6: Packet | None
+        src, dst = _stateful(iphc, src, dst)
     if iphc.nh:
-        nhc = iphc.payload
-        exts = getattr(nhc, "exts", None) if isinstance(nhc, LoWPAN_NHC) else None
-        if not exts or not all(isinstance(e, LoWPAN_NHC_UDP) for e in exts):
-            what = "extension header" if exts else "header"
-            raise NotDecoded(f"IPHC {iphc.src} > {iphc.dst}: NHC {what} not decoded")
-        ipv6 = nhc.payload if isinstance(nhc.payload, IPv6) else None
+        try:
+            proto, rest = nhc.decompress(data[length:])
+        except nhc.NhcError as exc:
+            addrs = f"{_ntop(src)} > {_ntop(dst)}"
+            raise NotDecoded(f"IPHC {addrs}: {exc}") from None
     else:
-        ipv6 = iphc.payload if isinstance(iphc.payload, IPv6) else None
-    if ipv6 is None:
-        raise NotDecoded("IPHC: no IPv6 packet")
-    return note, _stateful(iphc, bytes(ipv6))
+        proto, rest = iphc.nhField, data[length:]
+    hlim = iphc.hopLimit if iphc.hlim == 0 else (0, 1, 64, 255)[iphc.hlim]
+    first = 0x60000000 | (tc & 0xFF) << 20 | (fl & 0xFFFFF)
+    head = struct.pack("!IHBB", first, len(rest) & 0xFFFF, proto, hlim)
+    return note, head + src + dst + rest
 
 
-def _stateful(iphc: Packet, ipv6: bytes) -> bytes:
+def _ntop(addr: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET6, addr)
+
+
+def _iphc_length(iphc: Packet) -> int:
+    """Bytes of the IPHC header itself (base, CID, inline TF / NH / HLIM, addresses)."""
+    tf = (4, 3, 1, 0)[iphc.tf]
+    return (
+        2
+        + (1 if iphc.cid else 0)
+        + tf
+        + (0 if iphc.nh else 1)
+        + (1 if iphc.hlim == 0 else 0)
+        + source_addr_size(iphc)
+        + dest_addr_size(iphc)
+    )
+
+
+def _stateful(iphc: Packet, src: bytes, dst: bytes) -> tuple[bytes, bytes]:
     """Context-based (SAC / DAC) unicast addresses as tshark shows them without the
     contexts: prefix ::, interface identifier inline or from the link address (Scapy
     puts fe80:: there, or leaves out the ff:fe00 of a 16-bit identifier)."""
-    out = bytearray(ipv6)
     if iphc.sac and iphc.sam in (2, 3):
-        iid = _link_iid(iphc, True) if iphc.sam == 3 else out[16:24]
-        out[8:24] = bytes(8) + iid
+        iid = _link_iid(iphc, True) if iphc.sam == 3 else src[8:16]
+        src = bytes(8) + iid
     if iphc.dac and not iphc.m and iphc.dam in (2, 3):
-        iid = _link_iid(iphc, False) if iphc.dam == 3 else b"\x00\x00\x00\xff\xfe\x00" + out[38:40]
-        out[24:40] = bytes(8) + iid
-    return bytes(out)
+        iid = _link_iid(iphc, False) if iphc.dam == 3 else b"\x00\x00\x00\xff\xfe\x00" + dst[14:]
+        dst = bytes(8) + iid
+    return src, dst
 
 
 def _link_iid(iphc: Packet, source: bool) -> bytes:

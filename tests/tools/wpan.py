@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from socket import AF_INET6, inet_pton
 
 from scapy.contrib.coap import CoAP
 from scapy.layers.inet import UDP
@@ -133,6 +134,19 @@ def stateful() -> tuple[bytes, Inner]:
     return frame, Inner(src, dst, 5683, 5683, 3)
 
 
+def rpl_hop_by_hop() -> tuple[bytes, Inner]:
+    """NHC-compressed hop-by-hop header carrying an RPL option (RFC 6553: instance 0x1e,
+    rank 0x0200), its next header NHC UDP, as RPL networks send data: CoAP CON DELETE /x.
+    Addresses inline (SAM 00, DAM 00), TF 11, HLIM 64."""
+    src, dst = "fd00::212:4b00:1:1", "fd00::212:4b00:2:2"
+    option = b"\x63\x04\x00\x1e\x02\x00"
+    udp = udp_bytes(src, dst, 5683, 5683, coap(0, 4, 0x4444, ("x",)))  # pseudo-header: no ext
+    iphc = b"\x7e\x00" + inet_pton(AF_INET6, src) + inet_pton(AF_INET6, dst)
+    nhc = b"\xe1" + bytes([len(option)]) + option  # EID 0 (hop-by-hop), NH compressed
+    frame = mac_short(0x0007, 0x0008) + iphc + nhc + nhc_udp(udp)
+    return frame, Inner(src, dst, 5683, 5683, 4)
+
+
 def uncompressed_echo() -> tuple[bytes, Inner | None]:
     """The uncompressed-IPv6 dispatch (0x41) with an ICMPv6 echo request."""
     pkt = bytes(IPv6(src="bbbb::3", dst="bbbb::4", hlim=64) / ICMPv6EchoRequest(id=1, seq=1))
@@ -160,6 +174,7 @@ def mixed() -> list[tuple[bytes, Inner | None]]:
     two, wk = inline_fields()
     mesh, ack_205 = meshed()
     ctx, put = stateful()
+    rpl, delete = rpl_hop_by_hop()
     echo, _ = uncompressed_echo()
     return [
         (one, rd),
@@ -169,6 +184,7 @@ def mixed() -> list[tuple[bytes, Inner | None]]:
         (frags[2], big),
         (mesh, ack_205),
         (ctx, put),
+        (rpl, delete),
         (echo, None),
         (cut_short(), None),
         (not_lowpan(), None),
