@@ -79,7 +79,7 @@ def test_probe_v_and_sniff_show_and_filter_inner_packets(  # type: ignore[no-unt
             "CoAP CON DELETE /x",
             "6LoWPAN IPv6 bbbb::3 > bbbb::4 ICMPv6 Echo Request",
             "6LoWPAN [IPHC header cut short",
-            "6LoWPAN [not 6LoWPAN: dispatch 0x01]",
+            "[not 6LoWPAN: dispatch 0x01]",
             "up   serial>bus 802.15.4 Ack seq 9 3 B",
         ]
         trace = [x for x in probe.output.splitlines() if "serial>bus" in x]

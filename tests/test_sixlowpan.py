@@ -167,9 +167,9 @@ def test_a_missing_fragment_means_no_datagram() -> None:
 def test_fragment_table_bounded_and_timed_out() -> None:
     table = Fragments(limit=2, timeout=60.0)
     for tag in range(5):
-        table.add((1, 2, tag, 100), 16, b"x" * 8, None, now=0.0)
+        table.add((1, 2, tag, 100), 16, b"x" * 8, False, now=0.0)
     assert len(table) == 2
-    assert table.add((1, 2, 9, 100), 16, b"x" * 8, None, now=61.0) is None
+    assert table.add((1, 2, 9, 100), 16, b"x" * 8, False, now=61.0) is None
     assert len(table) == 1  # the old ones expired
     now = [0.0]
     decoder = WpanDecoder(clock=lambda: now[0])

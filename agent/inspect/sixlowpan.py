@@ -68,7 +68,6 @@ class Decoded:
 @dataclass
 class _Datagram:
     started: float
-    head: bytes = b""  # the frame up to the FRAG1 header (MAC, mesh): context for IPHC
     first: bytes | None = None  # FRAG1's payload (compressed headers, then data)
     rest: dict[int, bytes] = field(default_factory=dict)  # FRAGN payloads by byte offset
 
@@ -85,19 +84,20 @@ class Fragments:
         return len(self._table)
 
     def add(
-        self, key: tuple[object, ...], offset: int, payload: bytes, head: bytes | None, now: float
-    ) -> tuple[bytes, bytes] | None:
-        """Store one fragment (``head`` given for FRAG1, ``offset`` in bytes for FRAGN);
-        return (head, FRAG1 payload + FRAGN payloads in order) when FRAG1 is there and
-        the FRAGNs run without a gap to the datagram's end (the caller checks the size)."""
+        self, key: tuple[object, ...], offset: int, payload: bytes, first: bool, now: float
+    ) -> bytes | None:
+        """Store one fragment (FRAG1 if ``first``, else a FRAGN at ``offset`` bytes of the
+        datagram; ``key`` ends with the datagram size); return FRAG1's payload and the
+        FRAGNs' in order once FRAG1 is there and the FRAGNs run without a gap to the
+        datagram's end (the caller decompresses and checks the size)."""
         self._expire(now)
         entry = self._table.get(key)
         if entry is None:
             entry = self._table[key] = _Datagram(now)
             while len(self._table) > self.limit:
                 self._table.popitem(last=False)
-        if head is not None:
-            entry.head, entry.first = head, payload
+        if first:
+            entry.first = payload
         else:
             entry.rest[offset] = payload
         if entry.first is None:
@@ -113,7 +113,7 @@ class Fragments:
             if last + len(entry.rest[last]) != size:
                 return None
             parts.extend(entry.rest[o] for o in offsets)
-        return entry.head, b"".join(parts)
+        return b"".join(parts)
 
     def done(self, key: tuple[object, ...]) -> None:
         self._table.pop(key, None)
@@ -165,7 +165,7 @@ def _mesh(data: bytes) -> tuple[int, str, tuple[int, int, int, int]]:
     src = int.from_bytes(data[1 : 1 + slen], "big")
     dst = int.from_bytes(data[1 + slen : 1 + slen + dlen], "big")
     smode, dmode = (2 if v else 3), (2 if f else 3)
-    text = f"6LoWPAN MESH {_addr(src, smode)} > {_addr(dst, dmode)} hops {hops}"
+    text = f"MESH {_addr(src, smode)} > {_addr(dst, dmode)} hops {hops}"
     return 1 + slen + dlen, text, (smode, src, dmode, dst)
 
 
@@ -318,7 +318,7 @@ class WpanDecoder:
             return Decoded(f"{text} [no payload]")
         parts = [text]
         try:
-            ipv6 = self._lowpan(frame, mac, payload, parts)
+            ipv6 = self._lowpan(mac, payload, parts)
         except NotDecoded as exc:
             parts.append(f"[{clean(str(exc), 120)}]")
             return Decoded(" ".join(parts))
@@ -326,10 +326,11 @@ class WpanDecoder:
             parts.append(_inner(ipv6))
         return Decoded(" ".join(parts), ipv6)
 
-    def _lowpan(
-        self, frame: bytes, mac: Dot15d4, data: bytes, parts: list[str]
-    ) -> bytes | None:
+    def _lowpan(self, mac: Dot15d4, data: bytes, parts: list[str]) -> bytes | None:
         """Mesh, broadcast, fragment headers, then the IPv6 header; appends their text."""
+        if data[0] >> 6 == 0:
+            raise NotDecoded(f"not 6LoWPAN: dispatch 0x{data[0]:02x}")
+        parts.append("6LoWPAN")
         mesh = None
         if data[0] >> 6 == 0b10:
             length, text, mesh = _mesh(data)
@@ -340,22 +341,15 @@ class WpanDecoder:
             data = data[2:]
         if not data:
             raise NotDecoded("nothing after the mesh header")
-        if not parts[-1].startswith("6LoWPAN"):
-            parts.append("6LoWPAN")
         if data[0] >> 3 in (0b11000, 0b11100):
-            return self._fragment(frame, mac, mesh, data, parts)
+            return self._fragment(_link_context(mac, mesh), data, parts)
         text, ipv6 = _compressed(data, _link_context(mac, mesh))
         parts.append(text)
         return ipv6
 
-    def _fragment(
-        self,
-        frame: bytes,
-        mac: Dot15d4,
-        mesh: tuple[int, int, int, int] | None,
-        data: bytes,
-        parts: list[str],
-    ) -> bytes | None:
+    def _fragment(self, link: Packet | None, data: bytes, parts: list[str]) -> bytes | None:
+        """FRAG1 / FRAGN: the datagram if this fragment completes it (link: the addresses
+        the datagram is keyed by and IPHC takes elided addresses from)."""
         first = data[0] >> 3 == 0b11000
         hlen = 4 if first else 5
         if len(data) < hlen:
@@ -365,15 +359,13 @@ class WpanDecoder:
         offset = 0 if first else data[4] * 8
         name = "FRAG1" if first else "FRAGN"
         parts.append(f"{name} tag {tag} offset {offset} size {size}")
-        link = _link_context(mac, mesh)
         ends = (getattr(link, "src_addr", None), getattr(link, "dest_addr", None))
         key = (*ends, tag, size)
-        head = frame[: len(frame) - len(data)] if first else None
-        whole = self.fragments.add(key, offset, data[hlen:], head, self.clock())
+        whole = self.fragments.add(key, offset, data[hlen:], first, self.clock())
         if whole is None:
             return None
         try:
-            text, ipv6 = _compressed(whole[1], link)
+            text, ipv6 = _compressed(whole, link)
         except NotDecoded:
             return None  # e.g. a FRAGN is still missing before the last one
         if len(ipv6) != size:
