@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -485,3 +487,20 @@ def test_summarize_falls_back_when_scapy_fails(monkeypatch: pytest.MonkeyPatch) 
     odd = bytes(IPv6(src="bbbb::1", dst="bbbb::2", nh=43) / b"\x00")
     line = summarize(odd)
     assert line.startswith("IPv6 bbbb::1 > bbbb::2 ") and line.endswith(" 41 B")
+
+
+def test_no_log_filter_at_import_one_on_first_summary() -> None:
+    """Importing the summaries changes nothing in logging; the first summary (which loads
+    Scapy's optional dissectors) installs the filter on Scapy's logger, once."""
+    code = (
+        "import logging\n"
+        "import agent.inspect.summary as s, agent.inspect.taps, agent.inspect.sniff\n"
+        "scapy_log = logging.getLogger('scapy.runtime')\n"
+        "before = list(scapy_log.filters)\n"
+        "assert s._quiet_filter not in before, before\n"
+        "s.summarize(b\"\\x60\" + bytes(39))\n"
+        "s.summarize(b\"\\x60\" + bytes(39))\n"
+        "assert scapy_log.filters == [*before, s._quiet_filter], scapy_log.filters\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
