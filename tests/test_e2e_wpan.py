@@ -8,19 +8,36 @@ on an inner IPv6 word show what is inside the frames.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.conftest import needs_root, read_at_least, wait_for
-from tests.test_e2e_inspect import _sniff, _wait_stderr
+from tests.conftest import ROOT, needs_root, read_at_least, wait_for
+from tests.test_e2e_inspect import _wait_stderr
 from tests.test_e2e_serial import Socat, slip
 from tests.tools import wpan
 from tests.tools.proc import end_process
 
 pytestmark = [pytest.mark.e2e, needs_root]
+
+
+def _sniff(home: Path, url: str, *args: str) -> subprocess.Popen[str]:
+    """`agent sniff` as root, with a HOME of its own: Scapy's cache directory it makes
+    there must not be a root-owned /tmp/.cache that an unprivileged sniff then trips on."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HOME=str(home))
+    env.pop("AMQP_URL", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent", "sniff", "--url", url, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
 
 
 @pytest.fixture
@@ -32,7 +49,7 @@ def pty_line(tmp_path: Path) -> Iterator[Socat]:
 
 
 def test_probe_v_and_sniff_show_and_filter_inner_packets(  # type: ignore[no-untyped-def]
-    vhost: str, procs, pty_line: Socat, listener
+    vhost: str, procs, pty_line: Socat, listener, tmp_path: Path
 ) -> None:
     mixed = wpan.mixed()
     frames = [f for f, _ in mixed]
@@ -53,7 +70,8 @@ def test_probe_v_and_sniff_show_and_filter_inner_packets(  # type: ignore[no-unt
             label="probe_1",
         )
         assert probe.wait_log("published ready"), probe.output
-        sniff = _sniff(vhost, "--name", "probe_1", "--filter", "udp port 5683", "--count", "5")
+        args = ("--name", "probe_1", "--filter", "udp port 5683", "--count", "5")
+        sniff = _sniff(tmp_path, vhost, *args)
         seen = _wait_stderr(sniff, r"sniffing probe_1")  # its queue exists: frames may come
         os.write(fd, b"".join(slip(f, leading_end=True) for f in frames))
         out, rest = sniff.communicate(timeout=20)
