@@ -3,18 +3,21 @@
 ``WpanDecoder.decode(frame)`` gives one line and, when the frame carries (or completes)
 an IPv6 datagram, that datagram decompressed: 802.15.4 MAC header (Scapy's dot15d4), then
 the 6LoWPAN headers in the order RFC 4944 puts them (mesh, broadcast, fragment), then the
-IPv6 header (uncompressed, or IPHC / NHC-UDP as in RFC 6282, decompressed by Scapy's
-sixlowpan layer), and the summary of the IPv6 packet (agent.inspect.summary):
+IPv6 header (uncompressed, or IPHC as in RFC 6282: header fields and addresses read by
+Scapy's sixlowpan layer, the NHC headers after it restored by agent.inspect.nhc), and
+the summary of the IPv6 packet (agent.inspect.summary):
 
     802.15.4 0x1234 > 0xffff 6LoWPAN IPHC fe80::ff:fe00:1234 > ff02::1a UDP 5683 > 5683
         CoAP NON GET /rd 27 B        (one line)
 
 The dispatch byte is read here, not by Scapy's ``SixLoWPAN`` (which takes 0x7f, an IPHC
-header with everything elided, for the old ESC dispatch). Fragments (FRAG1 / FRAGN) are
-kept in a small bounded table keyed by (link source, link destination, tag, size) for
-60 s; the frame that completes a datagram shows the whole datagram, the others
-``6LoWPAN FRAGN tag 7 offset 96 size 180``. A frame that cannot be decoded is shown as
-802.15.4 with a short reason in brackets; nothing here raises.
+header with everything elided, for the old ESC dispatch); so are context-based addresses
+(shown as tshark shows them when it does not know the contexts: prefix ::).
+
+Fragments (FRAG1 / FRAGN) are kept in a small bounded table keyed by (link source, link
+destination, tag, size) for 60 s; the frame that completes a datagram shows the whole
+datagram, the others ``6LoWPAN FRAGN tag 7 offset 96 size 180``. A frame that cannot be
+decoded is shown as 802.15.4 with a short reason in brackets; nothing here raises.
 
 Only used when inspection is on (``-v``, ``agent sniff``): the probe's per-frame path
 never imports this module otherwise.
