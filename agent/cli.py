@@ -395,8 +395,13 @@ def connect(
                 "--pcap is not available in 802.15.4 serial mode; capture from the bus "
                 "with: agent sniff --name NAME --pcap FILE"
             )
+        trace = None
+        if verbose:  # frame lines read down to 6LoWPAN / IPv6; without -v: no cost
+            from agent.inspect.taps import WpanTrace
+
+            trace = WpanTrace(full_dump=verbose >= 2)
         try:
-            probe = probe_runner(name, amqp, serial, exchange, ca_file, stats)
+            probe = probe_runner(name, amqp, serial, exchange, ca_file, stats, trace)
         except SerialPortError as exc:
             raise click.ClickException(str(exc)) from None
         _run(lambda: probe)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -158,10 +158,13 @@ def probe_runner(
     exchange: str,
     ca_file: str | None,
     stats_interval: float,
+    trace: Callable[[bytes, str], None] | None = None,
 ) -> Coroutine[Any, Any, int]:
-    """802.15.4 mode: open the device (SerialPortError if it cannot be); the probe's run()."""
+    """802.15.4 mode: open the device (SerialPortError if it cannot be); the probe's run().
+    ``trace``: `-v`'s per-frame lines (agent.inspect.taps.WpanTrace), None without -v."""
     from agent.slip.probe import SerialProbe
 
     probe = SerialProbe(name, url, choice.settings, exchange, ca_file, stats_interval)
+    probe.trace = trace
     probe.open()  # SerialPortError: missing, busy, not a tty
     return probe.run()
