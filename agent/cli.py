@@ -563,6 +563,38 @@ def sniff(
     _run(sniffer.run)
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (routers, agents).")
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=0.2),
+    default=None,
+    help="Ask again every N seconds, in place, until Ctrl-C.",
+)
+@with_options(url_options[:4])
+def status(
+    as_json: bool, watch: float | None, url: tuple[str, ...], url_file: str | None,
+    exchange: str, ca_file: str | None,
+) -> None:
+    """The session at a glance, as its active router sees it (the observer URL will do)."""
+    setup_logging(0, 2)  # pika's and our log lines stay out of the table
+    amqp = _url(url, url_file)
+    from agent.router.ask import Asker, StatusError, run
+
+    try:
+        asker = Asker(amqp, exchange, ca_file)
+        try:
+            code = run(asker, as_json, watch or 0.0)
+        finally:
+            asker.close()
+    except StatusError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        code = 1
+    except KeyboardInterrupt:
+        code = 0
+    sys.exit(code)
+
+
 from agent.session.cli import session as _session  # noqa: E402  (`agent session ...`)
 
 cli.add_command(_session)

@@ -305,6 +305,15 @@ class Bus:
 
     # -- lifecycle ---------------------------------------------------------------------
 
+    def open_channel(self, on_open: Callable[[Any], None]) -> bool:
+        """One more channel on the current connection, on pika's own path (the router's
+        status replies and queue probes, agent.router.edge); False when not connected."""
+        conn = self._conn
+        if not self.up or conn is None or not conn.is_open:
+            return False
+        conn.channel(on_open_callback=on_open)
+        return True
+
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._closed.clear()
