@@ -32,13 +32,15 @@ def test_a_restarted_agent_is_a_new_incarnation_that_starts_from_nothing() -> No
     assert s.fast == {"a"} and s.agents["a"].wire == FAST
     # its answer to our ready (same incarnation): nothing new, no second announcement
     assert s.started("a", "i1", True, 1.1, ["bbbb::1"], ["cccc::/64"], epoch="e1") == []
-    # restarted: its ready names another incarnation; wire, addresses, networks forgotten
-    assert s.ready("a", "i2", 5.0) == [Forget("a"), Announce()]
+    # a ready under its name proves nothing (anyone may publish one)
+    s.ready("a")
+    assert s.agents["a"].incarnation == "i1" and s.fast == {"a"}
+    # restarted: its tun.started names another incarnation; the old one is forgotten
+    assert s.started("a", "i2", False, 5.0, ["bbbb::1"]) == [Forget("a"), Announce()]
     r = s.agents["a"]
-    assert (r.incarnation, r.wire, r.addresses, r.networks, r.since) == ("i2", JSON, (), (), 5.0)
-    assert s.fast == set()  # not sent the fast wire before it says it reads it again
-    s.started("a", "i2", False, 5.1)
-    assert s.fast == set() and s.agents["a"].wire == JSON
+    assert (r.incarnation, r.wire, r.addresses, r.networks, r.since) == (
+        "i2", JSON, ("bbbb::1",), (), 5.0)
+    assert s.fast == set()  # not sent the fast wire: this incarnation does not read it
 
 
 def test_agents_that_name_no_incarnation_are_counted_by_their_ready() -> None:
@@ -47,9 +49,13 @@ def test_agents_that_name_no_incarnation_are_counted_by_their_ready() -> None:
     s.started("old", None, False, 1.0)
     first = s.agents["old"].incarnation
     assert s.started("old", None, False, 2.0) == []  # an answer: the same incarnation
-    assert s.ready("old", None, 3.0) == [Forget("old"), Announce()]
+    s.ready("old")  # it (re)connected: its next tun.started begins a new incarnation
+    assert s.agents["old"].incarnation == first
+    assert s.started("old", None, False, 3.0) == [Forget("old"), Announce()]
     assert s.agents["old"].incarnation != first
-    assert s.ready("tat", None, 3.0) == []  # a component that is not an agent of ours
+    assert s.started("old", None, False, 4.0) == []
+    s.ready("tat")  # a component that is not an agent: nothing
+    assert "tat" not in s.agents
 
 
 def test_stop_gone_and_router_takeover() -> None:
@@ -156,7 +162,7 @@ class Sim:
     def router_gets(self, kind: str, sender: str, body: dict) -> None:  # type: ignore[type-arg]
         s = self.session
         if kind == "ready":
-            self.apply(s.ready(sender, body["inc"], self.now))
+            s.ready(sender)
         elif kind == "started":
             self.apply(s.started(sender, body["inc"], body["fast"], self.now,
                                  networks=body["networks"], epoch=body["epoch"]))
@@ -228,7 +234,7 @@ class Sim:
 
 NAMES = ["a0", "a1", "a2", "a3", "l4"]  # l4 behaves like the original agent
 event = st.one_of(
-    st.tuples(st.sampled_from(["join", "stop", "kill", "restart", "reconnect"]),
+    st.tuples(st.sampled_from(["join", "stop", "kill", "restart", "reconnect", "forge"]),
               st.sampled_from(NAMES), st.sampled_from([(), ("cccc::/64",), ("dddd::/64",)]),
               st.booleans()),
     st.tuples(st.sampled_from(["takeover", "deliver", "settle"]), st.just(""), st.just(()),
@@ -259,6 +265,8 @@ def test_the_session_converges_whatever_happens(events: list) -> None:  # type: 
         elif kind == "reconnect" and a and a.live:
             sim.to_agents = deque(m for m in sim.to_agents if m[1] != name)  # its queue was new
             sim.connect(a, a.networks, a.fast, new=False)
+        elif kind == "forge":  # anyone may publish a ready naming anyone
+            sim.publish("ready", name, {"inc": "forged"})
         elif kind == "takeover":
             sim.to_router.clear()  # the new router's queue is new
             sim.apply(sim.session.up(sim.new_id(), sim.now))

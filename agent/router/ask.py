@@ -51,6 +51,7 @@ class Asker:
         else:
             raise StatusError(errors[-1])
         self.channel = self.conn.channel()
+        self.channel.confirm_delivery()  # a refused request fails at once, not after 2 s
         self.channel.basic_consume(REPLY_TO, self._on_reply, auto_ack=True)
 
     def _on_reply(self, _ch: Any, _method: Any, props: Any, body: bytes) -> None:

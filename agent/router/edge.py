@@ -63,11 +63,7 @@ class SessionEdge:
 
     def ready(self, msg: wire.Ready) -> None:
         if isinstance(msg.component, str) and not msg.from_router:
-            name = msg.component
-            actions = self.session.ready(name, wire.incarnation(msg.fields), monotonic())
-            if actions:
-                self.log.info("%s connected again: a new incarnation", name)
-            self._apply(actions, name)
+            self.session.ready(msg.component)
 
     def started(self, msg: wire.TunStarted) -> None:
         """WireError if its configuration is not usable (the router counts and logs it)."""
@@ -82,6 +78,9 @@ class SessionEdge:
             networks=[str(n) for n in plan.reroute_prefixes],
             epoch=wire.router_epoch(fields),
         )
+        if actions:
+            record = self.session.agents[msg.agent]
+            self.log.info("%s: new incarnation %s", msg.agent, record.incarnation)
         self._apply(actions, msg.agent)
 
     def stopped(self, msg: wire.TunStopped) -> None:

@@ -7,9 +7,11 @@ agent's queue still exists). `agent status` and the metrics read the same record
 what they show is what the router decides with.
 
 Incarnations. Our agents name theirs (`x_agent_incarnation`, new on each of their bus
-connections) in their ready, tun.started and tun.stopped. Agents that name none (the
-original agent, ioppytest's) get one counted by the router: a ready from that agent, or a
-tun.started after it was forgotten (stopped, gone, router restarted), starts a new one. A
+connections) in their ready, tun.started and tun.stopped; only the tun.started and
+tun.stopped count, as only that agent's account may publish on their routing keys (any
+account may publish a ready, naming anyone). Agents that name none (the original agent,
+ioppytest's) get one counted by the router: their tun.started after a ready of theirs, or
+after they were forgotten (stopped, gone, router restarted), starts a new one. A
 new incarnation starts from nothing: JSON wire, no addresses, counters from zero; the
 router announces itself so that it hears the ready again (its uplink moves to the fast
 wire if both read it) and the agents with networks behind them answer it with their
@@ -61,6 +63,7 @@ class Record:
     networks: tuple[str, ...] = ()
     wire: str = JSON
     started: bool = False  # its tun.started of this incarnation came
+    restart: bool = False  # it names no incarnation and sent a ready: the next is new
     last_probe: float = float("-inf")
     base: tuple[int, ...] | None = None  # the router's counters when it began
     seen_at: tuple[int, ...] = (0, 0)  # packet counts at the last tick (for last_seen)
@@ -90,15 +93,14 @@ class Session:
         actions.append(Announce())
         return actions
 
-    def ready(self, name: str, incarnation: str | None, now: float) -> list[Action]:
-        """A component's ready. From a known agent under another incarnation (or one that
-        names none: each of its readys is a (re)connection), its old incarnation ends."""
+    def ready(self, name: str) -> None:
+        """A component's ready, named `name`. Anyone may publish a ready under any name,
+        so it only marks an agent that names no incarnation: its next tun.started (its
+        own routing key, which only it may publish) starts a new one. Ours say theirs in
+        their tun.started."""
         record = self.agents.get(name)
-        if record is None or (incarnation is not None and incarnation == record.incarnation):
-            return []  # not (yet) an agent of this session, or a repeat: nothing new
-        actions = self._end(name)
-        self._begin(name, incarnation, now)
-        return [*actions, Announce()]
+        if record is not None and not record.ours:
+            record.restart = True
 
     def started(
         self, name: str, incarnation: str | None, fast: bool, now: float,
@@ -108,7 +110,11 @@ class Session:
         router epoch it answers (ours say it): it has seen that ready already."""
         record = self.agents.get(name)
         actions: list[Action] = []
-        if record is None or (incarnation is not None and incarnation != record.incarnation):
+        if (
+            record is None
+            or (incarnation is None and (record.ours or record.restart))
+            or (incarnation is not None and incarnation != record.incarnation)
+        ):
             actions += self._end(name)
             record = self._begin(name, incarnation, now)
             if epoch is None or epoch != self.epoch:
