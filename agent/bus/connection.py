@@ -278,6 +278,7 @@ class Bus:
         self.control_queue_name = control_queue_name(queue.name)
         self.up = False
         self.reconnects = 0
+        self.confirms = 0  # messages the broker confirmed, all connections (--metrics)
         self.drop_reason = ""  # why the last publish() returned False
         # called at the start of every flush: a last chance to publish what was held back
         self.before_flush: Callable[[], None] | None = None
@@ -717,6 +718,7 @@ class Bus:
     def _confirm(self, tag: int) -> None:
         if tag <= self._confirmed:
             return
+        self.confirms += tag - self._confirmed  # --metrics
         self._confirmed = tag
         sent_at, last = self._sent_at, 0.0
         while sent_at and sent_at[0][0] <= tag:

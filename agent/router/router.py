@@ -358,6 +358,7 @@ class Router(Service):
             for body, count in wire.batches(packets):
                 if self.bus.publish(key, body, FAST_PROPS):
                     self.counters.count("tx fast", len(body))
+                    self.counters.batches[count] += 1
                 else:
                     self.counters.drops[self.bus.drop_reason or "bus down"] += count
 
