@@ -42,9 +42,10 @@ class MetricsError(ValueError):
 
 
 def parse_address(text: str) -> tuple[str, int]:
-    """`HOST:PORT`, `:PORT` (all interfaces) or `[v6]:PORT` -> (host, port)."""
+    """`HOST:PORT`, `:PORT` (all interfaces) or `[v6]:PORT` -> (host, port); port 0: a
+    free one, which the log line says."""
     m = _ADDR.match(text or "")
-    if m is None or not 0 < int(m.group(3)) < 65536:
+    if m is None or not 0 <= int(m.group(3)) < 65536:
         raise MetricsError(f"--metrics {text!r} is not HOST:PORT (e.g. 127.0.0.1:9464)")
     return (m.group(1) or m.group(2) or "0.0.0.0"), int(m.group(3))
 
