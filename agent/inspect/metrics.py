@@ -65,7 +65,7 @@ def _batch_family(prefix: str, counters: Counters) -> Metric:
     sizes = sorted(counters.batches.items())
     for bound in BATCH_BUCKETS:
         n = sum(c for size, c in sizes if size <= bound)
-        buckets.append((str(bound), n))
+        buckets.append((str(float(bound)), n))  # le="2.0", as prometheus_client writes it
     for size, c in sizes:
         total += c
         packets += size * c
