@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import platform
 import re
 import signal
 import sys
@@ -288,9 +289,48 @@ def with_options(options):  # type: ignore[no-untyped-def]
     return deco
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    import agent
+
+    python = f"Python {platform.python_version()}"
+    found = agent.version()
+    if found is None:
+        where = os.path.dirname(os.path.abspath(agent.__file__))
+        click.echo(f"agent: version unknown ({agent.DISTRIBUTION} is not installed; "
+                   f"code from {where}), {python}")
+    else:
+        click.echo(f"agent {found} ({agent.DISTRIBUTION}, {python})")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Print the version (of the installed package) and exit.",
+)
 def cli() -> None:
     """IP-over-AMQP tunnel for ioppytest interoperability sessions."""
+
+
+def _check_privileges(netns: str | None, reroute_if: str | None) -> None:
+    """Capabilities rather than uid 0 (CAP_NET_ADMIN; CAP_SYS_ADMIN for --netns; CAP_NET_RAW
+    for --re-route-if) and /dev/net/tun, before anything starts: one line if missing."""
+    from agent.caps import check_connect
+    from agent.tun.device import TunError, check_device
+
+    problem = check_connect(netns, reroute_if)
+    if problem:
+        raise click.ClickException(problem)
+    try:
+        check_device()
+    except TunError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @cli.command()
@@ -469,6 +509,7 @@ def connect(
             "no --re-route-prefix: nothing is routed to the serial port until a tun.start "
             "names one (packets from the line still reach the session)"
         )
+    _check_privileges(netns, reroute_if)  # once the user's files and devices are known good
     _run_metered(agent, metrics, _collector("AgentCollector"))
 
 

@@ -192,7 +192,10 @@ class MetricsServer:
                 "Connection: close\r\n\r\n".encode() + body
             )
             await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+        except (
+            TimeoutError, asyncio.TimeoutError,  # not the same class before Python 3.11
+            asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError,
+        ):
             pass
         finally:
             writer.close()

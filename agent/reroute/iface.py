@@ -220,7 +220,8 @@ class IfacePort:
         except PermissionError:
             self._close_sockets()
             raise IfaceError(
-                f"not permitted to open re-route interface {self.ifname} (run as root)"
+                f"not permitted to open re-route interface {self.ifname}: needs root, or "
+                "CAP_NET_RAW besides CAP_NET_ADMIN"
             ) from None
         except (OSError, ConfigError) as exc:
             self._close_sockets()
