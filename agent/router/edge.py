@@ -157,6 +157,7 @@ class SessionEdge:
 
     def _on_status_channel(self, channel: Any) -> None:
         self._status_channel = channel
+        channel.add_on_close_callback(self._status_closed)
         try:
             channel.queue_declare(
                 STATUS_QUEUE, exclusive=True, auto_delete=True,
@@ -170,6 +171,13 @@ class SessionEdge:
             )
         except (pex.AMQPError, ValueError) as exc:
             self.log.warning("agent status not served: %s", exc)
+
+    def _status_closed(self, channel: Any, exc: BaseException) -> None:
+        if channel is self._status_channel and getattr(exc, "reply_code", 0) == 403:
+            self.log.warning(  # packets still flow; only `agent status` goes unanswered
+                "agent status not served: %s (a session account made before agent status: "
+                "docs/operating.md)", getattr(exc, "reply_text", exc)
+            )
 
     def _on_status_request(self, channel: Any, method: Any, props: Any, body: bytes) -> None:
         reply_to = props.reply_to or ""
