@@ -64,6 +64,7 @@ def converged(agent: Proc, ns: str, dst: str, net: str | None) -> float:
     )
     took = time.monotonic() - t0
     assert ok, (took, agent.output[-2000:])
+    print(f"{agent.label} converged in {took:.2f} s")  # shown with -s (docs/operating.md)
     return took
 
 
