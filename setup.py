@@ -19,6 +19,8 @@ setup(
         "pyserial>=3.5",
         "pyroute2>=0.9",
         "orjson>=3.9",
+        "prometheus_client>=0.17",  # --metrics (agent.metrics)
+        "rich>=13",  # agent status' terminal table (imported by that command only)
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5", "build>=1"],

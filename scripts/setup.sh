@@ -15,6 +15,7 @@ command -v tcpdump >/dev/null || need+=(tcpdump)  # tests compare `sniff --filte
 compgen -G '/usr/lib/*/libpcap.so.*' >/dev/null || compgen -G '/lib/*/libpcap.so.*' >/dev/null \
     || need+=("$(apt-cache show libpcap0.8t64 >/dev/null 2>&1 && echo libpcap0.8t64 || echo libpcap0.8)")
 command -v openssl >/dev/null || need+=(openssl)
+command -v prometheus >/dev/null || need+=(prometheus)  # a real one scrapes --metrics in a test
 command -v rabbitmq-server >/dev/null || need+=(rabbitmq-server)
 command -v runuser >/dev/null || need+=(util-linux)  # the test cluster runs as user rabbitmq
 command -v setpriv >/dev/null || need+=(util-linux)  # tests run the agent as nobody + CAP_NET_ADMIN

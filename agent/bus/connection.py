@@ -278,6 +278,7 @@ class Bus:
         self.control_queue_name = control_queue_name(queue.name)
         self.up = False
         self.reconnects = 0
+        self.confirms = 0  # messages the broker confirmed, all connections (--metrics)
         self.drop_reason = ""  # why the last publish() returned False
         # called at the start of every flush: a last chance to publish what was held back
         self.before_flush: Callable[[], None] | None = None
@@ -304,6 +305,15 @@ class Bus:
         return self.urls[self.order.index]
 
     # -- lifecycle ---------------------------------------------------------------------
+
+    def open_channel(self, on_open: Callable[[Any], None]) -> bool:
+        """One more channel on the current connection, on pika's own path (the router's
+        status replies and queue probes, agent.router.edge); False when not connected."""
+        conn = self._conn
+        if not self.up or conn is None or not conn.is_open:
+            return False
+        conn.channel(on_open_callback=on_open)
+        return True
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -708,6 +718,7 @@ class Bus:
     def _confirm(self, tag: int) -> None:
         if tag <= self._confirmed:
             return
+        self.confirms += tag - self._confirmed  # --metrics
         self._confirmed = tag
         sent_at, last = self._sent_at, 0.0
         while sent_at and sent_at[0][0] <= tag:

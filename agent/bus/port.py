@@ -175,5 +175,7 @@ class BusPort:
             if len(packets) >= PACE_FROM:
                 self.bus.pace()  # batching matters now: confirms on (once)
         for body, count in wire.batches(packets):
-            if not self.bus.publish(self.key, body, FAST_PROPS):
+            if self.bus.publish(self.key, body, FAST_PROPS):
+                self.counters.batches[count] += 1
+            else:
                 self.counters.drops[self.bus.drop_reason] += count

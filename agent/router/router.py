@@ -28,6 +28,7 @@ from agent.ipheader import (
 )
 from agent.logs import labelled
 from agent.lossy import LOSSY_KEY, LossyCommandError, LossyLink, packets_to_drop_in
+from agent.router.edge import SessionEdge
 from agent.service import Service
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,12 @@ class RoutingTable:
             return
         owned.add(network)
         self._table.add(network, agent)
+
+    def forget(self, agent: str) -> None:
+        """An agent's incarnation ended: its addresses and networks are free again."""
+        for network in self.agents.pop(agent, ()):
+            if self._table.lookup_exact(network) == agent:
+                self._table.remove(network)
 
     def learn_started(self, agent: str, body: dict[str, Any]) -> None:
         """Addresses and announced networks from an agent's tun.started."""
@@ -151,11 +158,9 @@ class Router(Service):
         self.url = url
         self.table = table or RoutingTable()
         self.fast_wire = fast_wire  # offer our fast wire to agents that announce it
-        self.fast_agents: set[str] = set()
         self._pending: dict[str, list[bytes]] = {}
         self._pending_bytes = 0
         self._window_hold: asyncio.TimerHandle | None = None
-        self._epoch = ""
         self.lossy = LossyLink()  # ioppytest's routing.lossy.link.start (agent.lossy)
         self.bus = Bus(
             url,
@@ -163,7 +168,10 @@ class Router(Service):
             QueueSpec(
                 name="packetrouting@router",
                 bindings=["fromAgent.*.ip.tun.packet.raw"],
-                control=["fromAgent.*.ip.tun.started", LOSSY_KEY],
+                control=[
+                    "fromAgent.*.ip.tun.started", "fromAgent.*.ip.tun.stopped", wire.READY_KEY,
+                    LOSSY_KEY,
+                ],
                 arguments=queue_arguments(max_length=10000),
                 prefetch=512,
                 in_use_message="a packet router is already running on this vhost",
@@ -179,6 +187,11 @@ class Router(Service):
         # downlink batches are sent when the bus sends (after each read from the broker,
         # same loop turn): the packets of several uplink messages for one target share one
         self.bus.before_flush = self._flush
+        # the session: one record per agent incarnation (agent.router.session), `agent status`
+        self.edge = SessionEdge(
+            self.bus, self.counters, self.table.forget, self._announce, self.log, fast_wire
+        )
+        self.fast_agents = self.edge.session.fast  # the agents sent the fast wire
 
     # -- start / stop (the run loop is agent.service.Service.run) -------------------------
 
@@ -189,20 +202,21 @@ class Router(Service):
         self.bus.start()
 
     async def cleanup(self) -> None:
+        self.edge.close()
         self._flush(force=True)
         await self.bus.close(timeout=1.0)
 
     def _announce(self) -> None:
-        extra: dict[str, Any] = {wire.EPOCH_FIELD: self._epoch}
+        extra: dict[str, Any] = {wire.EPOCH_FIELD: self.edge.session.epoch}
         if self.fast_wire:
             extra[wire.WIRE_FIELD] = [wire.FAST_WIRE]
         self.bus.publish(wire.READY_KEY, wire.encode_ready(wire.ROUTER_COMPONENT, **extra))
 
     def _on_up(self) -> None:
         # a new epoch on every connection: agents answer it once with their tun.started
-        # (our queue is new, what they said while we were away is lost)
-        self._epoch = os.urandom(6).hex()  # what secrets.token_hex does, without hashlib's RSS
-        self._announce()
+        # (our queue is new, what they said while we were away is lost; the session starts
+        # from nothing). os.urandom: what secrets.token_hex does, without hashlib's RSS
+        self.edge.up(os.urandom(6).hex())
         self.log.info("active on %s; announced as %s", self.bus.url.where, wire.ROUTER_COMPONENT)
 
     def _on_standby(self) -> None:
@@ -228,12 +242,17 @@ class Router(Service):
                     self._forward(agent, head, body, size)
             elif isinstance(msg, wire.TunStarted) and msg.uplink:
                 agent = msg.agent
+                self.edge.started(msg)  # a new incarnation forgets the old one's addresses
                 try:
                     self.table.learn_started(agent, msg.fields)
                 except ConfigError as exc:
                     raise wire.WireError(f"invalid tun.started: {exc}") from None
                 self.log.info("learned %s", agent)
-                self._learn_wire(agent, msg)
+            elif isinstance(msg, wire.Ready):
+                self.edge.ready(msg)
+            elif isinstance(msg, wire.TunStopped) and msg.uplink:
+                agent = msg.agent
+                self.edge.stopped(msg)
             elif isinstance(msg, wire.LossyLinkStart):
                 self._on_lossy(msg)
             elif wire.topic(key).agent is None:
@@ -257,17 +276,6 @@ class Router(Service):
             self.log.info("lossy link: %d packet(s) were still to drop", self.lossy.pending)
         self.lossy.start(count)
         self.log.info("lossy link: dropping the next %d packet(s) from any agent", count)
-
-    def _learn_wire(self, agent: str, msg: wire.TunStarted) -> None:
-        """Which wire to send this agent; tell a newly fast agent that we read it too."""
-        if self.fast_wire and msg.fast:
-            if agent not in self.fast_agents:
-                self.fast_agents.add(agent)
-                # its uplink switches to the fast wire on our ready; the others have seen
-                # this epoch already and do not answer it
-                self._announce()
-        else:
-            self.fast_agents.discard(agent)
 
     def _forward(self, agent: str, packet: bytes, json_body: bytes | None, size: int) -> None:
         """One packet from agent: check, decide, send to each target on its own wire.
@@ -350,6 +358,7 @@ class Router(Service):
             for body, count in wire.batches(packets):
                 if self.bus.publish(key, body, FAST_PROPS):
                     self.counters.count("tx fast", len(body))
+                    self.counters.batches[count] += 1
                 else:
                     self.counters.drops[self.bus.drop_reason or "bus down"] += count
 
