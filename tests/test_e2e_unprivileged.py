@@ -195,3 +195,28 @@ def test_reroute_if_needs_net_raw_too(
     assert "re-route interface lo: cccc::/64 leave by it" in out.stderr, out.stderr
     assert "TUN tun" in out.stderr, out.stderr  # up (and removed) before the broker failed
     assert tun_links(ns) == []
+
+
+def test_summaries_as_nobody_despite_a_cache_folder_of_roots(unprivileged: Unprivileged) -> None:
+    """A root run before (e.g. `sudo agent sniff` with the same HOME) leaves a root-owned
+    ~/.cache/scapy; Scapy raises PermissionError at import when it cannot read it there.
+    The agent's packet summaries (sniff, -v) as nobody still work, with a private cache."""
+    home = Path(tempfile.mkdtemp(prefix="agent-home-"))
+    try:
+        cache = home / ".cache" / "scapy"
+        cache.mkdir(parents=True)
+        (cache / "services.pickle").write_bytes(b"")
+        for folder in (home / ".cache", cache):
+            folder.chmod(0o700)  # root's, as a root run makes them
+        home.chmod(0o755)
+        code = ("from agent.inspect.summary import summarize; "
+                "print(summarize(bytes.fromhex('4500001c0000000040010000c0000201c0000202'"
+                "'0800f7ff00000000')))")
+        done = subprocess.run(
+            [unprivileged.python, "-s", "-c", code], capture_output=True, text=True,
+            timeout=60, env={**unprivileged.env(), "HOME": str(home)},
+            cwd=unprivileged.lib.parent, user=NOBODY, group=NOBODY, extra_groups=[])
+        assert done.returncode == 0, done.stderr
+        assert "192.0.2.1 > 192.0.2.2" in done.stdout and "ICMP" in done.stdout, done.stdout
+    finally:
+        shutil.rmtree(home)
