@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import platform
 import re
 import signal
 import sys
@@ -25,6 +26,7 @@ from agent.config import (
 )
 from agent.slip.options import (
     BAUDRATE_ENV,
+    FRAMINGS,
     MAX_BAUD,
     MIN_BAUD,
     MODE_802154,
@@ -116,6 +118,48 @@ def _reroute_prefixes(
         raise click.BadParameter(str(exc)) from None
 
 
+def _metrics(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    from agent.inspect.metrics import MetricsError, parse_address
+
+    try:
+        return parse_address(value)
+    except MetricsError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+metrics_option = click.option(
+    "--metrics",
+    default=None,
+    callback=_metrics,
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (docs/operating.md).",
+)
+
+
+def _run_metered(
+    service: Any, address: tuple[str, int] | None, collector: Callable[[Any], Any]
+) -> None:
+    """Run a service, with --metrics served beside it when asked (collector: a class of
+    agent.inspect.metrics, given the service; prometheus_client is imported only then)."""
+    if address is None:
+        _run(service.run)
+        return
+    from agent.inspect.metrics import run_with_metrics
+
+    _run(lambda: run_with_metrics(service, address, collector(service)))
+
+
+def _collector(kind: str) -> Callable[[Any], Any]:
+    def make(service: Any) -> Any:
+        from agent.inspect import metrics
+
+        return getattr(metrics, kind)(service)
+
+    return make
+
+
 def _run(coro_factory) -> None:  # type: ignore[no-untyped-def]
     """Run one service to its end; its cleanup has run by the time this returns."""
     try:
@@ -190,10 +234,14 @@ serial_options = [
         "transmission time (for motes that drop back-to-back frames).",
     ),
     click.option(
-        "--slip-leading-end",
-        is_flag=True,
-        help="Start each frame with END too (RFC 1055 style; RIOT discards such frames).",
+        "--slip-framing",
+        type=click.Choice(list(FRAMINGS)),
+        default=None,
+        help="Frames sent to the line: both = END payload END (the default: a mote that "
+        "boots or resets loses nothing; RIOT since 2024, Contiki-NG), end-only = payload END "
+        "(older RIOT releases).",
     ),
+    click.option("--slip-leading-end", is_flag=True, hidden=True),  # old flag: the default now
     click.option(
         "--serial-mode",
         type=click.Choice([MODE_IP, MODE_802154]),
@@ -246,9 +294,48 @@ def with_options(options):  # type: ignore[no-untyped-def]
     return deco
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    import agent
+
+    python = f"Python {platform.python_version()}"
+    found = agent.version()
+    if found is None:
+        where = os.path.dirname(os.path.abspath(agent.__file__))
+        click.echo(f"agent: version unknown ({agent.DISTRIBUTION} is not installed; "
+                   f"code from {where}), {python}")
+    else:
+        click.echo(f"agent {found} ({agent.DISTRIBUTION}, {python})")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Print the version (of the installed package) and exit.",
+)
 def cli() -> None:
     """IP-over-AMQP tunnel for ioppytest interoperability sessions."""
+
+
+def _check_privileges(netns: str | None, reroute_if: str | None) -> None:
+    """Capabilities rather than uid 0 (CAP_NET_ADMIN; CAP_SYS_ADMIN for --netns; CAP_NET_RAW
+    for --re-route-if) and /dev/net/tun, before anything starts: one line if missing."""
+    from agent.caps import check_connect
+    from agent.tun.device import TunError, check_device
+
+    problem = check_connect(netns, reroute_if)
+    if problem:
+        raise click.ClickException(problem)
+    try:
+        check_device()
+    except TunError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @cli.command()
@@ -306,10 +393,12 @@ def cli() -> None:
     help="Write every packet crossing the agent to this pcapng file "
     "(one interface per port; readable while the agent runs).",
 )
+@metrics_option
 @with_options(reroute_options)
 @with_options(serial_options)
 @with_options(url_options)
 def connect(
+    metrics: tuple[str, int] | None,
     reroute_if: str | None,
     reroute_prefixes: tuple[IPNetwork, ...],
     reroute_host: str | None,
@@ -350,8 +439,13 @@ def connect(
                 "--pcap is not available in 802.15.4 serial mode; capture from the bus "
                 "with: agent sniff --name NAME --pcap FILE"
             )
+        trace = None
+        if verbose:  # frame lines read down to 6LoWPAN / IPv6; without -v: no cost
+            from agent.inspect.taps import WpanTrace
+
+            trace = WpanTrace(full_dump=verbose >= 2)
         try:
-            probe = probe_runner(name, amqp, serial, exchange, ca_file, stats)
+            probe = probe_runner(name, amqp, serial, exchange, ca_file, stats, trace)
         except SerialPortError as exc:
             raise click.ClickException(str(exc)) from None
         _run(lambda: probe)
@@ -425,7 +519,8 @@ def connect(
             "no --re-route-prefix: nothing is routed to the serial port until a tun.start "
             "names one (packets from the line still reach the session)"
         )
-    _run(agent.run)
+    _check_privileges(netns, reroute_if)  # once the user's files and devices are known good
+    _run_metered(agent, metrics, _collector("AgentCollector"))
 
 
 def _links(
@@ -462,8 +557,10 @@ def _links(
     show_default=True,
     help="auto: offer our fast wire to agents that announce it; json: JSON to everyone.",
 )
+@metrics_option
 @with_options(url_options)
 def router(
+    metrics: tuple[str, int] | None,
     mirror: list[str],
     links: list[list[str]],
     wire: str,
@@ -491,9 +588,11 @@ def router(
         return Router(urls, exchange, table, ca_file=ca_file, fast_wire=wire == "auto", **kwargs)
 
     if len(sessions) == 1:
-        _run(lambda: make(sessions[0], stats_interval=stats).run())
+        one = make(sessions[0], stats_interval=stats)
+        _run_metered(one, metrics, _collector("RouterCollector"))
     else:
-        _run(lambda: RouterSet(sessions, make, stats_interval=stats).run())
+        many = RouterSet(sessions, make, stats_interval=stats)
+        _run_metered(many, metrics, _collector("RouterCollector"))
 
 
 def _filter(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -561,6 +660,38 @@ def sniff(
 
         raise click.FileError(pcap or "", hint=file_error_hint(exc)) from None
     _run(sniffer.run)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (routers, agents).")
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=0.2),
+    default=None,
+    help="Ask again every N seconds, in place, until Ctrl-C.",
+)
+@with_options(url_options[:4])
+def status(
+    as_json: bool, watch: float | None, url: tuple[str, ...], url_file: str | None,
+    exchange: str, ca_file: str | None,
+) -> None:
+    """The session at a glance, as its active router sees it (the observer URL will do)."""
+    setup_logging(0, 2)  # pika's and our log lines stay out of the table
+    amqp = _url(url, url_file)
+    from agent.router.ask import Asker, StatusError, run
+
+    try:
+        asker = Asker(amqp, exchange, ca_file)
+        try:
+            code = run(asker, as_json, watch or 0.0)
+        finally:
+            asker.close()
+    except StatusError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        code = 1
+    except KeyboardInterrupt:
+        code = 0
+    sys.exit(code)
 
 
 from agent.session.cli import session as _session  # noqa: E402  (`agent session ...`)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -25,6 +26,7 @@ from agent.config import AddressPlan, ConfigError, IPNetwork, plan_from_bus
 from agent.port import Port
 from agent.reroute.iface import IfaceError, IfacePort, open_for_plan
 from agent.reroute.options import RerouteOptions
+from agent.router.session import answers_ready
 from agent.service import Service
 from agent.switch import BUS, TUN, Switch, is_drop, routes
 from agent.tun.device import Tun, TunError
@@ -80,6 +82,7 @@ class Agent(Service):
         self._announced: dict[str, set[IPNetwork]] = {}
         self._bootstrapping = False
         self._router_epoch: str | None = None  # the router announcement last answered
+        self.incarnation = ""  # new on each bus connection (agent.router.session)
         self.switch = Switch(accept_any=opts.accept_any)
         self.ports: dict[str, Port] = {}  # by the switch's names: "tun", "bus", "eth1"...
         self.taps: list[Tap] = []
@@ -128,6 +131,10 @@ class Agent(Service):
 
     async def cleanup(self) -> None:
         self._stop_work()
+        if self.bus.up and self.incarnation:  # goodbye: the router forgets us at once
+            self.bus.publish(
+                wire.stopped_key(self.name), wire.encode_tun_stopped(self.name, self.incarnation)
+            )
         await self.bus_port.close()  # publishes what is pending
         await self.bus.close(timeout=1.0)
         closing = [port for key, port in self.ports.items() if key != BUS]
@@ -200,8 +207,19 @@ class Agent(Service):
         where = f" in namespace {self.opts.netns}" if self.opts.netns else ""
         log.info("TUN %s up%s: %s, mtu %d", tun.name, where, addrs, self.opts.mtu)
         await tun.open(self.receive, TUN)
+        await self._route_own_networks(tun, routes(plan, self.opts.reroute))
         for nets in list(self._announced.values()):
             for net in nets:
+                await tun.add_route(net)
+
+    async def _route_own_networks(self, tun: Tun, table: dict[IPNetwork, str]) -> None:
+        """This host reaches the networks behind a port that is no interface of its own (a
+        serial line) through the TUN, as the other agents' hosts do: a route into it for
+        each, removed with the TUN. An interface port makes sure of its own routes
+        (agent.reroute.iface: on-link, when no route leads out of it)."""
+        iface = self.iface.name if self.iface is not None else None
+        for net, key in table.items():
+            if key != iface:
                 await tun.add_route(net)
 
     def _add_routes(self, table: dict[IPNetwork, str]) -> None:
@@ -250,13 +268,20 @@ class Agent(Service):
 
     def _on_bus_up(self) -> None:
         self._router_epoch = None  # our queues are new: answer the next router ready
-        self.bus.publish(wire.READY_KEY, wire.encode_ready(self.name))
+        self.incarnation = os.urandom(6).hex()  # and the router is to see a new incarnation
+        self.bus.publish(
+            wire.READY_KEY,
+            wire.encode_ready(self.name, **{wire.INCARNATION_FIELD: self.incarnation}),
+        )
         log.info("connected to %s; published ready", self.bus.url.where)
         self._publish_started()
 
     def _publish_started(self) -> None:
         if self.plan is not None and self.tun is not None:
             extra = dict(self.opts.extra_started)
+            extra[wire.INCARNATION_FIELD] = self.incarnation
+            if self._router_epoch:  # the router ready we answer: it need not announce again
+                extra[wire.EPOCH_FIELD] = self._router_epoch
             if self.opts.wire != "json":
                 extra[wire.WIRE_FIELD] = [wire.FAST_WIRE]
             body = wire.encode_tun_started(self.name, self.plan, **extra)
@@ -280,7 +305,7 @@ class Agent(Service):
                 # with networks behind it answers every ready: the router re-announces
                 # for each new agent, which learns the routes from this answer.
                 networks = self.plan is not None and bool(self.plan.reroute_prefixes)
-                if epoch is None or epoch != self._router_epoch or networks:
+                if answers_ready(epoch, self._router_epoch, networks):
                     self._router_epoch = epoch
                     log.info("packet router announced itself; re-publishing tun.started")
                     self._publish_started()

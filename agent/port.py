@@ -18,7 +18,7 @@ from typing import Protocol
 
 from agent.config import IPNetwork
 
-LINKTYPE_RAW = 101  # bare IPv4/IPv6 packets (agent.inspect.capture has the others)
+LINKTYPE_RAW = 101  # bare IPv4/IPv6 packets (agent.inspect.pcapng has the others)
 
 Deliver = Callable[[list[bytes], str], None]
 """deliver(packets, came_from): a burst of packets that entered by the port named

@@ -21,10 +21,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pika
 import pytest
 
+from agent import DISTRIBUTION
 from tests.tools.proc import end_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,20 +159,24 @@ def tun_links(ns: str) -> list[str]:
 
 
 class Proc:
-    """A `python -m agent ...` process with its output in a file."""
+    """A `python -m agent ...` process with its output in a file (or the command `argv`
+    that runs one, e.g. as another user, with its own env and cwd)."""
 
-    def __init__(self, args: list[str], log_dir: Path, label: str) -> None:
+    def __init__(self, args: list[str], log_dir: Path, label: str,
+                 argv: list[str] | None = None, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
         self.args = args
         self.label = label
         self.log_path = log_dir / f"{label}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.pop("AMQP_URL", None)
+        if env is None:
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            env.pop("AMQP_URL", None)
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "agent", *args],
+            argv or [sys.executable, "-m", "agent", *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            cwd=ROOT,
+            cwd=cwd or ROOT,
             env=env,
         )
         self.pid = self.popen.pid
@@ -229,8 +235,8 @@ def procs(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[.
     """Start agent processes; all are stopped (by PID) at teardown. Logs shown on failure."""
     started: list[Proc] = []
 
-    def start(*args: str, label: str | None = None) -> Proc:
-        proc = Proc(list(args), tmp_path, label or f"p{len(started)}")
+    def start(*args: str, label: str | None = None, **how: Any) -> Proc:
+        proc = Proc(list(args), tmp_path, label or f"p{len(started)}", **how)
         started.append(proc)
         return proc
 
@@ -350,14 +356,14 @@ NOBODY = 65534
 
 
 def _runtime_modules() -> list[str]:
-    """What `pip install agent` puts on a user's path: the package and the top-level
+    """What `pip install ip-over-amqp` puts on a user's path: the package and the top-level
     modules of its install_requires (read from the installed metadata, so a dependency
     added to or dropped from setup.py is followed here)."""
     from importlib.metadata import packages_distributions, requires
 
     wanted = {
         re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower().replace("_", "-")
-        for r in requires("agent") or []
+        for r in requires(DISTRIBUTION) or []
         if "extra ==" not in r
     }
     return ["agent"] + sorted(
@@ -377,11 +383,18 @@ class Unprivileged:
     def __init__(self, python: str, lib: Path) -> None:
         self.python, self.lib = python, lib
 
+    def env(self) -> dict[str, str]:
+        return {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": str(self.lib), "PYTHONNOUSERSITE": "1", "LANG": "C.UTF-8"}
+
+    def argv(self, *args: str) -> list[str]:
+        """`python -m agent ARGS`, for a process that becomes nobody by other means (setpriv);
+        start it with env() and cwd=self.lib.parent."""
+        return [self.python, "-s", "-m", "agent", *args]
+
     def popen(self, *args: str, **kw: object) -> subprocess.Popen[str]:
-        env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONUNBUFFERED": "1",
-               "PYTHONPATH": str(self.lib), "PYTHONNOUSERSITE": "1", "LANG": "C.UTF-8"}
         return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
-            [self.python, "-s", "-m", "agent", *args], env=env, cwd=self.lib.parent,
+            self.argv(*args), env=self.env(), cwd=self.lib.parent,
             user=NOBODY, group=NOBODY, extra_groups=[], text=True, **kw,
         )
 
@@ -532,9 +545,27 @@ def run_example(script: str, tag_prefix: str, tmp_path: Path,
 _E2E_FIXTURES = {"vhost", "netns", "procs", "session", "listener", "one_ns", "unprivileged"}
 
 
+def _cap_examples(items: list[pytest.Item], cap: int) -> None:
+    """At most `cap` examples per property test (AGENT_MAX_EXAMPLES): the extra
+    interpreters of scripts/pythons.sh check the code runs there; the properties run in
+    full on the main one. Hypothesis reads a test's settings from this attribute when it
+    runs (a profile cannot lower an explicit @settings(max_examples=...)); should it go,
+    the tests run in full, only slower."""
+    from hypothesis import settings
+
+    for item in items:
+        fn = getattr(item, "obj", None)
+        current = getattr(fn, "_hypothesis_internal_use_settings", None)
+        if isinstance(current, settings) and current.max_examples > cap:
+            fn._hypothesis_internal_use_settings = settings(current, max_examples=cap)  # type: ignore[union-attr]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark `e2e` every test that needs root or the broker, so that `-m "not e2e"` runs
     only tests that need neither (as any user, with no broker reachable)."""
+    cap = os.environ.get("AGENT_MAX_EXAMPLES", "")
+    if cap.isdigit() and int(cap) > 0:
+        _cap_examples(items, int(cap))
     for item in items:
         if item.get_closest_marker("e2e"):
             continue

@@ -75,6 +75,9 @@ def test_bare_interface_gets_an_on_link_route_for_the_session(  # type: ignore[n
     out = ns_run(ns_c, "ping", "-6", "-c", "3", "-i", "0.3", "-W", "2", "bbbb::1")
     assert "3 received" in out.stdout, out.stdout + agent.output[-3000:]
     assert "does" not in agent.output or "have a route" not in agent.output
+    # the agent's own host reaches the device too, over the same route (from bbbb::2)
+    out = ns_run(ns_b, "ping", "-6", "-c", "3", "-i", "0.3", "-W", "2", DEVICE6)
+    assert "3 received" in out.stdout and "DUP" not in out.stdout, out.stdout
 
     # down and up again: the kernel deleted the route with the link; the agent adds it again
     ip("-n", ns_b, "link", "set", veth_b, "down")

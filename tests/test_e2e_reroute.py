@@ -309,6 +309,43 @@ def test_only_rerouted_prefixes_leave_by_the_interface(  # type: ignore[no-untyp
     assert any(_dst(p) == ipaddress.ip_address(DEVICE4) for p in out)
 
 
+def test_the_agents_own_host_reaches_the_device(  # type: ignore[no-untyped-def]
+    reroute_session
+) -> None:
+    """agent_2's host reaches the device network through its interface (its address there,
+    cccc::2), with the agent running: one reply per request, nothing doubled."""
+    _session, net, _info = reroute_session
+    for dst, version in ((DEVICE6, 6), (DEVICE4, 4)):
+        out = ns_run(net.ns_b, "ping", f"-{version}", "-c", "3", "-i", "0.2", "-W", "2", dst)
+        assert out.returncode == 0 and "DUP" not in out.stdout, out.stdout
+
+
+def test_link_local_never_crosses_the_interface(  # type: ignore[no-untyped-def]
+    reroute_session, captures, listener
+) -> None:
+    """A packet of link-local scope from the bus (source fe80::1, or to 169.254.x.y behind
+    a re-routed prefix's address) never leaves by the interface; a global one does. The
+    switch counts them, the same rule as for a serial line."""
+    session, net, _info = reroute_session
+    cap = captures(net.ns_c, net.veth_c, 3)
+    bus = listener([])
+    packets = [
+        IPv6(src="fe80::1", dst=DEVICE6) / UDP(sport=5, dport=9) / b"link-local",
+        IP(src="169.254.1.1", dst=DEVICE4) / UDP(sport=5, dport=9) / b"link-local",
+        IPv6(src="bbbb::1", dst=DEVICE6) / UDP(sport=5, dport=9) / b"global",
+    ]
+    for pkt in packets:
+        bus.publish("toAgent.agent_2.ip.tun.packet.raw", wire.encode_packet(raw(pkt), "tun0"))
+    seen = [p for d, p in cap.packets() if d == "in"]
+    udp = [p for p in seen if b"link-local" in p or b"global" in p]
+    assert [p for p in udp if b"global" in p], [p.hex() for p in seen]
+    assert not [p for p in udp if b"link-local" in p], [p.hex() for p in udp]
+    agent = session.agents["agent_2"]
+    code, _ = agent.stop(signal.SIGINT)
+    assert code == 0, agent.output
+    assert re.search(r"drop link-local\s+2\b", agent.output), agent.output[-3000:]
+
+
 def test_sigint_leaves_nothing_behind(reroute_session) -> None:  # type: ignore[no-untyped-def]
     session, net, info = reroute_session
     ns_a = session.ns["agent_1"]

@@ -236,6 +236,7 @@ def test_router_transcodes_between_wires() -> None:
         bus.sent.clear()
         router._on_message("fromAgent.agent_3.ip.tun.started", orjson.dumps(
             {"ipv6_host": "3", wire.WIRE_FIELD: ["batch1"]}), None)
+        await asyncio.sleep(0)  # the router's ready for the new agent (one per loop turn)
         bus.sent.clear()
         to1_from3 = to1[:8] + bytes.fromhex("bbbb" + "00" * 13 + "03") + to1[24:]
         router._on_message("fromAgent.agent_3.ip.tun.packet.raw",

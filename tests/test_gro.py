@@ -222,10 +222,11 @@ def traffic(draw: st.DrawFn) -> tuple[list[bytes], int]:
 
 
 def _key(p: bytes) -> bytes:
-    """The address pair of an IPv4/IPv6 packet, b"other" for anything else."""
-    if len(p) >= 40 and p[0] == 0x45:
+    """The address pair of an IPv4/IPv6 TCP packet, b"other" for anything else (random
+    bytes that begin like an IPv6 header but hold no TCP header, among them)."""
+    if len(p) >= 40 and p[0] == 0x45 and p[9] == 6:
         return p[12:20]
-    if len(p) >= 40 and p[0] >> 4 == 6:
+    if len(p) >= 60 and p[0] >> 4 == 6 and p[6] == 6:
         return p[8:40]
     return b"other"
 

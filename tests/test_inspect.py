@@ -17,11 +17,12 @@ from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 from agent.bus import wire
 from agent.bus.url import parse_url
 from agent.counters import Counters
-from agent.inspect.capture import LINKTYPE_IEEE802_15_4_NOFCS, LINKTYPE_RAW
 from agent.inspect.filter import Filter
+from agent.inspect.pcapng import LINKTYPE_IEEE802_15_4_NOFCS, LINKTYPE_RAW
 from agent.inspect.sniff import Sniffer, bindings, describe_plan, line
 from agent.inspect.taps import PcapTap, TraceTap, direction, install, router_line, trace_line
 from agent.node import Agent, AgentOptions
+from tests.tools import wpan
 from tests.tools.pcap import TSHARK
 from tests.tools.pcap import read_raw as _read
 from tests.tools.pcap import tshark_fields as _tshark
@@ -347,6 +348,35 @@ def test_sniff_count_filter_and_pcap(tmp_path: Path) -> None:
     assert [(m.ifname.decode(), m.linktype) for _, m in _read(path)] == [
         ("fromAgent.agent_2.802154", 230)
     ]
+
+
+def _frame_msg(frame: bytes) -> bytes:
+    return orjson.dumps({"data": list(frame), "interface_name": "serial"})
+
+
+def test_sniff_reads_6lowpan_and_filters_on_the_inner_packet() -> None:
+    """`sniff --filter 'udp port 5683'` on probe frames: matched on the decompressed
+    IPv6 packet; fragments are reassembled per agent and direction, also when the
+    fragments before the last are filtered out."""
+    up = "fromAgent.probe_1.802154.serial.packet.raw"
+    down = "toAgent.probe_1.802154.serial.packet.raw"
+    frags, _ = wpan.fragmented(tag=21)
+    rd, _ = wpan.multicast_rd()
+    msgs = [(up, _frame_msg(f)) for f in (rd, wpan.ack(), frags[0], frags[1])]
+    msgs += [(down, _frame_msg(frags[2])), (up, _frame_msg(wpan.not_lowpan()))]
+    msgs += [(up, _frame_msg(frags[2]))]
+    rows, s = _sniff(msgs, packet_filter=Filter("udp port 5683"))
+    assert rows == [
+        "probe_1       up    802.15.4 0x1234 > 0xffff 6LoWPAN IPHC fe80::ff:fe00:1234 > ff02::1a "
+        f"UDP 5683 > 5683 CoAP NON GET /rd {len(rd)} B",
+        "probe_1       up    802.15.4 00:12:4b:00:0a:0b:0c:0d > 00:12:4b:00:0e:0f:10:11 6LoWPAN "
+        "FRAGN tag 21 offset 152 size 188 reassembled IPHC fe80::212:4b00:a0b:c0d > "
+        f"fe80::212:4b00:e0f:1011 UDP 61616 > 5683 CoAP CON POST /big {len(frags[2])} B",
+    ]  # the last fragment sent down alone completes nothing
+    assert s.counters.drops["filtered out"] == 5
+    rows, _ = _sniff(msgs[:2], full_dump=True)
+    assert "('Uri-Path', b'rd')" in "\n".join(rows)  # the CoAP layer of the dump
+    assert any(r.endswith("up    802.15.4 Ack seq 9 3 B") for r in rows)
 
 
 def test_sniff_line_layout() -> None:

@@ -83,9 +83,11 @@ LOCAL = {ipaddress.ip_address(a).packed for a in ("cccc::2", "bbbb::2", "10.2.0.
         (IPv6(src="cccc::1", dst="bbbb::2") / UDP(), "for the host"),  # the kernel answers
         (IPv6(src="cccc::1", dst="cccc::2") / UDP(), "for the host"),
         (IP(src="192.0.2.1", dst="192.0.2.2") / ICMP(), "for the host"),
-        (IPv6(src="fe80::1", dst="fe80::2") / UDP(), "link scope"),
-        (IPv6(src="cccc::1", dst="ff02::1:ff00:2") / UDP(), "link scope"),  # ND solicitation
-        (IP(src="192.0.2.1", dst="255.255.255.255") / UDP(), "link scope"),
+        (IPv6(src="fe80::1", dst="fe80::2") / UDP(), "not from the network"),
+        (IPv6(src="cccc::1", dst="ff02::1:ff00:2") / UDP(), "multicast"),  # ND solicitation
+        (IP(src="192.0.2.1", dst="255.255.255.255") / UDP(), "multicast"),
+        # link-local scope is the switch's rule (DROP_LINK_LOCAL), for every re-route port
+        (IPv6(src="cccc::1", dst="fe80::2") / UDP(), None),
         (IPv6(src="dddd::1", dst="bbbb::1") / UDP(), "not from the network"),
         (IP(src="198.51.100.1", dst="10.2.0.1") / UDP(), "not from the network"),
     ],

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 
@@ -13,7 +15,7 @@ import pytest
 from agent.bus import wire
 from agent.bus.connection import CONTROL_QUEUE_ARGUMENTS, agent_queue, control_queue_name
 from bench.many_agents import pings as _pings
-from tests.conftest import Listener, Session, needs_root, ns_run, wait_for
+from tests.conftest import ROOT, Listener, Session, needs_root, ns_run, wait_for
 
 pytestmark = [pytest.mark.e2e, needs_root]
 
@@ -143,3 +145,13 @@ def test_many_agents_reach_each_other_right_after_start(session: Session) -> Non
     jobs += [(session.ns[f"agent_{i}"], "bbbb::1") for i in range(2, n + 1)]
     failed = _pings(jobs)
     assert not failed, failed
+    # the router's session model has them all, each on the fast wire, with its address
+    out = subprocess.run([sys.executable, "-m", "agent", "status", "--url", session.url,
+                          "--json"], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    rows = {a["name"]: a for a in orjson.loads(out.stdout)["agents"]}
+    assert sorted(rows) == sorted(names)
+    for i in range(1, n + 1):
+        row = rows[f"agent_{i}"]
+        assert f"bbbb::{i}" in row["addresses"] and row["wire"] == "fast", row
+        assert row["packets_in"] >= 1 and row["packets_out"] >= 1, row

@@ -190,6 +190,33 @@ def test_802154_mode_takes_port_and_baudrate_from_env(monkeypatch: pytest.Monkey
     )
 
 
+@pytest.mark.parametrize(
+    "given, leading_end",
+    [
+        ({}, True),  # the default: END payload END
+        ({"slip_framing": "both"}, True),
+        ({"slip_framing": "end-only"}, False),  # RIOT before its 2024 SLIP rewrite
+        ({"slip_leading_end": True}, True),  # the old flag: what is now the default
+    ],
+)
+def test_slip_framing_option(given: dict[str, object], leading_end: bool) -> None:
+    choice = serial_choice({"serial_port": "/dev/ttyUSB0", **given})
+    assert choice is not None and choice.settings.leading_end is leading_end
+
+
+def test_slip_framing_contradictions_are_one_line_errors() -> None:
+    with pytest.raises(SerialOptionError, match="contradicts") as err:
+        serial_choice(
+            {"serial_port": "/dev/ttyUSB0", "slip_leading_end": True, "slip_framing": "end-only"}
+        )
+    assert "\n" not in str(err.value)
+    with pytest.raises(SerialOptionError, match="one of: both, end-only") as err:
+        serial_choice({"serial_port": "/dev/ttyUSB0", "slip_framing": "none"})
+    assert err.value.option == "--slip-framing"
+    with pytest.raises(SerialOptionError, match="--slip-framing needs a serial device"):
+        serial_choice({"slip_framing": "end-only"})
+
+
 def test_ip_mode_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(BAUDRATE_ENV, raising=False)
     choice = serial_choice(
@@ -250,6 +277,42 @@ def test_attach_missing_device_is_serial_port_error(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- the link
+
+
+class RecordingTun:
+    """Stands in for agent.tun.device.Tun: the routes the agent adds into it."""
+
+    def __init__(self) -> None:
+        self.routes: list[object] = []
+
+    async def add_route(self, network: object) -> bool:
+        self.routes.append(network)
+        return True
+
+
+def test_own_networks_behind_the_line_are_routed_into_the_tun(
+    pty_path: tuple[Path, int],
+) -> None:
+    """The agent's own host reaches the mote through the TUN (there is no interface of its
+    own to the line); an interface port's networks get no such route (the interface
+    leads there itself)."""
+    link_path, _master = pty_path
+    v4 = parse_reroute_prefix("192.0.2.0/24")
+    agent, _link = serial_agent(link_path, RerouteOptions((CCCC, v4), "1"))
+    tun = RecordingTun()
+    asyncio.run(agent._route_own_networks(tun, routes(None, agent.opts.reroute)))  # type: ignore[arg-type]
+    assert tun.routes == [CCCC, v4]
+    by_iface = make_agent(reroute=RerouteOptions((CCCC,), "1", "eth1"))
+    table = routes(None, by_iface.opts.reroute)
+    assert table == {CCCC: "eth1"}
+
+    class Eth1:
+        name = "eth1"
+
+    by_iface.iface = Eth1()  # type: ignore[assignment]
+    tun = RecordingTun()
+    asyncio.run(by_iface._route_own_networks(tun, table))  # type: ignore[arg-type]
+    assert tun.routes == []
 
 
 def test_attach_routes_prefixes_and_amends_plans(pty_path: tuple[Path, int]) -> None:
@@ -319,7 +382,7 @@ def test_frames_from_the_line(pty_path: tuple[Path, int]) -> None:
 
     asyncio.run(main())
     assert forwarded == [(reply6, "serial"), (reply4, "serial")]
-    assert bytes(got) == b"!P\xcc\xcc" + b"\x00" * 6 + END
+    assert bytes(got) == END + b"!P\xcc\xcc" + b"\x00" * 6 + END
     c = agent.counters
     assert c.packets["serial>log"] == 1 and c.packets["serial ?P>!P"] == 1
     assert c.drops["serial other"] == 1

@@ -164,6 +164,7 @@ class Batcher:
             for body, count in wire.batches(packets):
                 reason = bus.publish(key, body, FAST_PROPS)
                 if reason is None:
+                    counters.batches[count] += 1  # packets per message (--metrics)
                     if sent_path is not None:
                         counters.count(sent_path, len(body))
                 else:

@@ -147,10 +147,6 @@ class Bus:
         return self.urls[self.order.index]
 
     @property
-    def state(self) -> ConnState:
-        return self.core.state
-
-    @property
     def up(self) -> bool:
         return self.core.state is ACTIVE
 
@@ -163,13 +159,16 @@ class Bus:
         return self.core.reconnects
 
     @property
-    def lean(self) -> bool:
-        """Is the lean data path on (our reader owns the input, one send() per burst)?"""
+    def lean(self) -> bool:  # our reader owns the input, one send() per burst
         return self.path.lean
 
     @property
-    def in_flight(self) -> int:
-        """Our messages the broker has not confirmed yet (0 without confirms)."""
+    def confirms(self) -> int:
+        """Messages the broker confirmed, all connections (--metrics)."""
+        return self.pacer.confirms
+
+    @property
+    def in_flight(self) -> int:  # our messages the broker has not confirmed yet
         return self.pacer.in_flight
 
     @property
@@ -188,6 +187,15 @@ class Bus:
         self.path.before_flush = hook
 
     # -- lifecycle -----------------------------------------------------------------------
+
+    def open_channel(self, on_open: Callable[[Any], None]) -> bool:
+        """One more channel on the current connection, on pika's own path (the router's
+        status replies and queue probes, agent.router.edge); False when not connected."""
+        conn = self._conn
+        if not self.up or conn is None or not conn.is_open:
+            return False
+        conn.channel(on_open_callback=on_open)
+        return True
 
     def start(self) -> None:
         self._closed.clear()
@@ -277,13 +285,9 @@ class Bus:
     def _check_queues(self) -> None:
         """Are our exclusive queues still there and ours? A passive declare of each; a
         refusal closes the channel (`_on_channel_closed`, the core decides)."""
-        channel = self.path.channel
-        if channel is None:
-            return
-        names = [self.queue_name]
-        if self.queue.control:
-            names.append(self.control_queue_name)
-        QueueCheck(channel, names, lambda: self.up, self._checked, self.log).next()
+        if self.path.channel is not None:
+            names = [self.queue_name] + ([self.control_queue_name] if self.queue.control else [])
+            QueueCheck(self.path.channel, names, lambda: self.up, self._checked, self.log).next()
 
     def _checked(self) -> None:
         self.core.queues_checked(monotonic())

@@ -72,6 +72,7 @@ class Pacer:
         self.sent_at: deque[tuple[int, float]] = deque()  # (tag, time) unconfirmed
         self.quickest = float("inf")  # the quickest confirm seen on this connection
         self._check_at: float | None = None
+        self.confirms = 0  # messages the broker confirmed, all connections (--metrics)
 
     # -- the connection's life ------------------------------------------------------------
 
@@ -155,6 +156,7 @@ class Pacer:
         """The broker confirmed our messages up to tag (it confirms in order)."""
         if tag <= self.confirmed:
             return
+        self.confirms += tag - self.confirmed
         self.confirmed = tag
         sent_at, last = self.sent_at, None
         while sent_at and sent_at[0][0] <= tag:

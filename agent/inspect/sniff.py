@@ -13,7 +13,9 @@ Control messages (tun.start, tun.started, ready, serial.started, terminate) and 
 messages get a readable line too; they are not counted by `--count` nor filtered.
 `--pcap` writes the packets to pcapng, one interface per agent and direction, named
 after the routing key (`fromAgent.agent_1`, `toAgent.agent_1`; 802.15.4 frames of the
-serial mode on `fromAgent.<name>.802154` with linktype 230). Logs go to stderr.
+serial mode on `fromAgent.<name>.802154` with linktype 230). 802.15.4 frames are read down
+to the IPv6 packet inside (6LoWPAN, agent.inspect.sixlowpan), and `--filter`'s IP words
+match that packet. Logs go to stderr.
 
 Stops on SIGINT/SIGTERM, after `--count` packets, or on `testingtool.terminate`.
 """
@@ -32,14 +34,10 @@ from agent.bus.connection import Bus, QueueSpec
 from agent.bus.dispatch import dispatcher
 from agent.bus.url import Urls
 from agent.config import ConfigError, plan_from_bus
-from agent.inspect.capture import (
-    LINKTYPE_IEEE802_15_4_NOFCS,
-    LINKTYPE_RAW,
-    PcapNgWriter,
-    dump,
-    summarize,
-)
 from agent.inspect.filter import Filter
+from agent.inspect.pcapng import LINKTYPE_IEEE802_15_4_NOFCS, LINKTYPE_RAW, PcapNgWriter
+from agent.inspect.sixlowpan import WpanDecoder, dump_wpan
+from agent.inspect.summary import dump, summarize
 from agent.service import Service
 from agent.soon import Soon
 
@@ -72,17 +70,6 @@ def timestamp(now: float) -> str:
 def line(now: float, who: str, way: str, text: str) -> str:
     """`11:21:35.123456 agent_1       up    <text>`."""
     return f"{timestamp(now)} {who:<{WHO_WIDTH}} {way:<4}  {text}"
-
-
-def summarize_wpan(frame: bytes) -> str:
-    """One line for an 802.15.4 frame (serial mode); never raises."""
-    try:
-        from scapy.layers.dot15d4 import Dot15d4
-
-        text = Dot15d4(frame).summary()
-    except Exception:
-        text = "802.15.4 (undecodable)"
-    return f"{_printable(text)} {len(frame)} B"
 
 
 def _who(agent: str | None, uplink: bool) -> tuple[str, str]:
@@ -133,6 +120,7 @@ class Sniffer(Service):
         self.packets = 0
         self.writer = PcapNgWriter(pcap, autoflush=False) if pcap else None  # OSError to caller
         self._ifaces: dict[tuple[str, str, int], int] = {}
+        self._decoders: dict[tuple[str, str], WpanDecoder] = {}  # 802.15.4, per stream
         self._done = False
         self._flush_soon = Soon(self._flush)
         self._dispatch = dispatcher(self._show, self.counters, log, self._malformed)
@@ -216,6 +204,13 @@ class Sniffer(Service):
             pass
         self.stop()
 
+    def _decoder(self, agent: str, way: str) -> WpanDecoder:
+        """One decoder (fragment table) per agent and direction: a stream of frames."""
+        decoder = self._decoders.get((agent, way))
+        if decoder is None:
+            decoder = self._decoders[(agent, way)] = WpanDecoder()
+        return decoder
+
     def _capture(self, agent: str, way: str, packet: bytes, now: float, wpan: bool) -> None:
         writer = self.writer
         if writer is None or writer.closed:
@@ -284,15 +279,21 @@ class Sniffer(Service):
     def _packet(
         self, agent: str, who: str, way: str, packet: bytes, now: float, wpan: bool
     ) -> None:
-        if self.filter is not None and not self.filter.matches(packet, wpan):
+        inner, text = None, ""
+        if wpan:  # decoded before the filter: fragments are remembered even if filtered out
+            decoded = self._decoder(agent, way).decode(packet)
+            text, inner = f"{decoded.text} {len(packet)} B", decoded.ipv6
+        if self.filter is not None and not self.filter.matches(packet, wpan, inner):
             self.counters.drop("filtered out")
             return
         self.counters.count(f"{agent}>" if way == "up" else f">{agent}", len(packet))
         self.packets += 1
-        text = summarize_wpan(packet) if wpan else summarize(packet)
+        if not wpan:
+            text = summarize(packet)
         self._emit(line(now, who, way, text))
         if self.full_dump:
-            self._emit("\n".join("    " + row for row in dump(packet).splitlines()))
+            full = dump_wpan(packet, inner) if wpan else dump(packet)
+            self._emit("\n".join("    " + row for row in full.splitlines()))
         try:
             self._capture(agent, way, packet, now, wpan)
         except (OSError, ValueError) as exc:

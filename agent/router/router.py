@@ -29,6 +29,7 @@ from agent.ipheader import (
 )
 from agent.logs import labelled
 from agent.lossy import LOSSY_KEY, LossyCommandError, LossyLink, packets_to_drop_in
+from agent.router.edge import SessionEdge
 from agent.service import Service
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,12 @@ class RoutingTable:
             return
         owned.add(network)
         self._table.add(network, agent)
+
+    def forget(self, agent: str) -> None:
+        """An agent's incarnation ended: its addresses and networks are free again."""
+        for network in self.agents.pop(agent, ()):
+            if self._table.lookup_exact(network) == agent:
+                self._table.remove(network)
 
     def learn_started(self, agent: str, body: dict[str, Any]) -> None:
         """Addresses and announced networks from an agent's tun.started."""
@@ -152,8 +159,6 @@ class Router(Service):
         self.url = url
         self.table = table or RoutingTable()
         self.fast_wire = fast_wire  # offer our fast wire to agents that announce it
-        self.fast_agents: set[str] = set()
-        self._epoch = ""
         self.lossy = LossyLink()  # ioppytest's routing.lossy.link.start (agent.lossy)
         self._on_message = dispatcher(self._handle, self.counters, self.log, self._malformed)
         self.bus = Bus(
@@ -162,7 +167,10 @@ class Router(Service):
             QueueSpec(
                 name="packetrouting@router",
                 bindings=["fromAgent.*.ip.tun.packet.raw"],
-                control=["fromAgent.*.ip.tun.started", LOSSY_KEY],
+                control=[
+                    "fromAgent.*.ip.tun.started", "fromAgent.*.ip.tun.stopped", wire.READY_KEY,
+                    LOSSY_KEY,
+                ],
                 arguments=queue_arguments(max_length=10000),
                 prefetch=512,
                 in_use_message="a packet router is already running on this vhost",
@@ -180,6 +188,11 @@ class Router(Service):
         # for one target share one
         self.batcher = Batcher(self.bus, self.counters, sent_path="tx fast")
         self.bus.before_flush = self._flush
+        # the session: one record per agent incarnation (agent.router.session), `agent status`
+        self.edge = SessionEdge(
+            self.bus, self.counters, self.table.forget, self._announce, self.log, fast_wire
+        )
+        self.fast_agents = self.edge.session.fast  # the agents sent the fast wire
 
     # -- start / stop (the run loop is agent.service.Service.run) -------------------------
 
@@ -190,20 +203,21 @@ class Router(Service):
         self.bus.start()
 
     async def cleanup(self) -> None:
+        self.edge.close()
         self.batcher.publish()
         await self.bus.close(timeout=1.0)
 
     def _announce(self) -> None:
-        extra: dict[str, Any] = {wire.EPOCH_FIELD: self._epoch}
+        extra: dict[str, Any] = {wire.EPOCH_FIELD: self.edge.session.epoch}
         if self.fast_wire:
             extra[wire.WIRE_FIELD] = [wire.FAST_WIRE]
         self.bus.publish(wire.READY_KEY, wire.encode_ready(wire.ROUTER_COMPONENT, **extra))
 
     def _on_up(self) -> None:
         # a new epoch on every connection: agents answer it once with their tun.started
-        # (our queue is new, what they said while we were away is lost)
-        self._epoch = os.urandom(6).hex()  # what secrets.token_hex does, without hashlib's RSS
-        self._announce()
+        # (our queue is new, what they said while we were away is lost; the session starts
+        # from nothing). os.urandom: what secrets.token_hex does, without hashlib's RSS
+        self.edge.up(os.urandom(6).hex())
         self.log.info("active on %s; announced as %s", self.bus.url.where, wire.ROUTER_COMPONENT)
 
     def _on_standby(self) -> None:
@@ -226,19 +240,22 @@ class Router(Service):
                 head, size = wire.peek_packet(body)  # no full parse to route it
                 self._forward(agent, head, body, size)
         elif isinstance(msg, wire.TunStarted) and msg.uplink:
+            self.edge.started(msg)  # a new incarnation forgets the old one's addresses
             try:
                 self.table.learn_started(msg.agent, msg.fields)
             except ConfigError as exc:
                 raise wire.WireError(f"invalid tun.started: {exc}") from None
             self.log.info("learned %s", msg.agent)
-            self._learn_wire(msg.agent, msg)
+        elif isinstance(msg, wire.Ready):
+            self.edge.ready(msg)
+        elif isinstance(msg, wire.TunStopped) and msg.uplink:
+            self.edge.stopped(msg)
         elif isinstance(msg, wire.LossyLinkStart):
             self._on_lossy(msg)
         elif isinstance(msg, wire.Other) and msg.topic.agent is None:
             raise wire.WireError(f"unexpected routing key {msg.topic.kind!r}")
-        elif isinstance(msg, wire.Ready | wire.Terminate):  # not bound: not for us
-            key = wire.READY_KEY if isinstance(msg, wire.Ready) else wire.TERMINATE_KEY
-            raise wire.WireError(f"unexpected routing key {key!r}")
+        elif isinstance(msg, wire.Terminate):  # not bound: not for us
+            raise wire.WireError(f"unexpected routing key {wire.TERMINATE_KEY!r}")
 
     def _malformed(self, key: str, exc: wire.WireError) -> None:
         self.log.warning("dropped a message from %s: %s", wire.topic(key).agent or key, exc)
@@ -254,17 +271,6 @@ class Router(Service):
             self.log.info("lossy link: %d packet(s) were still to drop", self.lossy.pending)
         self.lossy.start(count)
         self.log.info("lossy link: dropping the next %d packet(s) from any agent", count)
-
-    def _learn_wire(self, agent: str, msg: wire.TunStarted) -> None:
-        """Which wire to send this agent; tell a newly fast agent that we read it too."""
-        if self.fast_wire and msg.fast:
-            if agent not in self.fast_agents:
-                self.fast_agents.add(agent)
-                # its uplink switches to the fast wire on our ready; the others have seen
-                # this epoch already and do not answer it
-                self._announce()
-        else:
-            self.fast_agents.discard(agent)
 
     def _forward(self, agent: str, packet: bytes, json_body: bytes | None, size: int) -> None:
         """One packet from agent: check, decide, send to each target on its own wire.

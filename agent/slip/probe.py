@@ -12,6 +12,7 @@ the bus is up (first connection, reconnection, port reopened after an unplug).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from agent.bus import wire
 from agent.bus.connection import Bus, agent_queue
@@ -50,6 +51,8 @@ class SerialProbe(Service):
         self._uplink_key = wire.serial_uplink_key(name)
         self._downlink_key = wire.serial_downlink_key(name)
         self._started_key = wire.serial_started_key(name)
+        # `-v`: called with (frame, "up" / "down") for each frame (agent.inspect.taps.WpanTrace)
+        self.trace: Callable[[bytes, str], None] | None = None
         self.port = SerialPort(
             settings, self._on_frame, on_open=self._on_port_open, on_drop=self._on_drop
         )
@@ -90,6 +93,8 @@ class SerialProbe(Service):
         reason = self.bus.publish(self._uplink_key, body, None)
         if reason is None:
             self.counters.count("serial>bus", len(frame))
+            if self.trace is not None:
+                self.trace(frame, "up")
         else:
             self.counters.drop(reason)
 
@@ -119,5 +124,7 @@ class SerialProbe(Service):
         frame = msg.frame()
         if self.port.send(frame):
             self.counters.count("bus>serial", len(frame))
+            if self.trace is not None:
+                self.trace(frame, "down")
         else:
             self.counters.drop("serial queue full" if self.port.is_open else "serial down")
