@@ -143,3 +143,19 @@ def test_the_window_is_closed_only_while_confirms_are_late(events: list, window:
             assert p.state is PaceState.ON and p.in_flight >= window
             assert p.quickest * CONFIRM_SLACK + CONFIRM_MARGIN_S <= age <= CONFIRM_GIVE_UP_S
         assert (p.next_timer() is not None) == (p.state is PaceState.ON)
+
+
+def test_confirms_are_counted_across_connections_for_the_metrics() -> None:
+    p = paced()
+    for _ in range(3):
+        p.on_publish(0.0)
+    p.on_confirm(2, 0.001)
+    p.on_confirm(2, 0.002)  # an old tag again: nothing new
+    p.reset()  # a new connection: the window starts afresh, the total does not
+    p.ready()
+    p.request()
+    p.moving()
+    p.moved(1.0)
+    p.on_publish(1.0)
+    p.on_confirm(1, 1.001)
+    assert p.confirms == 3 and p.in_flight == 0
