@@ -18,13 +18,19 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pika
 import pytest
 
+from agent.bus.port import BusOwner, BusPort
+from agent.bus.url import parse_url
+from agent.config import AddressPlan, IPNetwork, default_plan
+from agent.port import LINKTYPE_RAW, Deliver, Port
 from tests.tools.proc import end_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,6 +96,150 @@ async def until(cond: Callable[[], object], timeout: float = 3.0) -> bool:
             return False
         await asyncio.sleep(0.01)
     return True
+
+
+# --------------------------------------------------------------------------- fakes
+# One set, for every test that runs an agent in process: the ports are handed in
+# (agent.node.Ports), so a test hands in these instead of a TUN, a bus or an interface.
+
+
+class FakePort:
+    """Any port (agent/port.py): records what it is sent and what it is told."""
+
+    linktype = LINKTYPE_RAW
+
+    def __init__(self, name: str = "fake", linktype: int = LINKTYPE_RAW) -> None:
+        self.name = name
+        self.linktype = linktype
+        self.sent: list[bytes] = []
+        self.networks: list[IPNetwork] = []  # what the switch routes to it (routed)
+        self.deliver: Deliver | None = None  # set by open: hand it packets to inject
+        self.key = ""
+        self.closed = False
+
+    async def open(self, deliver: Deliver, key: str) -> None:
+        self.deliver, self.key = deliver, key
+
+    def send(self, packet: bytes) -> str | None:
+        self.sent.append(packet)
+        return None
+
+    def routed(self, networks: Sequence[IPNetwork]) -> None:
+        self.networks = list(networks)
+
+    def flush(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class FakeTun(FakePort):
+    """The TUN (agent.port.TunPort): the plan it was given and the routes into it."""
+
+    def __init__(self, name: str = "tun9") -> None:
+        super().__init__(name)
+        self.plan: AddressPlan | None = None
+        self.mtu = 0
+        self.routes: list[IPNetwork] = []
+
+    async def configure(self, plan: AddressPlan, mtu: int) -> None:
+        self.plan, self.mtu = plan, mtu
+
+    async def add_route(self, network: IPNetwork) -> bool:
+        self.routes.append(network)
+        return True
+
+    async def remove_route(self, network: IPNetwork) -> None:
+        self.routes.remove(network)
+
+
+class FakeBus:
+    """The AMQP connection (agent.bus.connection.Bus) as its users see it: publishes are
+    recorded; `flush` calls `before_flush`, as the real bus does after each broker read."""
+
+    drop_reason = ""
+    window_open = True  # the broker has confirmed enough of our messages
+    before_flush: Callable[[], None] | None = None
+
+    def __init__(self, up: bool = True) -> None:
+        self.up = up
+        self.url = parse_url("amqp://guest:guest@127.0.0.1:1/fake")
+        self.sent: list[tuple[str, bytes, object]] = []
+        self.paced = 0
+        self.started = self.closed = False
+
+    def publish(self, key: str, body: bytes, props: object = None) -> bool:
+        if not self.up:
+            self.drop_reason = "bus down"
+            return False
+        self.sent.append((key, body, props))
+        return True
+
+    def pace(self) -> None:
+        self.paced += 1
+
+    def flush(self) -> None:
+        if self.before_flush is not None:
+            self.before_flush()
+
+    def start(self) -> None:
+        self.started = True
+
+    async def close(self, timeout: float = 1.0) -> None:
+        self.closed = True
+
+
+def fake_bus_port(owner: BusOwner, name: str, bus: FakeBus, fast: bool = False) -> BusPort:
+    """An agent's bus port on a FakeBus, wired as agent.bus.port.agent_bus_port wires it."""
+    from agent.bus import wire
+
+    port = BusPort(wire.uplink_key(name), owner.counters, name, owner.on_control)
+    port.bus = bus  # type: ignore[assignment]
+    bus.before_flush = port.release
+    port.fast = fast
+    return port
+
+
+_DEFAULT = object()
+
+
+@dataclass
+class Rig:
+    """An agent on fakes: its bus, and the TUN its TUN maker hands out."""
+
+    agent: Any  # agent.node.Agent
+    bus: FakeBus
+    tun: FakeTun
+
+
+def make_agent(
+    name: str = "agent_1",
+    plan: Any = _DEFAULT,
+    *,
+    tun: FakeTun | None = None,
+    bus: FakeBus | None = None,
+    others: tuple[Port, ...] = (),
+    iface: Callable[[AddressPlan], Port | None] | None = None,
+    counters: Any = None,
+    **options: Any,
+) -> Rig:
+    """Agent(AgentOptions(name, plan (default: agent_N's), **options)) on fakes, not
+    started: `await rig.agent.start()` brings the TUN up (a plan) as `agent connect` does."""
+    from agent.node import Agent, AgentOptions, Ports, no_iface
+
+    tun = tun or FakeTun()
+    bus = bus or FakeBus()
+    fast = options.get("wire") == "fast"
+    ports = Ports(
+        bus=lambda owner: fake_bus_port(owner, name, bus, fast),
+        tun=lambda: tun,
+        iface=iface or no_iface,
+        others=others,
+    )
+    plan = default_plan(name) if plan is _DEFAULT else plan
+    agent = Agent(AgentOptions(name=name, plan=plan, **options), ports, counters)
+    return Rig(agent, bus, tun)
 
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (TUN, namespaces)")

@@ -20,7 +20,7 @@ from agent.bus.port import BusPort
 from agent.bus.url import parse_url
 from agent.counters import Counters
 from agent.router.router import Router
-from tests.conftest import Session, needs_root, ns_run, ping, wait_for
+from tests.conftest import FakeBus, Session, needs_root, ns_run, ping, wait_for
 
 ip6 = st.binary(min_size=40, max_size=1500).map(lambda b: bytes([0x60]) + b[1:])
 ip4 = st.binary(min_size=20, max_size=1500).map(lambda b: bytes([0x45]) + b[1:])
@@ -53,29 +53,6 @@ def test_capability_fields() -> None:
     assert not wire.speaks_fast({})
     ready = orjson.loads(wire.encode_ready("packetrouting", **{wire.WIRE_FIELD: ["batch1"]}))
     assert ready["component"] == "packetrouting" and wire.speaks_fast(ready)
-
-
-class FakeBus:
-    up = True
-    drop_reason = ""
-    window_open = True  # the broker has confirmed enough of our messages
-    paced = 0
-
-    def pace(self) -> None:
-        self.paced += 1
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes, object]] = []
-
-    def publish(self, key: str, body: bytes, props: object = None) -> bool:
-        self.sent.append((key, body, props))
-        return True
-
-    def flush(self) -> None:
-        """What the real bus does after each read from the broker."""
-        hook = getattr(self, "before_flush", None)
-        if hook is not None:
-            hook()
 
 
 def test_busport_batches_one_loop_iteration() -> None:

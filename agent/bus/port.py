@@ -13,9 +13,11 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from time import monotonic
+from typing import Protocol
 
 from agent.bus import wire
-from agent.bus.connection import FAST_PROPS, Bus
+from agent.bus.connection import FAST_PROPS, Bus, agent_queue
+from agent.bus.url import Urls
 from agent.config import IPNetwork
 from agent.counters import Counters
 from agent.port import LINKTYPE_RAW, Deliver
@@ -177,3 +179,45 @@ class BusPort:
         for body, count in wire.batches(packets):
             if not self.bus.publish(self.key, body, FAST_PROPS):
                 self.counters.drops[self.bus.drop_reason] += count
+
+
+class BusOwner(Protocol):
+    """What the agent's bus port reports to its agent (agent.node.Agent)."""
+
+    counters: Counters
+
+    def on_control(self, msg: wire.Message) -> None:
+        """A typed bus message that is not packets (tun.start, tun.started, ready)."""
+
+    def on_bus_up(self) -> None:
+        """The connection is up (first time, or again after a reconnection)."""
+
+    def on_fatal(self, reason: str) -> None:
+        """The bus cannot be used: end the run with this one line."""
+
+
+def agent_bus_port(
+    name: str, url: Urls, exchange: str, ca_file: str | None, wire_mode: str, owner: BusOwner
+) -> BusPort:
+    """The bus port of the agent called name, with its connection: the one place the two
+    are wired to each other (deliveries -> port.on_message, publishes -> port.bus, a
+    batch held for the broker's confirms -> port.release at the bus's flush). Nothing
+    connects until the agent calls `port.bus.start()`."""
+    port = BusPort(wire.uplink_key(name), owner.counters, name, owner.on_control)
+    port.bus = Bus(
+        url,
+        exchange,
+        agent_queue(
+            name,
+            [wire.downlink_key(name)],
+            control=[wire.start_key(name), "fromAgent.*.ip.tun.started", wire.READY_KEY],
+        ),
+        on_message=port.on_message,  # packets -> the agent's switch, the rest -> on_control
+        on_up=owner.on_bus_up,
+        on_fatal=owner.on_fatal,
+        ca_file=ca_file,
+        confirm_window=CONFIRM_WINDOW,
+    )
+    port.bus.before_flush = port.release
+    port.fast = wire_mode == "fast"
+    return port
