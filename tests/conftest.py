@@ -471,6 +471,10 @@ class Listener:
             self.conn.sleep(0.02)
         return None
 
+    def count(self) -> int:
+        """How many messages wait in the queue now."""
+        return int(self.ch.queue_declare(self.queue, passive=True).method.message_count)
+
     def publish(self, key: str, body: bytes, content_type: str | None = "application/json") -> None:
         props = pika.BasicProperties(content_type=content_type) if content_type else None
         self.ch.basic_publish("amq.topic", key, body, props)
@@ -480,6 +484,44 @@ class Listener:
             self.conn.close()
         except Exception:  # noqa: S110
             pass
+
+
+class PublishTrace:
+    """The broker's firehose for one vhost (`rabbitmqctl trace_on`): which channel of
+    which connection each message was published on, as the broker saw it. The trace queue
+    is bounded (oldest dropped): a stream's copies do not pile up in the broker."""
+
+    def __init__(self, url: str) -> None:
+        self.vhost = pika.URLParameters(url).virtual_host
+        rabbitmqctl("trace_on", "-p", self.vhost)
+        self.conn = pika.BlockingConnection(pika.URLParameters(url))
+        self.ch = self.conn.channel()
+        args = {"x-max-length-bytes": 16 * 1024 * 1024, "x-max-length": 20000}
+        self.queue = self.ch.queue_declare("", exclusive=True, arguments=args).method.queue
+        self.ch.queue_bind(self.queue, "amq.rabbitmq.trace", routing_key="publish.#")
+
+    def drain(self, key: str | None = None) -> list[tuple[str, int, bytes]]:
+        """(routing key, channel number, body) of each publish traced since the last
+        drain, in order; only those on `key` if given."""
+        out = []
+        while True:
+            method, props, body = self.ch.basic_get(self.queue, auto_ack=True)
+            if method is None:
+                return out
+            headers = props.headers or {}
+            routing_key = (headers.get("routing_keys") or [""])[0]
+            if key is None or routing_key == key:
+                out.append((routing_key, int(headers.get("channel", -1)), body))
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:  # noqa: S110
+            pass
+        try:
+            rabbitmqctl("trace_off", "-p", self.vhost)
+        except subprocess.SubprocessError:
+            pass  # the vhost is deleted anyway
 
 
 @pytest.fixture
