@@ -57,6 +57,9 @@ STANDBY_POLL = 0.5  # s between two tries of a standby to take the queue
 # death a broker race can leave a queue without its record, or give its name to another
 # connection (docs/cluster.md); we then reconnect, which releases whatever we still hold
 QUEUE_CHECK_S = 5.0
+# ...and once this soon after each (re)connection or takeover: the race comes with the
+# declare that follows a node's death, and a split found then costs ~1 s of silence, not 5
+QUEUE_CHECK_FIRST_S = 1.0
 # the confirm window (Bus.window_open) closes only when our oldest unconfirmed message is
 # older than this many times the quickest confirm of the connection, plus the margin
 CONFIRM_SLACK = 2.0
@@ -550,14 +553,12 @@ class Bus:
             )
         self._ever_up = True
         self.order.connected()
-        self._arm_queue_check()
+        self._arm_queue_check(QUEUE_CHECK_FIRST_S)  # a declare that raced a node's death
         self._on_up()
 
-    def _arm_queue_check(self) -> None:
+    def _arm_queue_check(self, delay: float = QUEUE_CHECK_S) -> None:
         if self.queue.exclusive and self._queue_check is None and not self._closing:
-            self._queue_check = asyncio.get_running_loop().call_later(
-                QUEUE_CHECK_S, self._check_queues
-            )
+            self._queue_check = asyncio.get_running_loop().call_later(delay, self._check_queues)
 
     def _stop_queue_check(self) -> None:
         if self._queue_check is not None:
