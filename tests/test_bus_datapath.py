@@ -16,7 +16,15 @@ import pika
 import pytest
 
 from agent.bus import pikaedge
-from agent.bus.connection import FAST_PROPS, JSON_PROPS, PACE_IDLE_S, Bus, QueueSpec, confirms_late
+from agent.bus.connection import (
+    FAST_PROPS,
+    JSON_PROPS,
+    PACE_IDLE_S,
+    QUEUE_CHECK_FIRST_S,
+    Bus,
+    QueueSpec,
+    confirms_late,
+)
 from agent.bus.url import parse_url
 from agent.bus.wire import CONTENT_TYPE, FAST_CONTENT_TYPE
 from tests.conftest import Listener, PublishTrace, until
@@ -245,3 +253,23 @@ def test_without_pika_internals_the_bus_still_works(
 def test_confirms_late(in_flight: int, window: int, age: float, quickest: float,
                        late: bool) -> None:
     assert confirms_late(in_flight, window, age, quickest) is late
+
+
+def test_the_first_queue_check_comes_a_second_after_connecting(vhost: str) -> None:
+    """After a node's death a broker race can take a freshly declared queue's record or
+    give its name to another connection (docs/cluster.md): the first check of our
+    exclusive queue (a passive declare; a refusal reconnects, tests/test_e2e_router.py)
+    is armed QUEUE_CHECK_FIRST_S after each (re)connection, not QUEUE_CHECK_S later, and
+    passes on a queue that is ours; the next one comes QUEUE_CHECK_S after it."""
+
+    async def body(bus: Bus, _got: list) -> None:
+        loop = asyncio.get_running_loop()
+        check = bus._queue_check
+        assert check is not None
+        assert 0 < check.when() - loop.time() <= QUEUE_CHECK_FIRST_S
+        assert await until(lambda: bus._queue_check is not check and bus._queue_check, 5)
+        later = bus._queue_check
+        assert later is not None and later.when() - loop.time() > QUEUE_CHECK_FIRST_S
+        assert bus.up and bus.reconnects == 0  # our own queue passed the check
+
+    asyncio.run(_with_bus(vhost, ["dp.check"], body))
