@@ -299,6 +299,12 @@ def ping(ns: str, dst: str, count: int = 3, version: int = 6, interval: float = 
     return out.returncode == 0
 
 
+def listening(ns: str, port: int, udp: bool = False) -> bool:
+    """A socket in namespace ns is bound to port (TCP: listening), e.g. a server started."""
+    out = ns_run(ns, "ss", "-Hlun" if udp else "-Hltn", f"sport = :{port}")
+    return bool(out.stdout.strip())
+
+
 def tun_links(ns: str) -> list[str]:
     out = subprocess.run(
         ["ip", "-n", ns, "-o", "link", "show", "type", "tun"], capture_output=True, text=True

@@ -322,12 +322,12 @@ async def run_agent_briefly(
 ) -> None:
     """Open the link as the agent does, feed the line, collect what the link writes."""
     await link.open(agent.receive, "serial")
-    await asyncio.sleep(0.05)
+    assert await until(lambda: link.port.is_open)
     for chunk in chunks:
         os.write(master, chunk)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # each chunk a read of its own, as from a slow line
     await until(lambda: got.extend(read_master(master)) or len(got) >= 11, timeout=2)
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)  # a window in which anything more written would show
     got.extend(read_master(master))
     await link.close()
     assert not link.port.is_open
