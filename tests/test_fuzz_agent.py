@@ -209,13 +209,13 @@ class SlowTun(FakeTun):
     one route per network."""
 
     async def add_route(self, net: Any) -> bool:
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # the netlink round trip, during which more work queues
         if net in self.routes:
             return True
         return await super().add_route(net)
 
     async def remove_route(self, net: Any) -> None:
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # idem
         await super().remove_route(net)
 
 
