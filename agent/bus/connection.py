@@ -60,13 +60,6 @@ QUEUE_CHECK_S = 5.0
 # ...and once this soon after each (re)connection or takeover: the race comes with the
 # declare that follows a node's death, and a split found then costs ~1 s of silence, not 5
 QUEUE_CHECK_FIRST_S = 1.0
-# a check that finds our queue's name held by another connection (405) reconnects, which
-# makes the broker delete the queue we still had under that name; as it deletes by name,
-# the other connection's record goes too. Re-declaring at once would take the name back
-# and start the same on the other side (two routers taking turns, each "active"). So we
-# stand by this long first: the other finds its queue gone (404) at its next check,
-# re-declares, and keeps it; our declare then meets it (405) and we stand by as usual.
-QUEUE_YIELD_S = QUEUE_CHECK_S + 2.0
 # the confirm window (Bus.window_open) closes only when our oldest unconfirmed message is
 # older than this many times the quickest confirm of the connection, plus the margin
 CONFIRM_SLACK = 2.0
@@ -274,7 +267,6 @@ class Bus:
         self._retry: asyncio.TimerHandle | None = None
         self._queue_check: asyncio.TimerHandle | None = None
         self._checking = False  # a passive declare of ours is under way
-        self._yield_queue = False  # our check found the name another's: stand by first
         self._ack_tag = 0  # the newest delivery to acknowledge (multiple) at the next flush
         # the data path (agent.bus.frames), per connection once its channel is open
         self._encoder: PublishEncoder | None = None
@@ -434,7 +426,6 @@ class Bus:
                     "our queue is gone or held by another connection (%s); reconnecting",
                     exc.reply_text,
                 )
-                self._yield_queue = exc.reply_code == 405
                 self._safe_close()
                 return
         reason = f"channel closed: {exc}"
@@ -461,7 +452,7 @@ class Bus:
         self.log.warning("%s; reconnecting", reason)
         self._safe_close()
 
-    def _wait_for_queue(self, delay: float = STANDBY_POLL) -> None:
+    def _wait_for_queue(self) -> None:
         """The queue is held by another connection: try again on a new channel in a moment."""
         if not self.standby:
             self.standby = True  # from now on a lost connection is retried
@@ -481,7 +472,7 @@ class Bus:
             if conn is self._conn and conn is not None and conn.is_open and not self._closing:
                 conn.channel(on_open_callback=self._on_channel)
 
-        asyncio.get_running_loop().call_later(delay, retry)
+        asyncio.get_running_loop().call_later(STANDBY_POLL, retry)
 
     def _refused(self, exc: pex.ChannelClosedByBroker) -> str:
         return f"broker at {self.url.where} refused: {exc.reply_text}"
@@ -498,11 +489,6 @@ class Bus:
             conn.close()
 
     def _declare_queue(self) -> None:
-        if self._yield_queue:  # see QUEUE_YIELD_S
-            self._yield_queue = False
-            self._channel.close()
-            self._wait_for_queue(QUEUE_YIELD_S)
-            return
         q = self.queue
         self._channel.queue_declare(
             q.name,
