@@ -1,4 +1,5 @@
-"""Command line: `agent connect`, `agent router`. Parse, validate, build, run."""
+"""Command line: `agent connect`, `agent router`, `agent sniff`. Parse, then run what
+agent/assembly.py plans and builds (connect) or the router / sniffer."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from agent.config import (
     IPNetwork,
     check_ifname,
     check_name,
-    default_plan,
     parse_reroute_host,
     parse_reroute_prefix,
 )
@@ -32,7 +32,6 @@ from agent.slip.options import (
     MODE_802154,
     MODE_IP,
     SERIAL_PORT_ENV,
-    SerialOptionError,
 )
 from agent.slip.port import DEFAULT_BAUDRATE
 
@@ -96,10 +95,11 @@ _ifname = _optional(check_ifname)
 _reroute_host = _optional(parse_reroute_host)
 
 
-def _usage(exc: SerialOptionError) -> click.UsageError:
+def _usage(exc: ConfigError) -> click.UsageError:
     """An option error of a module (no click there) as click's one-line usage error."""
-    if exc.option:
-        return click.BadParameter(str(exc), param_hint=exc.option)
+    option = getattr(exc, "option", None)  # SerialOptionError, PlanError: which one
+    if option:
+        return click.BadParameter(str(exc), param_hint=option)
     return click.UsageError(str(exc))
 
 
@@ -397,130 +397,43 @@ def _check_privileges(netns: str | None, reroute_if: str | None) -> None:
 @with_options(reroute_options)
 @with_options(serial_options)
 @with_options(url_options)
-def connect(
-    metrics: tuple[str, int] | None,
-    reroute_if: str | None,
-    reroute_prefixes: tuple[IPNetwork, ...],
-    reroute_host: str | None,
-    accept_any: bool,
-    gro: bool,
-    wire: str,
-    pcap: str | None,
-    name: str,
-    ipv6_prefix: str | None,
-    ipv6_host: str | None,
-    ipv4_address: str | None,
-    bootstrap: bool | None,
-    tun_name: str | None,
-    mtu: int,
-    netns: str | None,
-    url: tuple[str, ...],
-    url_file: str | None,
-    exchange: str,
-    ca_file: str | None,
-    stats: float,
-    verbose: int,
-    quiet: int,
-    **serial_opts: object,  # --serial-port & co, see agent.slip.options
-) -> None:
+def connect(**values: Any) -> None:
     """Create a TUN and carry its packets over the AMQP bus."""
-    setup_logging(verbose, quiet)
-    amqp = _url(url, url_file)
-    from agent.slip.options import probe_runner, serial_choice, serial_link, serial_reroute
+    from agent.assembly import ConnectArgs, build, build_agent, plan
+    from agent.slip.options import serial_choice
     from agent.slip.port import SerialPortError
 
+    args = ConnectArgs(**values)
+    setup_logging(args.verbose, args.quiet)
+    urls = tuple(_url(args.url, args.url_file))
     try:
-        serial = serial_choice(serial_opts, mtu)
-    except SerialOptionError as exc:
+        setup = plan(args, urls, serial_choice(args.serial_values(), args.mtu))
+    except ConfigError as exc:  # PlanError, SerialOptionError (naming an option), the plan's
         raise _usage(exc) from None
-    if serial is not None and serial.mode == MODE_802154:  # no TUN: serial line <-> bus
-        if pcap:
-            raise click.UsageError(
-                "--pcap is not available in 802.15.4 serial mode; capture from the bus "
-                "with: agent sniff --name NAME --pcap FILE"
-            )
-        trace = None
-        if verbose:  # frame lines read down to 6LoWPAN / IPv6; without -v: no cost
-            from agent.inspect.taps import WpanTrace
-
-            trace = WpanTrace(full_dump=verbose >= 2)
-        try:
-            probe = probe_runner(name, amqp, serial, exchange, ca_file, stats, trace)
-        except SerialPortError as exc:
-            raise click.ClickException(str(exc)) from None
-        _run(lambda: probe)
-        return
-    try:
-        plan = default_plan(name, ipv6_prefix, ipv6_host, ipv4_address)
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc)) from None
-    if bootstrap is None:
-        bootstrap = plan is not None
-    if bootstrap and plan is None:
-        raise click.UsageError(
-            f"no address plan for {name!r}: give --ipv6-host and/or --ipv4-address, "
-            "or use --wait-bootstrap to take them from a tun.start"
-        )
-    if netns is not None:
+    if setup.tun is not None and setup.tun.netns is not None:
         from agent.tun.netns import netns_path
 
         try:
-            netns_path(netns)
+            netns_path(setup.tun.netns)
         except ConfigError as exc:
             raise click.BadParameter(str(exc), param_hint="--netns") from None
-    from agent.reroute.options import RerouteOptions
-
+    for warning in setup.warnings:
+        log.warning("%s", warning)
     try:
-        reroute = serial_reroute(serial, RerouteOptions(reroute_prefixes, reroute_host, reroute_if))
-    except SerialOptionError as exc:
-        raise _usage(exc) from None
-    if reroute_if is not None and not reroute_prefixes and bootstrap:
-        raise click.UsageError(
-            "--re-route-if needs at least one --re-route-prefix (the network behind it)"
-        )
-    if plan is not None:
-        plan = reroute.apply(plan)
-    from agent.node import Agent, AgentOptions
-
-    opts = AgentOptions(
-        name=name,
-        url=amqp,
-        exchange=exchange,
-        plan=plan,
-        bootstrap=bootstrap,
-        tun_name=tun_name,
-        mtu=mtu,
-        netns=netns,
-        ca_file=ca_file,
-        stats_interval=stats,
-        accept_any=accept_any,
-        gro=gro,
-        wire=wire,
-        reroute=reroute,
-    )
-    agent = Agent(opts)
-    if verbose or pcap:  # packet trace, capture taps (agent.inspect.taps); none: no cost
-        from agent.inspect.taps import install_cli
-
-        try:
-            install_cli(agent, verbose, pcap)
-        except OSError as exc:
-            from agent.inspect.taps import file_error_hint
-
-            raise click.FileError(pcap or "", hint=file_error_hint(exc)) from None
-    # the ports beside the TUN and the bus, one line each (the agent opens and closes them)
-    try:
-        if serial is not None:
-            agent.add_port(serial_link(serial, agent.counters))  # --serial-port: "serial"
+        # the ports and the agent (or the 802.15.4 probe); nothing runs yet
+        service = build_agent(setup) if setup.probe is None else None
+        runner = build(setup) if service is None else service.run
     except SerialPortError as exc:
         raise click.ClickException(str(exc)) from None
-    if serial is not None and not reroute.prefixes:
-        log.warning(
-            "no --re-route-prefix: nothing is routed to the serial port until a tun.start "
-            "names one (packets from the line still reach the session)"
-        )
-    _check_privileges(netns, reroute_if)  # once the user's files and devices are known good
-    _run_metered(agent, metrics, _collector("AgentCollector"))
+    except OSError as exc:  # the --pcap file
+        from agent.inspect.taps import file_error_hint
+
+        raise click.FileError(setup.pcap or "", hint=file_error_hint(exc)) from None
+    if service is None:  # the 802.15.4 probe: no TUN, no privileges
+        _run(runner)
+        return
+    _check_privileges(args.netns, args.reroute_if)  # once the user's files are known good
+    _run_metered(service, args.metrics, _collector("AgentCollector"))
 
 
 def _links(

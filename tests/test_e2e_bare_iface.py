@@ -124,7 +124,7 @@ def test_ctrl_c_during_start_up_removes_the_route(  # type: ignore[no-untyped-de
         )
         assert agent.wait_log(r"route cccc::/64 dev \S+ in namespace \S+ added"), agent.output
         assert "proto 172" in route_to_device(ns_b)
-        time.sleep(0.5)
+        time.sleep(0.5)  # a window in which an exit or a bus connection would show
         assert agent.running() and "published ready" not in agent.output, agent.output
         code, _ = agent.stop(signal.SIGINT)
     assert code == 0 and "Traceback" not in agent.output, agent.output

@@ -31,6 +31,7 @@ from tests.conftest import (
     Proc,
     Session,
     _unique,
+    listening,
     needs_root,
     ns_run,
     ping,
@@ -238,7 +239,8 @@ def udp_exchange(server_ns: str, listen: str, client_ns: str, connect: str) -> N
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        time.sleep(0.5)
+        port = int(re.search(r":(\d+)", listen).group(1))  # type: ignore[union-attr]
+        assert wait_for(lambda: listening(server_ns, port, udp=True), 10), server.stderr
         client = subprocess.run(
             ["ip", "netns", "exec", client_ns, "timeout", "10", "socat", "-t", "4", "-T", "4",
              "-", connect],
@@ -385,7 +387,7 @@ def test_interface_down_and_gone_later(  # type: ignore[no-untyped-def]
     # the interface disappears: one line, the agent keeps tunnelling
     ip("-n", net.ns_c, "link", "del", net.veth_c)
     assert agent_2.wait_log(rf"{net.veth_b}.* disappeared", 5), agent_2.output
-    time.sleep(1.5)
+    time.sleep(1.5)  # a window in which a crash or a second "disappeared" line would show
     assert agent_2.running()
     assert agent_2.output.count("disappeared") == 1
     assert ping(ns_a, "bbbb::2", version=6)

@@ -10,7 +10,6 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 
 import orjson
@@ -19,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.tun.gro import merge_segments
-from tests.conftest import Session, needs_root, ns_run, tun_links, wait_for
+from tests.conftest import Session, listening, needs_root, ns_run, tun_links, wait_for
 
 A4, B4 = ipaddress.ip_address("10.2.0.1").packed, ipaddress.ip_address("10.2.0.2").packed
 A6, B6 = ipaddress.ip_address("bbbb::1").packed, ipaddress.ip_address("bbbb::2").packed
@@ -381,7 +380,7 @@ def test_iperf3_through_merging_agents(session: Session) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        time.sleep(0.5)
+        assert wait_for(lambda: listening(ns2, 5201), 10), "iperf3 server did not start"
         for extra in ([], ["-R"]):
             out = ns_run(ns1, "iperf3", "-c", "10.2.0.2", "-t", "2", "-J", *extra, timeout=30)
             assert out.returncode == 0, out.stdout[-2000:] + out.stderr

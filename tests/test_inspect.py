@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -21,7 +20,7 @@ from agent.inspect.filter import Filter
 from agent.inspect.pcapng import LINKTYPE_IEEE802_15_4_NOFCS, LINKTYPE_RAW
 from agent.inspect.sniff import Sniffer, bindings, describe_plan, line
 from agent.inspect.taps import PcapTap, TraceTap, direction, install, router_line, trace_line
-from agent.node import Agent, AgentOptions
+from tests.conftest import FakeBus, FakePort, FakeTun, make_agent
 from tests.tools import wpan
 from tests.tools.pcap import TSHARK
 from tests.tools.pcap import read_raw as _read
@@ -37,18 +36,6 @@ ECHO_REP = bytes(
 )
 PING4 = bytes(IP(src="10.2.0.1", dst="10.2.0.2") / ICMP(id=7, seq=1) / (b"y" * 56))
 URL = parse_url("amqp://guest:guest@127.0.0.1:5672/unused")
-
-
-@dataclass
-class FakePort:
-    name: str
-    linktype: int = LINKTYPE_RAW
-
-    def send(self, packet: bytes) -> str | None:
-        return None
-
-    def flush(self) -> None:
-        pass
 
 
 PORTS = {"tun": FakePort("tun0"), "bus": FakePort("bus"), "eth1": FakePort("eth1")}
@@ -120,24 +107,25 @@ def test_router_lines_golden() -> None:
     assert router_line("agent_1", None, ECHO_REQ).startswith("agent_1 > - (spoofed source")
 
 
-def _agent(**kw: object) -> Agent:
-    return Agent(AgentOptions(name="agent_1", url=URL, accept_any=True, **kw))  # type: ignore[arg-type]
-
-
 def test_agent_hook_taps_only_when_asked(packet_log: list[str], tmp_path: Path) -> None:
-    agent = _agent()
-    install(agent, verbose=0, pcap=None)
-    assert agent.taps == []  # no -v, no --pcap: the per-packet path calls nothing
-    agent.ports["tun"] = FakePort("tun0")  # type: ignore[assignment]
-    install(agent, verbose=1)
-    agent.forward(ECHO_REQ, "tun")  # the bus is not connected: counted as a drop
-    agent.forward(ECHO_REP, "bus")
-    assert packet_log == [
-        "up   tun0>bus  IPv6 bbbb::1 > bbbb::2 ICMPv6 Echo Request (id 0x1c seq 3) 104 B",
-        "down bus>tun0  IPv6 bbbb::2 > bbbb::1 ICMPv6 Echo Reply (id 0x1c seq 3) 104 B",
-    ]
-    assert dict(agent.counters.drops) == {"bus down": 1}
-    assert dict(agent.counters.packets) == {"bus>tun": 1}
+    async def go() -> None:
+        rig = make_agent("agent_1", tun=FakeTun("tun0"), bus=FakeBus(up=False), accept_any=True)
+        agent = rig.agent
+        install(agent, verbose=0, pcap=None)
+        assert agent.taps == []  # no -v, no --pcap: the per-packet path calls nothing
+        await agent.start()
+        install(agent, verbose=1)
+        agent.forward(ECHO_REQ, "tun")  # the bus is not connected: counted as a drop
+        agent.forward(ECHO_REP, "bus")
+        assert packet_log == [
+            "up   tun0>bus  IPv6 bbbb::1 > bbbb::2 ICMPv6 Echo Request (id 0x1c seq 3) 104 B",
+            "down bus>tun0  IPv6 bbbb::2 > bbbb::1 ICMPv6 Echo Reply (id 0x1c seq 3) 104 B",
+        ]
+        assert dict(agent.counters.drops) == {"bus down": 1}
+        assert dict(agent.counters.packets) == {"bus>tun": 1}
+        assert rig.tun.sent == [ECHO_REP]
+
+    asyncio.run(go())
 
 
 # --------------------------------------------------------------------------- --pcap tap

@@ -139,23 +139,24 @@ def test_reroute_options_win_over_the_plan() -> None:
 
 
 def _parse(monkeypatch: pytest.MonkeyPatch, *args: str) -> Any:
-    """The AgentOptions that `agent connect args` would run with."""
+    """The Setup (agent.assembly) that `agent connect args` would build and run."""
+    import agent.assembly
     import agent.cli as cli_module
-    import agent.node
 
     seen: dict[str, Any] = {}
 
-    class FakeAgent:
-        def __init__(self, opts: Any) -> None:
-            seen["opts"] = opts
+    def build(setup: Any) -> Any:
+        seen["setup"] = setup
 
-        async def run(self) -> int:
+        async def run() -> int:
             return 0
 
-    monkeypatch.setattr(agent.node, "Agent", FakeAgent)
+        return run
+
+    monkeypatch.setattr(agent.assembly, "build", build)
     monkeypatch.setattr(cli_module, "setup_logging", lambda *a: None)
     result = CliRunner().invoke(cli_module.cli, ["connect", "--url", "amqp://h/", *args])
-    return result, seen.get("opts")
+    return result, seen.get("setup")
 
 
 @pytest.mark.parametrize("long", [False, True])
@@ -167,8 +168,8 @@ def test_cli_options_and_aliases(monkeypatch: pytest.MonkeyPatch, long: bool) ->
     )
     assert result.exit_code == 0, result.output
     assert opts.reroute == RerouteOptions((CCCC, DOC4), "1", "eth1")
-    assert opts.plan.reroute_prefixes == (CCCC, DOC4)
-    assert opts.plan.reroute_if == "eth1" and opts.plan.reroute_host == "1"
+    assert opts.address.reroute_prefixes == (CCCC, DOC4)
+    assert opts.address.reroute_if == "eth1" and opts.address.reroute_host == "1"
 
 
 @pytest.mark.parametrize(

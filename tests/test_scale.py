@@ -99,6 +99,19 @@ def test_router_ready_answered_once_per_epoch(session: Session, listener) -> Non
     assert lst.get(timeout=5) is not None and lst.get(timeout=5) is not None
 
 
+def _depth(url: str, queue: str) -> int:
+    """Messages in a queue of url's vhost now (rabbitmqctl asks the queue itself; a
+    passive declare of another connection's exclusive queue would be refused)."""
+    vhost = url.rsplit("/", 1)[1]
+    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "messages"],
+                         capture_output=True, text=True, timeout=60)
+    for line in out.stdout.splitlines():
+        name, _, count = line.rpartition("\t")
+        if name == queue and count.isdigit():
+            return int(count)
+    return 0
+
+
 def test_announcement_survives_a_data_queue_full_of_packets(
     session: Session, listener  # type: ignore[no-untyped-def]
 ) -> None:
@@ -120,7 +133,9 @@ def test_announcement_survives_a_data_queue_full_of_packets(
         lst.publish("fromAgent.agent_9.ip.tun.started", orjson.dumps(started))
         for _ in range(1500):  # more than the data queue's x-max-length after it
             lst.publish("toAgent.agent_1.ip.tun.packet.raw", body)
-        lst.conn.sleep(0.5)
+        # all of them in the broker: the data queue full, the announcement beside it
+        assert wait_for(lambda: _depth(session.url, "agent_1@agent") >= 1000
+                        and _depth(session.url, "agent_1@agent.control") >= 1, 20)
     finally:
         os.kill(proc.pid, signal.SIGCONT)
     assert wait_for(lambda: "cccc::/64" in ns_run(ns, "ip", "-6", "route").stdout, 10), (

@@ -18,9 +18,9 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 
 from agent.bus import wire
-from agent.bus.url import parse_url
 from agent.config import AddressPlan, parse_reroute_prefix
-from agent.node import Agent, AgentOptions
+from agent.counters import Counters
+from agent.node import Agent
 from agent.reroute.options import RerouteOptions
 from agent.slip.framing import SlipDecoder
 from agent.slip.link import SerialLink, answer_prefix, text_line
@@ -35,7 +35,7 @@ from agent.slip.options import (
 from agent.slip.port import SerialPortError, SerialSettings
 from agent.slip.probe import data_slip
 from agent.switch import routes
-from tests.conftest import until
+from tests.conftest import make_agent, until
 
 END = b"\xc0"
 CCCC = parse_reroute_prefix("cccc")
@@ -71,26 +71,16 @@ def read_master(master: int) -> bytes:
         return b""
 
 
-def make_agent(plan: AddressPlan | None = None, reroute: RerouteOptions | None = None) -> Agent:
-    return Agent(
-        AgentOptions(
-            name="mote_gw",
-            url=parse_url("amqp://guest:guest@localhost/"),
-            plan=plan,
-            reroute=reroute or RerouteOptions(),
-        )
-    )
-
-
 def serial_agent(
     link_path: Path, reroute: RerouteOptions | None = None, **settings: object
 ) -> tuple[Agent, SerialLink]:
     """An agent with a serial port on link_path, assembled as `agent connect` does."""
     choice = serial_choice({"serial_port": str(link_path)})
-    agent = make_agent(reroute=serial_reroute(choice, reroute or RerouteOptions()))
-    link = SerialLink(SerialSettings(str(link_path), **settings), agent.counters)  # type: ignore[arg-type]
-    agent.add_port(link)
-    return agent, link
+    counters = Counters()
+    link = SerialLink(SerialSettings(str(link_path), **settings), counters)  # type: ignore[arg-type]
+    rig = make_agent("mote_gw", plan=None, others=(link,), counters=counters,
+                     reroute=serial_reroute(choice, reroute or RerouteOptions()))
+    return rig.agent, link
 
 
 def ping6(dst: str, src: str = "bbbb::1") -> bytes:
@@ -273,7 +263,7 @@ def test_attach_missing_device_is_serial_port_error(tmp_path: Path) -> None:
     choice = serial_choice({"serial_port": str(tmp_path / "ttyUSB7")})
     assert choice is not None
     with pytest.raises(SerialPortError, match="does not exist"):
-        serial_link(choice, make_agent().counters)
+        serial_link(choice, Counters())
 
 
 # ----------------------------------------------------------------------------- the link
@@ -395,12 +385,12 @@ async def run_agent_briefly(
 ) -> None:
     """Open the link as the agent does, feed the line, collect what the link writes."""
     await link.open(agent.receive, "serial")
-    await asyncio.sleep(0.05)
+    assert await until(lambda: link.port.is_open)
     for chunk in chunks:
         os.write(master, chunk)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # each chunk a read of its own, as from a slow line
     await until(lambda: got.extend(read_master(master)) or len(got) >= 11, timeout=2)
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)  # a window in which anything more written would show
     got.extend(read_master(master))
     await link.close()
     assert not link.port.is_open

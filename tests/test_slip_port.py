@@ -171,10 +171,11 @@ def test_frames_split_across_reads_with_garbage(pty: Pty) -> None:
 def test_no_thread_is_started(pty: Pty) -> None:
     async def main() -> None:
         before = threading.active_count()
-        port = SerialPort(SerialSettings(str(pty.link)), lambda f: None)
+        frames: list[bytes] = []
+        port = SerialPort(SerialSettings(str(pty.link)), frames.append)
         port.start()
         pty.write(b"abc" + END)
-        await asyncio.sleep(0.05)
+        assert await until(lambda: frames == [b"abc"])  # read, on the loop
         assert threading.active_count() == before
         port.close()
 
@@ -301,7 +302,7 @@ def test_close_stops_reopening(pty: Pty) -> None:
         assert await until(lambda: not port.is_open)
         port.close()
         pty.plug()
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # five reopen intervals, in which a reopen would show
         assert not port.is_open
 
     run(main)

@@ -28,6 +28,10 @@ STANDBY_POLL = 0.5  # s between two tries of a standby to take the queue
 # death a broker race can leave a queue without its record, or give its name to another
 # connection (docs/cluster.md); we then reconnect, which releases whatever we still hold
 QUEUE_CHECK_S = 5.0
+# ...and once this soon after each (re)connection or takeover: a broker race after a node's
+# death comes with the declare that follows it, and a split found then costs ~1 s of
+# silence, not 5 (docs/cluster.md)
+QUEUE_CHECK_FIRST_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -161,7 +165,7 @@ class BusCore:
         self.stood_by = False
         self.order.connected()
         if self.check_queues:
-            self._timer_at = now + QUEUE_CHECK_S
+            self._timer_at = now + QUEUE_CHECK_FIRST_S  # a declare that raced a node's death
         return []
 
     def channel_closed(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from agent.bus import wire
 from agent.bus.batcher import (  # noqa: F401  (the batching constants, as before)
@@ -21,8 +22,9 @@ from agent.bus.batcher import (  # noqa: F401  (the batching constants, as befor
     STREAM_GAP_S,
     Batcher,
 )
-from agent.bus.connection import Bus
+from agent.bus.connection import Bus, agent_queue
 from agent.bus.dispatch import dispatcher
+from agent.bus.url import Urls
 from agent.config import IPNetwork
 from agent.counters import Counters
 from agent.port import LINKTYPE_RAW, Deliver
@@ -119,3 +121,45 @@ class BusPort:
     def drain(self) -> None:
         """Publish everything pending now (held or not), then write to the broker."""
         self.batcher.drain()
+
+
+class BusOwner(Protocol):
+    """What the agent's bus port reports to its agent (agent.node.Agent)."""
+
+    counters: Counters
+
+    def on_control(self, msg: wire.Message) -> None:
+        """A typed bus message that is not packets (tun.start, tun.started, ready)."""
+
+    def on_bus_up(self) -> None:
+        """The connection is up (first time, or again after a reconnection)."""
+
+    def on_fatal(self, reason: str) -> None:
+        """The bus cannot be used: end the run with this one line."""
+
+
+def agent_bus_port(
+    name: str, url: Urls, exchange: str, ca_file: str | None, wire_mode: str, owner: BusOwner
+) -> BusPort:
+    """The bus port of the agent called name, with its connection: the one place the two
+    are wired to each other (deliveries -> port.on_message, publishes -> port.bus, a
+    batch held for the broker's confirms -> port.release at the bus's flush). Nothing
+    connects until the agent calls `port.bus.start()`."""
+    port = BusPort(wire.uplink_key(name), owner.counters, name, owner.on_control)
+    port.bus = Bus(
+        url,
+        exchange,
+        agent_queue(
+            name,
+            [wire.downlink_key(name)],
+            control=[wire.start_key(name), "fromAgent.*.ip.tun.started", wire.READY_KEY],
+        ),
+        on_message=port.on_message,  # packets -> the agent's switch, the rest -> on_control
+        on_up=owner.on_bus_up,
+        on_fatal=owner.on_fatal,
+        ca_file=ca_file,
+        confirm_window=CONFIRM_WINDOW,
+    )
+    port.bus.before_flush = port.release
+    port.fast = wire_mode == "fast"
+    return port
