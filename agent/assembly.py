@@ -110,6 +110,8 @@ class Setup:
     wire: str = "auto"
     pcap: str | None = None
     verbose: int = 0
+    metrics: tuple[str, int] | None = None
+    """--metrics HOST:PORT: Prometheus' /metrics served beside the agent"""
     warnings: tuple[str, ...] = ()
 
 
@@ -151,6 +153,7 @@ def plan(args: ConnectArgs, urls: tuple[AmqpUrl, ...], serial: SerialChoice | No
         wire=args.wire,
         pcap=args.pcap,
         verbose=args.verbose,
+        metrics=args.metrics,
         warnings=warnings,
     )
 
@@ -202,7 +205,13 @@ def build(setup: Setup) -> Callable[[], Coroutine[Any, Any, int]]:
         )
         return lambda: probe
     agent = build_agent(setup)
-    return agent.run
+    address = setup.metrics
+    if address is None:
+        return agent.run
+    from agent.inspect.metrics import AgentCollector, run_with_metrics
+
+    collector = AgentCollector(agent)
+    return lambda: run_with_metrics(agent, address, collector)
 
 
 def build_agent(setup: Setup) -> Agent:

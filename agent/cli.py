@@ -399,7 +399,7 @@ def _check_privileges(netns: str | None, reroute_if: str | None) -> None:
 @with_options(url_options)
 def connect(**values: Any) -> None:
     """Create a TUN and carry its packets over the AMQP bus."""
-    from agent.assembly import ConnectArgs, build, build_agent, plan
+    from agent.assembly import ConnectArgs, build, plan
     from agent.slip.options import serial_choice
     from agent.slip.port import SerialPortError
 
@@ -420,20 +420,16 @@ def connect(**values: Any) -> None:
     for warning in setup.warnings:
         log.warning("%s", warning)
     try:
-        # the ports and the agent (or the 802.15.4 probe); nothing runs yet
-        service = build_agent(setup) if setup.probe is None else None
-        runner = build(setup) if service is None else service.run
+        runner = build(setup)  # the ports, the agent (or the 802.15.4 probe); nothing runs yet
     except SerialPortError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:  # the --pcap file
         from agent.inspect.taps import file_error_hint
 
         raise click.FileError(setup.pcap or "", hint=file_error_hint(exc)) from None
-    if service is None:  # the 802.15.4 probe: no TUN, no privileges
-        _run(runner)
-        return
-    _check_privileges(args.netns, args.reroute_if)  # once the user's files are known good
-    _run_metered(service, args.metrics, _collector("AgentCollector"))
+    if setup.probe is None:  # the 802.15.4 probe needs no TUN, so no privileges
+        _check_privileges(args.netns, args.reroute_if)  # once the user's files are known good
+    _run(runner)
 
 
 def _links(

@@ -152,6 +152,7 @@ def test_cli_connect_hands_the_parsed_options_to_plan(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(agent.assembly, "build", build)
     monkeypatch.setattr(cli_module, "setup_logging", lambda *a: None)
+    monkeypatch.setattr(cli_module, "_check_privileges", lambda *a: None)  # any user
     result = CliRunner().invoke(cli_module.cli, [
         "connect", "--url", "amqp://guest:guest@127.0.0.1/s1", "--name", "agent_7",
         "--re-route-prefix", "cccc", "--mtu", "1400", "--wire", "json"])

@@ -292,7 +292,7 @@ def test_own_networks_behind_the_line_are_routed_into_the_tun(
     tun = RecordingTun()
     asyncio.run(agent._route_own_networks(tun, routes(None, agent.opts.reroute)))  # type: ignore[arg-type]
     assert tun.routes == [CCCC, v4]
-    by_iface = make_agent(reroute=RerouteOptions((CCCC,), "1", "eth1"))
+    by_iface = make_agent(reroute=RerouteOptions((CCCC,), "1", "eth1")).agent
     table = routes(None, by_iface.opts.reroute)
     assert table == {CCCC: "eth1"}
 
