@@ -124,7 +124,7 @@ def plan(args: ConnectArgs, urls: tuple[AmqpUrl, ...], serial: SerialChoice | No
                 "--pcap is not available in 802.15.4 serial mode; capture from the bus "
                 "with: agent sniff --name NAME --pcap FILE"
             )
-        return dataclasses.replace(base, probe=serial)
+        return dataclasses.replace(base, probe=serial, verbose=args.verbose)
     address = default_plan(args.name, args.ipv6_prefix, args.ipv6_host, args.ipv4_address)
     bootstrap = address is not None if args.bootstrap is None else args.bootstrap
     if bootstrap and address is None:

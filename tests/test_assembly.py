@@ -182,3 +182,10 @@ def test_the_agent_opens_and_closes_what_it_is_handed() -> None:
         assert serial.closed and rig.tun.closed and rig.bus.closed and agent.tun is None
 
     asyncio.run(go())
+
+
+def test_the_probe_keeps_v_for_its_frame_lines() -> None:
+    """-v in 802.15.4 mode: the probe's frame lines (agent.inspect.taps.WpanTrace)."""
+    serial = SerialChoice(MODE_802154, SerialSettings("/dev/x"))
+    setup = plan(ConnectArgs(name="probe_1", verbose=2), URLS, serial)
+    assert setup.probe is serial and setup.verbose == 2
