@@ -267,8 +267,23 @@ def hop_delays(points: dict[str, dict[Key, Seen]]) -> dict[str, list[float]]:
 
 
 def summarize(delays: dict[str, list[float]]) -> dict[str, dict[str, float | int | None]]:
-    return {n: {"n": len(v), "p50_ms": percentile(v, 50), "p99_ms": percentile(v, 99)}
+    return {n: {"n": len(v), "p50_ms": percentile(v, 50), "p99_ms": percentile(v, 99),
+                "mean_ms": sum(v) / len(v) if v else None}
             for n, v in delays.items()}
+
+
+def shares(summary: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Mean ms per kind of hop (the broker's four passes, the router's two, the agents'
+    four, the far end's echo) and the mean round trip: means add up, so for echoes seen
+    at every point the parts sum to the round trip (percentiles do not)."""
+    kinds = {"broker": (1, 3, 7, 9), "router": (2, 8), "agents": (0, 4, 6, 10), "echo": (5,)}
+    out = dict.fromkeys(kinds, 0.0)
+    for kind, indexes in kinds.items():
+        for i in indexes:
+            mean = summary.get(HOP_NAMES[i], {}).get("mean_ms")
+            out[kind] += mean or 0.0
+    out["round trip"] = summary.get(HOP_NAMES[-1], {}).get("mean_ms") or 0.0
+    return out
 
 
 def publish_channels(points: dict[str, dict[Key, Seen]]) -> dict[str, dict[int, int]]:
@@ -575,7 +590,13 @@ def render(idle: dict[str, Any] | None, loaded: dict[str, Any] | None) -> str:
             h = (r or {}).get("hops", {}).get(name, {})
             row += [h.get("p50_ms"), h.get("p99_ms"), h.get("n")]
         rows.append(row)
-    return table(["hop", "idle p50 ms", "p99", "n", "loaded p50 ms", "p99", "n"], rows)
+    lines = [table(["hop", "idle p50 ms", "p99", "n", "loaded p50 ms", "p99", "n"], rows)]
+    for phase, r in (("idle", idle), ("loaded", loaded)):
+        if r and r.get("hops"):
+            parts = shares(r["hops"])
+            lines.append(f"{phase}, mean ms: " + ", ".join(f"{k} {v:.2f}"
+                                                          for k, v in parts.items()))
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

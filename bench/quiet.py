@@ -207,13 +207,16 @@ class Run:
     def idle_ping(self, cc: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
         if not self.args.hops:
             return self.ping(), None
+        vhost = self.quiet.url.rsplit("/", 1)[1]
         with Stack() as local:
             roles = self.hop_roles()
             cap = hoplib.HopCapture.start(local, self.quiet.ns_a, self.quiet.ns_b, roles,
                                           self.logdir, f"{self.shape}-{cc}-idle")
-            result = self.ping()
+            with hoplib.BrokerWatch(self.quiet.url, vhost, set()) as watch:
+                result = self.ping()
             dropped = cap.stop()
-        return result, {"capture": cap.files, "roles": roles, "dropped": dropped}
+        return result, {"capture": cap.files, "roles": roles, "dropped": dropped,
+                        "broker": watch.result()}
 
     def loaded_ping(self, cc: str, out: dict[str, Any]) -> None:
         """Called while the bulk sessions run: warm-up, then the quiet session's ping."""
@@ -254,6 +257,9 @@ class Run:
         sched1 = sched_ns(self.bpid)
         for t in tunnels:
             t.settle(3.0)  # queues drained before the next round
+        # bulk processes whose publishes were paced by confirms at least once (their log)
+        procs = {p.pid: p for t in tunnels for p in t.procs.values()}  # a shared router once
+        paced = sum("publisher confirms on" in p.text() for p in procs.values())
         mbits = [r.get("mbit_per_s") or 0.0 for r in results]
         return {
             "mbit": [round(m, 1) for m in mbits],
@@ -262,6 +268,7 @@ class Run:
             "busy_pct": busy_pct(cpu0, per_cpu_times()),
             "broker_run_ms_per_s": round((sched1[0] - sched0[0]) / 1e6 / took),
             "broker_wait_ms_per_s": round((sched1[1] - sched0[1]) / 1e6 / took),
+            "processes_paced": paced,
         }
 
     def measure(self, cc: str) -> dict[str, Any]:
@@ -360,7 +367,7 @@ def render(result: dict[str, Any]) -> str:
             loaded.get("p50_ms"), loaded.get("p99_ms"), loaded.get("loss_pct"), ratio,
             (r["alone"]["mbit"] or [None])[0], tog["aggregate_mbit"], tog["of_alone"],
             tog["slowest_of_fastest"], busy.get("cpu0"), busy.get("cpu1"),
-            tog["broker_run_ms_per_s"], tog["broker_wait_ms_per_s"],
+            tog["broker_run_ms_per_s"], tog["broker_wait_ms_per_s"], tog["processes_paced"],
         ])
         note = "" if r["targeted"] else " (reported, not targeted)"
         goal_rows.append([r["shape"] + note, r["cc"], *r["goals"].values()])
@@ -369,7 +376,7 @@ def render(result: dict[str, Any]) -> str:
     k = result["rows"][0]["bulk"] if result["rows"] else 0
     header = ["shape", "cc", "idle p50 ms", "p99", "loss %", "bulk p50 ms", "p99", "loss %",
               "p99 x idle", "alone Mbit/s", f"{k} together", "/alone", "slow/fast",
-              "cpu0 busy %", "cpu1 busy %", "broker run ms/s", "wait ms/s"]
+              "cpu0 busy %", "cpu1 busy %", "broker run ms/s", "wait ms/s", "paced procs"]
     out = [table(header, rows),
            table(["shape", "cc", "quiet p99 <= 5x idle, < 50 ms, no loss",
                   "no collapse (>= 0.7)", "no starvation (>= 0.25)"], goal_rows)]
@@ -377,7 +384,8 @@ def render(result: dict[str, Any]) -> str:
         if "hops" in r:
             out.append(f"hops, {r['shape']} {r['cc']}:\n"
                        + hoplib.render(r["hops"].get("idle"), r["hops"].get("loaded"))
-                       + "\n" + diag_line(r["hops"].get("loaded", {})))
+                       + "".join(f"\n{phase}: " + diag_line(r["hops"][phase])
+                                 for phase in ("idle", "loaded") if phase in r["hops"]))
     out.append(f"load average: start {result['loadavg_start']}, end {result['loadavg_end']}")
     return "\n\n".join(out)
 
@@ -389,7 +397,7 @@ def diag_line(loaded: dict[str, Any]) -> str:
         return f"{fmt(d.get('mean'))} mean / {fmt(d.get('max'))} max"
 
     return (
-        f"loaded: broker queues, bulk sessions {mm(b.get('bulk', {}))} messages "
+        f"broker queues, bulk sessions {mm(b.get('bulk', {}))} messages "
         f"(largest queue {mm(b.get('bulk_max_queue', {}))}), quiet session "
         f"{mm(b.get('quiet', {}))}; Erlang run queue {mm(b.get('run_queue', {}))}; "
         f"unread in the broker's sockets {mm(b.get('broker_unread_kb', {}))} KB, in the "

@@ -163,6 +163,13 @@ def test_one_echo_is_found_at_every_hop_and_each_hop_gets_its_delay(tmp_path: Pa
         assert h["n"] == 3, name
         assert h["p50_ms"] == pytest.approx(ms, abs=0.002), name
     assert result["seen"]["broker>router"] == 6  # 3 requests and 3 replies
+    parts = hops.shares(result["hops"])  # the broker's 4 passes: 2+4+8+10 ms
+    assert parts["broker"] == pytest.approx(24, abs=0.01)
+    assert parts["router"] == pytest.approx(3 + 9, abs=0.01)
+    assert parts["agents"] == pytest.approx(1 + 5 + 7 + 11, abs=0.01)
+    assert parts["echo"] == pytest.approx(6, abs=0.01)
+    assert sum(v for k, v in parts.items() if k != "round trip") == pytest.approx(
+        parts["round trip"], abs=0.01)
     assert result["publish_channels"]["agent_1"] == {1: 3}
 
 
