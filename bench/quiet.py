@@ -2,7 +2,7 @@
 
     sudo .venv/bin/python -m bench.quiet [--bulk 7] [--seconds 30] [--cc cubic,bbr]
         [--shape pinned] [--shape spread] [--shape shared-router] [--pings 300]
-        [--interval 0.03] [--hops] [--json FILE] [--logs DIR]
+        [--interval 0.03] [--hops] [--json FILE] [--markdown FILE] [--logs DIR]
 
 Issue 25's measurement. 1 + k sessions, each what a new user makes (its own vhost,
 `agent router`, two agents with their TUNs in namespaces: bench.rig.Tunnel). Session 0
@@ -53,6 +53,7 @@ from bench.common import (
     Stack,
     fmt,
     log,
+    markdown_table,
     ping,
     run_cleanly,
     table,
@@ -355,6 +356,28 @@ def bench(args: argparse.Namespace, stack: Stack, logdir: Path) -> dict[str, Any
 # -- output -----------------------------------------------------------------------------
 
 
+def markdown(result: dict[str, Any]) -> str:
+    """The figures and verdicts as one Markdown table (for docs/results.md)."""
+    rows = []
+    for r in result["rows"]:
+        idle, loaded, tog = r["idle_ping"], r["loaded_ping"], r["together"]
+        g = r["goals"]
+        rows.append([
+            r["shape"], r["cc"], f"{fmt(idle.get('p50_ms'))} / {fmt(idle.get('p99_ms'))}",
+            f"{fmt(loaded.get('p50_ms'))} / {fmt(loaded.get('p99_ms'))} "
+            f"({fmt(loaded.get('loss_pct'))} %)",
+            (r["alone"]["mbit"] or [None])[0],
+            f"{fmt(tog['aggregate_mbit'])} ({fmt(tog['of_alone'])})",
+            tog["slowest_of_fastest"], f"{g['quiet p99']} / {g['no collapse']} / "
+            f"{g['no starvation']}" + ("" if r["targeted"] else " (not targeted)"),
+        ])
+    k = result["rows"][0]["bulk"] if result["rows"] else 0
+    return markdown_table(["shape", "cc", "idle ping p50 / p99 ms",
+                           "under bulk p50 / p99 ms (loss)", "one bulk alone Mbit/s",
+                           f"{k} together Mbit/s (/alone)", "slowest/fastest",
+                           "goals: quiet / collapse / starvation"], rows)
+
+
 def render(result: dict[str, Any]) -> str:
     rows, goal_rows = [], []
     for r in result["rows"]:
@@ -422,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hops", action="store_true",
                     help="capture the quiet session and break its delay down by hop")
     ap.add_argument("--json", help="write the raw result here")
+    ap.add_argument("--markdown", help="write the figures as a Markdown table here")
     ap.add_argument("--logs", help="keep the processes' logs (and --hops captures) here")
     args = ap.parse_args(argv)
     if args.bulk < 1 or args.seconds <= 0 or args.pings < 1 or args.interval <= 0:
@@ -437,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
         print(render(result))
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=1, default=str))
+        if args.markdown:
+            Path(args.markdown).write_text(markdown(result) + "\n")
     return code
 
 
