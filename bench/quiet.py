@@ -2,7 +2,8 @@
 
     sudo .venv/bin/python -m bench.quiet [--bulk 7] [--seconds 30] [--cc cubic,bbr]
         [--shape pinned] [--shape spread] [--shape shared-router] [--pings 300]
-        [--interval 0.03] [--hops] [--json FILE] [--markdown FILE] [--logs DIR]
+        [--interval 0.03] [--hops] [--tree DIR] [--old-tree DIR] [--json FILE]
+        [--markdown FILE] [--logs DIR]
 
 Issue 25's measurement. 1 + k sessions, each what a new user makes (its own vhost,
 `agent router`, two agents with their TUNs in namespaces: bench.rig.Tunnel). Session 0
@@ -28,6 +29,11 @@ session's loaded ping p99 at most 5x its idle p99 and under 50 ms, no loss; the 
 sessions together move at least 0.7 of one alone; the slowest gets at least 0.25 of the
 fastest. Also per round: each core's busy share, the broker's threads' time on a CPU and
 runnable but waiting (ms per second, /proc/PID/task/*/schedstat).
+
+--old-tree DIR: one more session run by the agent code in DIR (e.g. `git archive` of an
+older commit), idle; before each bulk run its ping and the quiet session's alternate, three
+rounds each, so a change that must keep an idle session's ping where it is is judged in one
+run. --tree DIR: the code measured (default this checkout).
 
 --hops: where the quiet session's time goes (bench.hops): tcpdump on its TUNs and on
 loopback port 5672 during both pings, per hop p50/p99 idle vs loaded; beside the loaded
@@ -62,8 +68,10 @@ from bench.rig import ADDR_2, Tunnel
 from bench.sessions import (
     agent_command,
     broker_pid,
+    idle_pings,
     iperf3_together,
     loadavg,
+    open_session,
     open_sessions,
     sched_ns,
 )
@@ -187,6 +195,7 @@ class Run:
     bpid: int | None
     shape: str
     tunnels: list[Tunnel]
+    old: Tunnel | None = None  # an idle session run by --old-tree's code (A/B of idle ping)
 
     @property
     def quiet(self) -> Tunnel:
@@ -276,6 +285,10 @@ class Run:
         k = len(self.bulk)
         log(f"[{self.shape} {cc}] idle ping: {self.args.pings} x {self.args.interval:g} s")
         idle, idle_diag = self.idle_ping(cc)
+        idle_ab = None
+        if self.old is not None:
+            log(f"[{self.shape} {cc}] idle ping A/B: this code and --old-tree, alternating")
+            idle_ab = idle_pings(self.quiet, self.old, min(100, self.args.pings))
         log(f"[{self.shape} {cc}] one bulk session alone, {self.args.seconds:g} s")
         alone = self.bulk_round(self.bulk[:1], cc)
         log(f"[{self.shape} {cc}] {k} bulk sessions at once, quiet session pinging")
@@ -286,7 +299,7 @@ class Run:
         loaded = during.get("ping", {})
         row = {
             "shape": self.shape, "cc": cc, "bulk": k, "seconds": self.args.seconds,
-            "idle_ping": idle, "loaded_ping": loaded,
+            "idle_ping": idle, "loaded_ping": loaded, "idle_ab": idle_ab,
             "ping_outlasted_bulk": during.get("ping_outlasted_bulk"),
             "alone": alone, "together": together | figures,
             "goals": evaluate(idle, loaded, figures, len(together["errors"])),
@@ -330,16 +343,19 @@ def run_shape(args: argparse.Namespace, logdir: Path, shape: str,
             os.sched_setaffinity(0, AGENT_CPUS)  # agents, iperf3, ping inherit it
         tags = [f"{tag}{i}" for i in range(args.bulk + 1)]
         log(f"[{shape}] starting {len(tags)} sessions; load {loadavg()}")
-        tunnels = open_sessions(local, tags, sdir, agent_command(None), bpid,
+        tunnels = open_sessions(local, tags, sdir, agent_command(args.tree), bpid,
                                 shape == "shared-router")
+        old = None
+        if args.old_tree:
+            old = open_session(local, f"{tag}o", sdir, agent_command(args.old_tree), bpid)
         if pinned:
-            for pid in {t.procs["router"].pid for t in tunnels}:
+            for pid in {t.procs["router"].pid for t in [*tunnels, *([old] if old else [])]}:
                 pin(local, "router", pid, BROKER_CPUS)
             if bpid is None:
                 raise RuntimeError("no broker PID found (ss -ltnp sport = :5672)")
             n = pin(local, "broker", bpid, BROKER_CPUS)
             log(f"[{shape}] broker's {n} threads and the routers on CPU 0, the rest on CPU 1")
-        run = Run(args, sdir, bpid, shape, tunnels)
+        run = Run(args, sdir, bpid, shape, tunnels, old)
         return [run.measure(cc) for cc in args.cc.split(",")]
 
 
@@ -409,6 +425,12 @@ def render(result: dict[str, Any]) -> str:
                        + hoplib.render(r["hops"].get("idle"), r["hops"].get("loaded"))
                        + "".join(f"\n{phase}: " + diag_line(r["hops"][phase])
                                  for phase in ("idle", "loaded") if phase in r["hops"]))
+    for r in result["rows"]:
+        ab = r.get("idle_ab")
+        if ab:
+            out.append(f"idle ping p50 ms per round, {r['shape']} {r['cc']}: this code "
+                       + ", ".join(fmt(x["p50_ms"]) for x in ab["new"]) + "; --old-tree "
+                       + ", ".join(fmt(x["p50_ms"]) for x in ab["old"]))
     out.append(f"load average: start {result['loadavg_start']}, end {result['loadavg_end']}")
     return "\n\n".join(out)
 
@@ -444,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval", type=float, default=0.03, help="seconds between echoes")
     ap.add_argument("--hops", action="store_true",
                     help="capture the quiet session and break its delay down by hop")
+    ap.add_argument("--tree", help="agent code to measure (a directory; default this checkout)")
+    ap.add_argument("--old-tree", help="agent code of one more idle session, its ping "
+                    "alternating with the quiet session's before each bulk run (A/B)")
     ap.add_argument("--json", help="write the raw result here")
     ap.add_argument("--markdown", help="write the figures as a Markdown table here")
     ap.add_argument("--logs", help="keep the processes' logs (and --hops captures) here")
