@@ -2,8 +2,8 @@
 
     sudo .venv/bin/python -m bench.quiet [--bulk 7] [--seconds 30] [--cc cubic,bbr]
         [--shape pinned] [--shape spread] [--shape shared-router] [--pings 300]
-        [--interval 0.03] [--hops] [--tree DIR] [--old-tree DIR] [--json FILE]
-        [--markdown FILE] [--logs DIR]
+        [--interval 0.03] [--hops] [--tree DIR] [--old-tree DIR] [--broker-nice N]
+        [--json FILE] [--markdown FILE] [--logs DIR]
 
 Issue 25's measurement. 1 + k sessions, each what a new user makes (its own vhost,
 `agent router`, two agents with their TUNs in namespaces: bench.rig.Tunnel). Session 0
@@ -34,6 +34,9 @@ runnable but waiting (ms per second, /proc/PID/task/*/schedstat).
 older commit), idle; before each bulk run its ping and the quiet session's alternate, three
 rounds each, so a change that must keep an idle session's ping where it is is judged in one
 run. --tree DIR: the code measured (default this checkout).
+
+--broker-nice N: the broker's autogroup nice value during the run, restored afterwards
+(an operator's setting, not the agent's: see docs/scale.md).
 
 --hops: where the quiet session's time goes (bench.hops): tcpdump on its TUNs and on
 loopback port 5672 during both pings, per hop p50/p99 idle vs loaded; beside the loaded
@@ -67,6 +70,7 @@ from bench.common import (
 from bench.rig import ADDR_2, Tunnel
 from bench.sessions import (
     agent_command,
+    autogroup_nice,
     broker_pid,
     idle_pings,
     iperf3_together,
@@ -74,6 +78,7 @@ from bench.sessions import (
     open_session,
     open_sessions,
     sched_ns,
+    set_autogroup_nice,
 )
 
 SHAPES = ("pinned", "spread", "shared-router")
@@ -176,6 +181,17 @@ def pin(stack: Stack, what: str, pid: int, cpus: set[int]) -> int:
         except ProcessLookupError:
             continue
     return len(old)
+
+
+def broker_first(stack: Stack, bpid: int, nice: int) -> None:
+    """The broker's autogroup nice value for the shape's run, put back when the stack
+    unwinds (Linux shares a busy CPU between autogroups first: each router started on its
+    own is one, as entitled as the broker)."""
+    was = autogroup_nice(bpid)
+    if was is None:
+        raise RuntimeError("--broker-nice: no /proc/PID/autogroup here")
+    stack.push(f"broker autogroup nice back to {was}", lambda: set_autogroup_nice(bpid, was))
+    set_autogroup_nice(bpid, nice)
 
 
 def _threads(pid: int) -> list[int]:
@@ -348,11 +364,13 @@ def run_shape(args: argparse.Namespace, logdir: Path, shape: str,
         old = None
         if args.old_tree:
             old = open_session(local, f"{tag}o", sdir, agent_command(args.old_tree), bpid)
+        if bpid is None:
+            raise RuntimeError("no broker PID found (ss -ltnp sport = :5672)")
+        if args.broker_nice is not None:
+            broker_first(local, bpid, args.broker_nice)
         if pinned:
             for pid in {t.procs["router"].pid for t in [*tunnels, *([old] if old else [])]}:
                 pin(local, "router", pid, BROKER_CPUS)
-            if bpid is None:
-                raise RuntimeError("no broker PID found (ss -ltnp sport = :5672)")
             n = pin(local, "broker", bpid, BROKER_CPUS)
             log(f"[{shape}] broker's {n} threads and the routers on CPU 0, the rest on CPU 1")
         run = Run(args, sdir, bpid, shape, tunnels, old)
@@ -362,7 +380,8 @@ def run_shape(args: argparse.Namespace, logdir: Path, shape: str,
 def bench(args: argparse.Namespace, stack: Stack, logdir: Path) -> dict[str, Any]:
     bpid = broker_pid()
     out: dict[str, Any] = {"loadavg_start": loadavg(), "broker_pid": bpid, "rows": [],
-                           "args": {k: v for k, v in vars(args).items() if k != "json"}}
+                           "args": {k: v for k, v in vars(args).items() if k != "json"},
+                           "broker_autogroup_nice": autogroup_nice(bpid) if bpid else None}
     for shape in args.shape or ["pinned"]:
         out["rows"] += run_shape(args, logdir, shape, bpid)
     out["loadavg_end"] = loadavg()
@@ -469,6 +488,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tree", help="agent code to measure (a directory; default this checkout)")
     ap.add_argument("--old-tree", help="agent code of one more idle session, its ping "
                     "alternating with the quiet session's before each bulk run (A/B)")
+    ap.add_argument("--broker-nice", type=int, metavar="N",
+                    help="the broker's autogroup nice value during the run (e.g. -10: the "
+                    "broker before the routers on its core); restored afterwards")
     ap.add_argument("--json", help="write the raw result here")
     ap.add_argument("--markdown", help="write the figures as a Markdown table here")
     ap.add_argument("--logs", help="keep the processes' logs (and --hops captures) here")
