@@ -369,8 +369,11 @@ def tun_name(ns: str) -> str:
 def connection_ports(vhost: str, pids: dict[str, int]) -> dict[int, str]:
     """{client port: role} of the connections to the broker of the processes in pids
     ({role: pid}) that are in vhost (a router may serve several vhosts)."""
-    in_vhost = {c.get("peer_port") for c in api(f"/api/vhosts/{urllib.parse.quote(vhost, '')}"
-                                                  "/connections")}
+    try:
+        conns = api(f"/api/vhosts/{urllib.parse.quote(vhost, '')}/connections")
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"--hops needs the management API on {API}: {exc}") from None
+    in_vhost = {c.get("peer_port") for c in conns}
     by_pid = {pid: role for role, pid in pids.items()}
     out: dict[int, str] = {}
     for line in run(["ss", "-Htnp", f"dport = :{AMQP_PORT}"], timeout=10).stdout.splitlines():
