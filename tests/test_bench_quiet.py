@@ -280,3 +280,14 @@ def test_unread_bytes_from_ss() -> None:
     out = ("ESTAB 4096 0 127.0.0.1:5672 127.0.0.1:40001\n"
            "ESTAB 2048 10 127.0.0.1:5672 127.0.0.1:40002\n")
     assert hops.unread_kb(out) == 6
+
+
+def test_tcp_over_ipv6_and_cooked_captures_are_read() -> None:
+    tcp = struct.pack("!HHIIBBHHH", A_PORT, 5672, 77, 0, 5 << 4, 0x18, 65535, 0, 0) + b"hi"
+    ip6 = struct.pack("!IHBB16s16s", 6 << 28, len(tcp), 6, 64, b"\0" * 15 + b"\1",
+                      b"\0" * 15 + b"\1") + tcp
+    assert hops.tcp_segment(ip6) == (A_PORT, 5672, 77, b"hi")
+    sll = b"\x00\x00\x03\x04\x00\x06" + b"\x00" * 8 + b"\x86\xdd" + ip6  # Linux cooked (113)
+    assert hops.ip_of_frame(113, sll) == ip6
+    assert hops.ip_of_frame(1, b"\x00" * 12 + b"\x08\x06" + b"arp") is None  # not IP
+    assert hops.tcp_segment(bytes(_echo(128, 1, 1))) is None  # ICMPv6, not TCP
