@@ -1,10 +1,12 @@
-"""Command line: `agent connect`, `agent router`. Parse, validate, build, run."""
+"""Command line: `agent connect`, `agent router`, `agent sniff`. Parse, then run what
+agent/assembly.py plans and builds (connect) or the router / sniffer."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import platform
 import re
 import signal
 import sys
@@ -19,18 +21,17 @@ from agent.config import (
     IPNetwork,
     check_ifname,
     check_name,
-    default_plan,
     parse_reroute_host,
     parse_reroute_prefix,
 )
 from agent.slip.options import (
     BAUDRATE_ENV,
+    FRAMINGS,
     MAX_BAUD,
     MIN_BAUD,
     MODE_802154,
     MODE_IP,
     SERIAL_PORT_ENV,
-    SerialOptionError,
 )
 from agent.slip.port import DEFAULT_BAUDRATE
 
@@ -94,10 +95,11 @@ _ifname = _optional(check_ifname)
 _reroute_host = _optional(parse_reroute_host)
 
 
-def _usage(exc: SerialOptionError) -> click.UsageError:
+def _usage(exc: ConfigError) -> click.UsageError:
     """An option error of a module (no click there) as click's one-line usage error."""
-    if exc.option:
-        return click.BadParameter(str(exc), param_hint=exc.option)
+    option = getattr(exc, "option", None)  # SerialOptionError, PlanError: which one
+    if option:
+        return click.BadParameter(str(exc), param_hint=option)
     return click.UsageError(str(exc))
 
 
@@ -114,6 +116,48 @@ def _reroute_prefixes(
         return tuple(dict.fromkeys(parse_reroute_prefix(v) for v in values))
     except ConfigError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _metrics(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    from agent.inspect.metrics import MetricsError, parse_address
+
+    try:
+        return parse_address(value)
+    except MetricsError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+metrics_option = click.option(
+    "--metrics",
+    default=None,
+    callback=_metrics,
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (docs/operating.md).",
+)
+
+
+def _run_metered(
+    service: Any, address: tuple[str, int] | None, collector: Callable[[Any], Any]
+) -> None:
+    """Run a service, with --metrics served beside it when asked (collector: a class of
+    agent.inspect.metrics, given the service; prometheus_client is imported only then)."""
+    if address is None:
+        _run(service.run)
+        return
+    from agent.inspect.metrics import run_with_metrics
+
+    _run(lambda: run_with_metrics(service, address, collector(service)))
+
+
+def _collector(kind: str) -> Callable[[Any], Any]:
+    def make(service: Any) -> Any:
+        from agent.inspect import metrics
+
+        return getattr(metrics, kind)(service)
+
+    return make
 
 
 def _run(coro_factory) -> None:  # type: ignore[no-untyped-def]
@@ -190,10 +234,14 @@ serial_options = [
         "transmission time (for motes that drop back-to-back frames).",
     ),
     click.option(
-        "--slip-leading-end",
-        is_flag=True,
-        help="Start each frame with END too (RFC 1055 style; RIOT discards such frames).",
+        "--slip-framing",
+        type=click.Choice(list(FRAMINGS)),
+        default=None,
+        help="Frames sent to the line: both = END payload END (the default: a mote that "
+        "boots or resets loses nothing; RIOT since 2024, Contiki-NG), end-only = payload END "
+        "(older RIOT releases).",
     ),
+    click.option("--slip-leading-end", is_flag=True, hidden=True),  # old flag: the default now
     click.option(
         "--serial-mode",
         type=click.Choice([MODE_IP, MODE_802154]),
@@ -246,9 +294,48 @@ def with_options(options):  # type: ignore[no-untyped-def]
     return deco
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    import agent
+
+    python = f"Python {platform.python_version()}"
+    found = agent.version()
+    if found is None:
+        where = os.path.dirname(os.path.abspath(agent.__file__))
+        click.echo(f"agent: version unknown ({agent.DISTRIBUTION} is not installed; "
+                   f"code from {where}), {python}")
+    else:
+        click.echo(f"agent {found} ({agent.DISTRIBUTION}, {python})")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Print the version (of the installed package) and exit.",
+)
 def cli() -> None:
     """IP-over-AMQP tunnel for ioppytest interoperability sessions."""
+
+
+def _check_privileges(netns: str | None, reroute_if: str | None) -> None:
+    """Capabilities rather than uid 0 (CAP_NET_ADMIN; CAP_SYS_ADMIN for --netns; CAP_NET_RAW
+    for --re-route-if) and /dev/net/tun, before anything starts: one line if missing."""
+    from agent.caps import check_connect
+    from agent.tun.device import TunError, check_device
+
+    problem = check_connect(netns, reroute_if)
+    if problem:
+        raise click.ClickException(problem)
+    try:
+        check_device()
+    except TunError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @cli.command()
@@ -306,126 +393,43 @@ def cli() -> None:
     help="Write every packet crossing the agent to this pcapng file "
     "(one interface per port; readable while the agent runs).",
 )
+@metrics_option
 @with_options(reroute_options)
 @with_options(serial_options)
 @with_options(url_options)
-def connect(
-    reroute_if: str | None,
-    reroute_prefixes: tuple[IPNetwork, ...],
-    reroute_host: str | None,
-    accept_any: bool,
-    gro: bool,
-    wire: str,
-    pcap: str | None,
-    name: str,
-    ipv6_prefix: str | None,
-    ipv6_host: str | None,
-    ipv4_address: str | None,
-    bootstrap: bool | None,
-    tun_name: str | None,
-    mtu: int,
-    netns: str | None,
-    url: tuple[str, ...],
-    url_file: str | None,
-    exchange: str,
-    ca_file: str | None,
-    stats: float,
-    verbose: int,
-    quiet: int,
-    **serial_opts: object,  # --serial-port & co, see agent.slip.options
-) -> None:
+def connect(**values: Any) -> None:
     """Create a TUN and carry its packets over the AMQP bus."""
-    setup_logging(verbose, quiet)
-    amqp = _url(url, url_file)
-    from agent.slip.options import probe_runner, serial_choice, serial_link, serial_reroute
+    from agent.assembly import ConnectArgs, build, plan
+    from agent.slip.options import serial_choice
     from agent.slip.port import SerialPortError
 
+    args = ConnectArgs(**values)
+    setup_logging(args.verbose, args.quiet)
+    urls = tuple(_url(args.url, args.url_file))
     try:
-        serial = serial_choice(serial_opts, mtu)
-    except SerialOptionError as exc:
+        setup = plan(args, urls, serial_choice(args.serial_values(), args.mtu))
+    except ConfigError as exc:  # PlanError, SerialOptionError (naming an option), the plan's
         raise _usage(exc) from None
-    if serial is not None and serial.mode == MODE_802154:  # no TUN: serial line <-> bus
-        if pcap:
-            raise click.UsageError(
-                "--pcap is not available in 802.15.4 serial mode; capture from the bus "
-                "with: agent sniff --name NAME --pcap FILE"
-            )
-        try:
-            probe = probe_runner(name, amqp, serial, exchange, ca_file, stats)
-        except SerialPortError as exc:
-            raise click.ClickException(str(exc)) from None
-        _run(lambda: probe)
-        return
-    try:
-        plan = default_plan(name, ipv6_prefix, ipv6_host, ipv4_address)
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc)) from None
-    if bootstrap is None:
-        bootstrap = plan is not None
-    if bootstrap and plan is None:
-        raise click.UsageError(
-            f"no address plan for {name!r}: give --ipv6-host and/or --ipv4-address, "
-            "or use --wait-bootstrap to take them from a tun.start"
-        )
-    if netns is not None:
+    if setup.tun is not None and setup.tun.netns is not None:
         from agent.tun.netns import netns_path
 
         try:
-            netns_path(netns)
+            netns_path(setup.tun.netns)
         except ConfigError as exc:
             raise click.BadParameter(str(exc), param_hint="--netns") from None
-    from agent.reroute.options import RerouteOptions
-
+    for warning in setup.warnings:
+        log.warning("%s", warning)
     try:
-        reroute = serial_reroute(serial, RerouteOptions(reroute_prefixes, reroute_host, reroute_if))
-    except SerialOptionError as exc:
-        raise _usage(exc) from None
-    if reroute_if is not None and not reroute_prefixes and bootstrap:
-        raise click.UsageError(
-            "--re-route-if needs at least one --re-route-prefix (the network behind it)"
-        )
-    if plan is not None:
-        plan = reroute.apply(plan)
-    from agent.node import Agent, AgentOptions
-
-    opts = AgentOptions(
-        name=name,
-        url=amqp,
-        exchange=exchange,
-        plan=plan,
-        bootstrap=bootstrap,
-        tun_name=tun_name,
-        mtu=mtu,
-        netns=netns,
-        ca_file=ca_file,
-        stats_interval=stats,
-        accept_any=accept_any,
-        gro=gro,
-        wire=wire,
-        reroute=reroute,
-    )
-    agent = Agent(opts)
-    if verbose or pcap:  # packet trace, capture taps (agent.inspect.taps); none: no cost
-        from agent.inspect.taps import install_cli
-
-        try:
-            install_cli(agent, verbose, pcap)
-        except OSError as exc:
-            from agent.inspect.taps import file_error_hint
-
-            raise click.FileError(pcap or "", hint=file_error_hint(exc)) from None
-    # the ports beside the TUN and the bus, one line each (the agent opens and closes them)
-    try:
-        if serial is not None:
-            agent.add_port(serial_link(serial, agent.counters))  # --serial-port: "serial"
+        runner = build(setup)  # the ports, the agent (or the 802.15.4 probe); nothing runs yet
     except SerialPortError as exc:
         raise click.ClickException(str(exc)) from None
-    if serial is not None and not reroute.prefixes:
-        log.warning(
-            "no --re-route-prefix: nothing is routed to the serial port until a tun.start "
-            "names one (packets from the line still reach the session)"
-        )
-    _run(agent.run)
+    except OSError as exc:  # the --pcap file
+        from agent.inspect.taps import file_error_hint
+
+        raise click.FileError(setup.pcap or "", hint=file_error_hint(exc)) from None
+    if setup.probe is None:  # the 802.15.4 probe needs no TUN, so no privileges
+        _check_privileges(args.netns, args.reroute_if)  # once the user's files are known good
+    _run(runner)
 
 
 def _links(
@@ -462,8 +466,10 @@ def _links(
     show_default=True,
     help="auto: offer our fast wire to agents that announce it; json: JSON to everyone.",
 )
+@metrics_option
 @with_options(url_options)
 def router(
+    metrics: tuple[str, int] | None,
     mirror: list[str],
     links: list[list[str]],
     wire: str,
@@ -491,9 +497,11 @@ def router(
         return Router(urls, exchange, table, ca_file=ca_file, fast_wire=wire == "auto", **kwargs)
 
     if len(sessions) == 1:
-        _run(lambda: make(sessions[0], stats_interval=stats).run())
+        one = make(sessions[0], stats_interval=stats)
+        _run_metered(one, metrics, _collector("RouterCollector"))
     else:
-        _run(lambda: RouterSet(sessions, make, stats_interval=stats).run())
+        many = RouterSet(sessions, make, stats_interval=stats)
+        _run_metered(many, metrics, _collector("RouterCollector"))
 
 
 def _filter(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -561,6 +569,38 @@ def sniff(
 
         raise click.FileError(pcap or "", hint=file_error_hint(exc)) from None
     _run(sniffer.run)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (routers, agents).")
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=0.2),
+    default=None,
+    help="Ask again every N seconds, in place, until Ctrl-C.",
+)
+@with_options(url_options[:4])
+def status(
+    as_json: bool, watch: float | None, url: tuple[str, ...], url_file: str | None,
+    exchange: str, ca_file: str | None,
+) -> None:
+    """The session at a glance, as its active router sees it (the observer URL will do)."""
+    setup_logging(0, 2)  # pika's and our log lines stay out of the table
+    amqp = _url(url, url_file)
+    from agent.router.ask import Asker, StatusError, run
+
+    try:
+        asker = Asker(amqp, exchange, ca_file)
+        try:
+            code = run(asker, as_json, watch or 0.0)
+        finally:
+            asker.close()
+    except StatusError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        code = 1
+    except KeyboardInterrupt:
+        code = 0
+    sys.exit(code)
 
 
 from agent.session.cli import session as _session  # noqa: E402  (`agent session ...`)

@@ -17,6 +17,8 @@ class Counters:
         self.drops: Counter[str] = Counter()
         self.merged = 0
         """TCP segments the TUN wrote merged into the one before (agent.tun.gro)"""
+        self.batches: Counter[int] = Counter()
+        """fast-wire messages published, by the number of packets in each (--metrics)"""
 
     def count(self, path: str, size: int) -> None:
         self.packets[path] += 1

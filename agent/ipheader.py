@@ -92,6 +92,31 @@ def is_link_local_or_unspecified(version: int, addr: bytes) -> bool:
     return addr[:2] == b"\xa9\xfe" or addr == bytes(4)
 
 
+def is_link_scope(version: int, addr: bytes) -> bool:
+    """An address that means something on one link only, or the unspecified address:
+    IPv6 fe80::/10, multicast of interface- or link-local scope (ffX0, ffX1, ffX2: ff02::2,
+    ff02::1:ff00:0/104...) and ::; IPv4 169.254.0.0/16, 224.0.0.0/24 (local network
+    control: never routed), the limited broadcast 255.255.255.255 and 0.0.0.0."""
+    if version == 6:
+        if addr[0] == 0xFF:
+            return addr[1] & 0x0F <= 2
+        return (addr[0] == 0xFE and addr[1] & 0xC0 == 0x80) or addr == bytes(16)
+    return (
+        addr[:2] == b"\xa9\xfe"
+        or addr[:3] == b"\xe0\x00\x00"
+        or addr == bytes(4)
+        or addr == b"\xff\xff\xff\xff"
+    )
+
+
+def crosses_link(packet: bytes, version: int, dst: bytes) -> bool:
+    """False when the packet (an IP packet of `version` to `dst`, as `destination` read
+    it) is of link-local scope by its source or destination (`is_link_scope`): it must
+    stay on the link it was sent on."""
+    src = packet[8:24] if version == 6 else packet[12:16]
+    return not (is_link_scope(version, dst) or is_link_scope(version, src))
+
+
 def to_address(version: int, addr: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ipaddress.IPv6Address(addr) if version == 6 else ipaddress.IPv4Address(addr)
 

@@ -5,29 +5,32 @@ Per-packet path, every direction, in one place (`Agent.receive` / `Agent.forward
     -> Switch.decide reads each destination -> the port it leaves by (or a drop reason)
     -> taps (packet trace, capture) -> port.send -> counters
     -> at the end of the burst, every other port flushes what it queued.
-The agent owns its ports (agent/port.py): it opens them, keeps them in `ports` under the
-switch's names, and closes them. Bus messages arrive as typed messages (agent/wire.py).
+The agent owns its ports (agent/port.py) but builds none: they are handed in (`Ports`,
+assembled by agent/assembly.py; fakes in the tests). It opens them, keeps them in `ports`
+under the switch's names, and closes them. Bus messages arrive as typed messages
+(agent/bus/wire.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+import os
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agent.bus import wire
-from agent.bus.connection import Bus, agent_queue
-from agent.bus.port import CONFIRM_WINDOW, BusPort
-from agent.bus.url import Urls
+from agent.bus.port import BusOwner, BusPort
 from agent.config import AddressPlan, ConfigError, IPNetwork, plan_from_bus
-from agent.port import Port
-from agent.reroute.iface import IfaceError, IfacePort, open_for_plan
+from agent.counters import Counters
+from agent.port import Port, TunPort
+from agent.reroute.iface import IfaceError
 from agent.reroute.options import RerouteOptions
+from agent.router.session import answers_ready
 from agent.service import Service
 from agent.switch import BUS, TUN, Switch, is_drop, routes
-from agent.tun.device import Tun, TunError
+from agent.tun.device import TunError
 
 log = logging.getLogger(__name__)
 
@@ -47,79 +50,77 @@ class Tap(Protocol):
 @dataclass
 class AgentOptions:
     name: str
-    url: Urls
-    exchange: str = "amq.topic"
-    plan: AddressPlan | None = None
-    bootstrap: bool = True
-    tun_name: str | None = None
+    plan: AddressPlan | None = None  # None: wait for a tun.start
     mtu: int = 1500
-    netns: str | None = None
-    ca_file: str | None = None
+    netns: str | None = None  # where the TUN is (for the log line; its maker puts it there)
     stats_interval: float = 0.0
     accept_any: bool = False
-    gro: bool = True  # merge TCP segments to us before the TUN write (agent.tun.gro)
     wire: str = "auto"  # "json": ioppytest's only; "fast": always ours; "auto": negotiated
     extra_started: dict[str, Any] = field(default_factory=dict)
     # --re-route-if/-prefix/-host: applied to every plan (CLI or tun.start), they win
     reroute: RerouteOptions = field(default_factory=RerouteOptions)
 
 
+def no_iface(_plan: AddressPlan) -> Port | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Ports:
+    """The agent's ports, handed in: it builds none (agent/assembly.py does; tests hand
+    in fakes). Makers are called when the agent needs the port."""
+
+    bus: Callable[[BusOwner], BusPort]
+    """at once, given the agent: the bus port, wired to its connection (not yet started)"""
+    tun: Callable[[], TunPort]
+    """when the address plan is known (at start, or on a tun.start): a new TUN"""
+    iface: Callable[[AddressPlan], Port | None] = no_iface
+    """idem: the interface port that plan names (re_route_packets_if), checked; or None"""
+    others: tuple[Port, ...] = ()
+    """made already (the serial line): opened at start, closed at the end"""
+
+
 class Agent(Service):
     fatal_errors = (TunError, IfaceError)
 
-    def __init__(self, opts: AgentOptions) -> None:
+    def __init__(self, opts: AgentOptions, ports: Ports, counters: Counters | None = None) -> None:
         super().__init__(log, opts.stats_interval)
+        if counters is not None:
+            self.counters = counters  # shared with ports made before the agent (serial)
         self.opts = opts
         self.name = opts.name
         self.plan = opts.plan
-        self.tun: Tun | None = None
-        self._uplink_key = wire.uplink_key(self.name)
-        self._downlink_key = wire.downlink_key(self.name)
+        self.tun: TunPort | None = None
         self._start_key = wire.start_key(self.name)
         self._started_key = wire.started_key(self.name)
         self._announced: dict[str, set[IPNetwork]] = {}
         self._bootstrapping = False
         self._router_epoch: str | None = None  # the router announcement last answered
+        self.incarnation = ""  # new on each bus connection (agent.router.session)
         self.switch = Switch(accept_any=opts.accept_any)
         self.ports: dict[str, Port] = {}  # by the switch's names: "tun", "bus", "eth1"...
         self.taps: list[Tap] = []
-        self.iface: IfacePort | None = None  # the --re-route-if port (agent.reroute.iface)
+        self.iface: Port | None = None  # the --re-route-if port (agent.reroute.iface)
+        self._make_tun, self._make_iface = ports.tun, ports.iface
         self._routed: dict[str, list[IPNetwork]] = {}  # port name -> networks, in order
         # background work (bootstrap, route changes): kept, run one at a time, in order
         self._work: asyncio.Queue[Coroutine[Any, Any, None]] | None = None
         self._worker: asyncio.Task[None] | None = None
         self.task_errors: list[BaseException] = []
-        self.bus_port = BusPort(self._uplink_key, self.counters, self.name, self._on_control)
-        self.bus = self.bus_port.bus = Bus(
-            opts.url,
-            opts.exchange,
-            agent_queue(
-                self.name,
-                [self._downlink_key],
-                control=[self._start_key, "fromAgent.*.ip.tun.started", wire.READY_KEY],
-            ),
-            on_message=self.bus_port.on_message,  # packets -> the switch, the rest -> here
-            on_up=self._on_bus_up,
-            on_fatal=self.on_fatal,
-            ca_file=opts.ca_file,
-            confirm_window=CONFIRM_WINDOW,
-        )
-        self.bus.before_flush = self.bus_port.release
-        self.bus_port.fast = opts.wire == "fast"
+        self.bus_port = ports.bus(self)
+        self.bus = self.bus_port.bus
         self.ports[BUS] = self.bus_port
-
-    def add_port(self, port: Port) -> None:
-        """Own one more port (before start: `agent connect` assembles them): the agent
-        opens it, routes to it what `switch.routes` says it owns, and closes it."""
-        self.ports[port.name] = port
-        self._add_routes(routes(self.plan, self.opts.reroute))
+        for port in ports.others:
+            self.ports[port.name] = port
+        if ports.others:  # each is told what `switch.routes` says it owns
+            self._add_routes(routes(self.plan, self.opts.reroute))
 
     # -- start / stop (the run loop is agent.service.Service.run) -------------------------
 
     async def start(self) -> None:
         for key, port in list(self.ports.items()):
-            await port.open(self.receive, key)  # the bus, the ports added (a serial line)
-        if self.plan is not None and self.opts.bootstrap:
+            await port.open(self.receive, key)  # the bus, the others (a serial line)
+        if self.plan is not None:
             await self._bring_up_tun(self.plan)
         else:
             log.info("waiting for a tun.start on %s", self._start_key)
@@ -128,16 +129,20 @@ class Agent(Service):
 
     async def cleanup(self) -> None:
         self._stop_work()
+        if self.bus.up and self.incarnation:  # goodbye: the router forgets us at once
+            self.bus.publish(
+                wire.stopped_key(self.name), wire.encode_tun_stopped(self.name, self.incarnation)
+            )
         await self.bus_port.close()  # publishes what is pending
         await self.bus.close(timeout=1.0)
         closing = [port for key, port in self.ports.items() if key != BUS]
         for made in (self.iface, self.tun):  # made but not (yet) a port: close them too
             if made is not None and made not in closing:
                 closing.append(made)
-        self.iface = self.tun = None
+        tun, self.iface, self.tun = self.tun, None, None
         for port in reversed(closing):
             await port.close()
-            if isinstance(port, Tun):
+            if port is tun:
                 log.info("removed %s and its routes", port.name)
         for tap in self.taps:  # capture files: flush and close
             tap.close()
@@ -182,11 +187,8 @@ class Agent(Service):
 
     async def _bring_up_tun(self, plan: AddressPlan) -> None:
         plan = self.opts.reroute.apply(plan)
-        self.iface = self.iface or open_for_plan(plan, self.opts.netns)
-        tun = Tun.create(self.opts.tun_name, self.opts.netns)
-        self.tun = tun
-        tun.counters = self.counters
-        tun.gro = self.opts.gro
+        self.iface = self.iface or self._make_iface(plan)
+        tun = self.tun = self._make_tun()
         await tun.configure(plan, self.opts.mtu)
         self.plan = plan
         self.switch.set_local(plan.owns())
@@ -200,8 +202,19 @@ class Agent(Service):
         where = f" in namespace {self.opts.netns}" if self.opts.netns else ""
         log.info("TUN %s up%s: %s, mtu %d", tun.name, where, addrs, self.opts.mtu)
         await tun.open(self.receive, TUN)
+        await self._route_own_networks(tun, routes(plan, self.opts.reroute))
         for nets in list(self._announced.values()):
             for net in nets:
+                await tun.add_route(net)
+
+    async def _route_own_networks(self, tun: TunPort, table: dict[IPNetwork, str]) -> None:
+        """This host reaches the networks behind a port that is no interface of its own (a
+        serial line) through the TUN, as the other agents' hosts do: a route into it for
+        each, removed with the TUN. An interface port makes sure of its own routes
+        (agent.reroute.iface: on-link, when no route leads out of it)."""
+        iface = self.iface.name if self.iface is not None else None
+        for net, key in table.items():
+            if key != iface:
                 await tun.add_route(net)
 
     def _add_routes(self, table: dict[IPNetwork, str]) -> None:
@@ -248,21 +261,28 @@ class Agent(Service):
 
     # -- bus ----------------------------------------------------------------------------
 
-    def _on_bus_up(self) -> None:
+    def on_bus_up(self) -> None:
         self._router_epoch = None  # our queues are new: answer the next router ready
-        self.bus.publish(wire.READY_KEY, wire.encode_ready(self.name))
+        self.incarnation = os.urandom(6).hex()  # and the router is to see a new incarnation
+        self.bus.publish(
+            wire.READY_KEY,
+            wire.encode_ready(self.name, **{wire.INCARNATION_FIELD: self.incarnation}),
+        )
         log.info("connected to %s; published ready", self.bus.url.where)
         self._publish_started()
 
     def _publish_started(self) -> None:
         if self.plan is not None and self.tun is not None:
             extra = dict(self.opts.extra_started)
+            extra[wire.INCARNATION_FIELD] = self.incarnation
+            if self._router_epoch:  # the router ready we answer: it need not announce again
+                extra[wire.EPOCH_FIELD] = self._router_epoch
             if self.opts.wire != "json":
                 extra[wire.WIRE_FIELD] = [wire.FAST_WIRE]
             body = wire.encode_tun_started(self.name, self.plan, **extra)
             self.bus.publish(self._started_key, body)
 
-    def _on_control(self, msg: wire.Message) -> None:
+    def on_control(self, msg: wire.Message) -> None:
         """A bus message that is not packets (the bus port delivers those): typed, from
         BusPort.on_message, which counts and logs what this raises."""
         if isinstance(msg, wire.TunStart):
@@ -280,7 +300,7 @@ class Agent(Service):
                 # with networks behind it answers every ready: the router re-announces
                 # for each new agent, which learns the routes from this answer.
                 networks = self.plan is not None and bool(self.plan.reroute_prefixes)
-                if epoch is None or epoch != self._router_epoch or networks:
+                if answers_ready(epoch, self._router_epoch, networks):
                     self._router_epoch = epoch
                     log.info("packet router announced itself; re-publishing tun.started")
                     self._publish_started()

@@ -1,14 +1,16 @@
 """The contract every port of the agent fulfils: where packets enter and leave it.
 
-A port is the TUN (agent/tun.py), the bus (agent/busport.py), a network interface
-(agent/reroute/iface.py) or a serial line (agent/slip/link.py). The agent owns its ports:
-it keeps them in `Agent.ports` under the name the switch uses (agent/switch.py), opens
-them, hands each the function that takes in its packets, and closes them. A port never
-reaches into the agent.
+A port is the TUN (agent/tun/device.py), the bus (agent/bus/port.py), a network
+interface (agent/reroute/iface.py) or a serial line (agent/slip/link.py). The agent
+builds none of them: they are handed in (`agent.node.Ports`, made by agent/assembly.py,
+fakes in the tests), some as makers called when the address plan is known. The agent
+owns them once it has them: it keeps them in `Agent.ports` under the name the switch uses
+(agent/switch.py), opens them, hands each the function that takes in its packets, and
+closes them. A port never reaches into the agent.
 
 Adding a port: one module with a class that fulfils `Port`, and one line where the agent
-is assembled (`agent.add_port(...)` in `agent.cli`); the switch's `routes()` says which
-networks leave by it.
+is assembled (`agent.assembly.ports`); the switch's `routes()` says which networks leave
+by it.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from agent.config import IPNetwork
+from agent.config import AddressPlan, IPNetwork
 
-LINKTYPE_RAW = 101  # bare IPv4/IPv6 packets (agent.inspect.capture has the others)
+LINKTYPE_RAW = 101  # bare IPv4/IPv6 packets (agent.inspect.pcapng has the others)
 
 Deliver = Callable[[list[bytes], str], None]
 """deliver(packets, came_from): a burst of packets that entered by the port named
@@ -51,4 +53,20 @@ class Port(Protocol):
 
     async def close(self) -> None:
         """Stop reading and undo what the port set up; safe to call twice."""
+        ...
+
+
+class TunPort(Port, Protocol):
+    """The TUN: a port that also takes the address plan and routes into it."""
+
+    async def configure(self, plan: AddressPlan, mtu: int) -> None:
+        """Addresses, MTU, link up (once, before open)."""
+        ...
+
+    async def add_route(self, network: IPNetwork) -> bool:
+        """Route network into the TUN; False if that could not be done."""
+        ...
+
+    async def remove_route(self, network: IPNetwork) -> None:
+        """Remove a route add_route made."""
         ...

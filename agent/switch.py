@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from agent.config import AddressPlan, IPNetwork
-from agent.ipheader import PrefixTable, destination, is_group
+from agent.ipheader import PrefixTable, crosses_link, destination, is_group
 from agent.reroute.options import RerouteOptions
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,10 @@ def routes(plan: AddressPlan | None, options: RerouteOptions) -> dict[IPNetwork,
 DROP_NOT_IP = "!not ip"
 DROP_NOT_OURS = "!not for us"
 DROP_HAIRPIN = "!hairpin"
+DROP_LINK_LOCAL = "!link-local"
+"""link-local scope (fe80::/10, ff02::/16, 169.254.0.0/16... by source or destination,
+agent.ipheader.is_link_scope) entering or leaving by a re-route port: a device's link
+and the session's are two links, such packets stay on theirs"""
 
 
 def is_drop(decision: str) -> bool:
@@ -89,19 +93,27 @@ class Switch:
                 self.local.add(net.network_address.packed)
 
     def decide(self, packet: bytes, came_from: str) -> str:
+        """The port a packet entering by `came_from` leaves by, or a drop reason (DROP_*).
+
+        Between the TUN and the bus (the session's one link) everything goes; a packet of
+        link-local scope never enters or leaves by a re-route port (DROP_LINK_LOCAL), the
+        one rule for interfaces and serial lines alike.
+        """
         dst = destination(packet)
         if dst is None:
             return DROP_NOT_IP
         port = self.reroute.lookup(*dst) if self._rerouting else None
-        if came_from == TUN:
-            return port or BUS
-        if came_from == BUS:
+        if came_from == TUN or came_from == BUS:
             if port is not None:
-                return port
+                return port if crosses_link(packet, *dst) else DROP_LINK_LOCAL
+            if came_from == TUN:
+                return BUS
             if not self.accept_any and not is_group(*dst) and self.owned.lookup(*dst) is None:
                 return DROP_NOT_OURS
             return TUN
         # from a re-route port
+        if not crosses_link(packet, *dst):
+            return DROP_LINK_LOCAL
         if dst[1] in self.local:
             return TUN
         if port == came_from:

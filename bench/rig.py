@@ -68,6 +68,7 @@ class Tunnel:
     # its own); its lines about this session start with "[label] " (label: the vhost)
     shared_router: Proc | None = None
     label: str = ""
+    router_args: list[str] = field(default_factory=list)  # e.g. --metrics for bench.status
 
     def start(self, timeout: float = 30.0) -> float:
         """Start router and agents, wait until a ping crosses; returns the seconds it took."""
@@ -77,7 +78,8 @@ class Tunnel:
             self.procs["router"] = self.shared_router
         else:
             self.procs["router"] = Proc(
-                self.stack, "router", py + ["router", "--url", self.url], self.logdir
+                self.stack, "router", py + ["router", "--url", self.url, *self.router_args],
+                self.logdir,
             )
         learned = f"[{self.label}] learned" if self.shared_router is not None else "learned"
         for name, ns in (("agent_1", self.ns_a), ("agent_2", self.ns_b)):

@@ -28,7 +28,8 @@ demo_helper socat -d -d "pty,raw,echo=0,link=$mote_tty" "pty,raw,echo=0,link=$ag
     2>"$work/socat.log"
 wait_for 5 test -e "$agent_tty" -a -e "$mote_tty" || { echo "socat did not start"; exit 1; }
 
-# the mote: RIOT-style framing (payload END), like the agent's default
+# the mote: sends payload END (as RIOT does), discards up to the first END after boot;
+# the agent sends END payload END (its default), so nothing it sends is lost
 demo_helper "$py" tests/tools/slip_peer.py "$mote_tty" --address cccc::1 >"$work/mote.log" 2>&1
 
 demo_netns "$ns_a" "$ns_b"

@@ -15,8 +15,12 @@ command -v tcpdump >/dev/null || need+=(tcpdump)  # tests compare `sniff --filte
 compgen -G '/usr/lib/*/libpcap.so.*' >/dev/null || compgen -G '/lib/*/libpcap.so.*' >/dev/null \
     || need+=("$(apt-cache show libpcap0.8t64 >/dev/null 2>&1 && echo libpcap0.8t64 || echo libpcap0.8)")
 command -v openssl >/dev/null || need+=(openssl)
+command -v prometheus >/dev/null || need+=(prometheus)  # a real one scrapes --metrics in a test
 command -v rabbitmq-server >/dev/null || need+=(rabbitmq-server)
 command -v runuser >/dev/null || need+=(util-linux)  # the test cluster runs as user rabbitmq
+command -v setpriv >/dev/null || need+=(util-linux)  # tests run the agent as nobody + CAP_NET_ADMIN
+# tests check examples/systemd/ with `systemd-analyze verify` (no running systemd needed)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"
@@ -33,6 +37,11 @@ fi
 stamp="$venv/.installed"
 if [ ! -f "$stamp" ] || [ "$top/setup.py" -nt "$stamp" ]; then
     echo "setup: installing the project into $venv"
+    # it was called `agent` before it became ip-over-amqp: not two of them in one venv
+    if "$venv/bin/pip" show agent 2>/dev/null \
+            | grep -qxF -e "Location: $top" -e "Editable project location: $top"; then
+        "$venv/bin/pip" uninstall -q -y agent >/dev/null 2>&1 || true
+    fi
     if ! "$venv/bin/pip" install -q -e "$top[test]" >"$venv/pip.log" 2>&1; then
         cat "$venv/pip.log" >&2
         exit 1

@@ -18,13 +18,20 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pika
 import pytest
 
+from agent import DISTRIBUTION
+from agent.bus.port import BusOwner, BusPort
+from agent.bus.url import parse_url
+from agent.config import AddressPlan, IPNetwork, default_plan
+from agent.port import LINKTYPE_RAW, Deliver, Port
 from tests.tools.proc import end_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +99,149 @@ async def until(cond: Callable[[], object], timeout: float = 3.0) -> bool:
     return True
 
 
+# --------------------------------------------------------------------------- fakes
+# One set, for every test that runs an agent in process: the ports are handed in
+# (agent.node.Ports), so a test hands in these instead of a TUN, a bus or an interface.
+
+
+class FakePort:
+    """Any port (agent/port.py): records what it is sent and what it is told."""
+
+    linktype = LINKTYPE_RAW
+
+    def __init__(self, name: str = "fake", linktype: int = LINKTYPE_RAW) -> None:
+        self.name = name
+        self.linktype = linktype
+        self.sent: list[bytes] = []
+        self.networks: list[IPNetwork] = []  # what the switch routes to it (routed)
+        self.deliver: Deliver | None = None  # set by open: hand it packets to inject
+        self.key = ""
+        self.closed = False
+
+    async def open(self, deliver: Deliver, key: str) -> None:
+        self.deliver, self.key = deliver, key
+
+    def send(self, packet: bytes) -> str | None:
+        self.sent.append(packet)
+        return None
+
+    def routed(self, networks: Sequence[IPNetwork]) -> None:
+        self.networks = list(networks)
+
+    def flush(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class FakeTun(FakePort):
+    """The TUN (agent.port.TunPort): the plan it was given and the routes into it."""
+
+    def __init__(self, name: str = "tun9") -> None:
+        super().__init__(name)
+        self.plan: AddressPlan | None = None
+        self.mtu = 0
+        self.routes: list[IPNetwork] = []
+
+    async def configure(self, plan: AddressPlan, mtu: int) -> None:
+        self.plan, self.mtu = plan, mtu
+
+    async def add_route(self, network: IPNetwork) -> bool:
+        self.routes.append(network)
+        return True
+
+    async def remove_route(self, network: IPNetwork) -> None:
+        self.routes.remove(network)
+
+
+class FakeBus:
+    """The AMQP connection (agent.bus.connection.Bus) as its users see it: publishes are
+    recorded; `flush` calls `before_flush`, as the real bus does after each broker read."""
+
+    window_open = True  # the broker has confirmed enough of our messages
+    before_flush: Callable[[], None] | None = None
+
+    def __init__(self, up: bool = True) -> None:
+        self.up = up
+        self.url = parse_url("amqp://guest:guest@127.0.0.1:1/fake")
+        self.sent: list[tuple[str, bytes, object]] = []
+        self.paced = 0
+        self.started = self.closed = False
+
+    def publish(self, key: str, body: bytes, props: object = None) -> str | None:
+        """None, or the drop reason (as agent.bus.connection.Bus.publish)."""
+        if not self.up:
+            return "bus down"
+        self.sent.append((key, body, props))
+        return None
+
+    def pace(self) -> None:
+        self.paced += 1
+
+    def flush(self) -> None:
+        if self.before_flush is not None:
+            self.before_flush()
+
+    def start(self) -> None:
+        self.started = True
+
+    async def close(self, timeout: float = 1.0) -> None:
+        self.closed = True
+
+
+def fake_bus_port(owner: BusOwner, name: str, bus: FakeBus, fast: bool = False) -> BusPort:
+    """An agent's bus port on a FakeBus, wired as agent.bus.port.agent_bus_port wires it."""
+    from agent.bus import wire
+
+    port = BusPort(wire.uplink_key(name), owner.counters, name, owner.on_control)
+    port.bus = bus  # type: ignore[assignment]
+    bus.before_flush = port.release
+    port.fast = fast
+    return port
+
+
+_DEFAULT = object()
+
+
+@dataclass
+class Rig:
+    """An agent on fakes: its bus, and the TUN its TUN maker hands out."""
+
+    agent: Any  # agent.node.Agent
+    bus: FakeBus
+    tun: FakeTun
+
+
+def make_agent(
+    name: str = "agent_1",
+    plan: Any = _DEFAULT,
+    *,
+    tun: FakeTun | None = None,
+    bus: FakeBus | None = None,
+    others: tuple[Port, ...] = (),
+    iface: Callable[[AddressPlan], Port | None] | None = None,
+    counters: Any = None,
+    **options: Any,
+) -> Rig:
+    """Agent(AgentOptions(name, plan (default: agent_N's), **options)) on fakes, not
+    started: `await rig.agent.start()` brings the TUN up (a plan) as `agent connect` does."""
+    from agent.node import Agent, AgentOptions, Ports, no_iface
+
+    tun = tun or FakeTun()
+    bus = bus or FakeBus()
+    fast = options.get("wire") == "fast"
+    ports = Ports(
+        bus=lambda owner: fake_bus_port(owner, name, bus, fast),
+        tun=lambda: tun,
+        iface=iface or no_iface,
+        others=others,
+    )
+    plan = default_plan(name) if plan is _DEFAULT else plan
+    agent = Agent(AgentOptions(name=name, plan=plan, **options), ports, counters)
+    return Rig(agent, bus, tun)
+
+
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (TUN, namespaces)")
 needs_broker = pytest.mark.skipif(not broker_up(), reason="no RabbitMQ on 127.0.0.1:5672")
 
@@ -149,6 +299,12 @@ def ping(ns: str, dst: str, count: int = 3, version: int = 6, interval: float = 
     return out.returncode == 0
 
 
+def listening(ns: str, port: int, udp: bool = False) -> bool:
+    """A socket in namespace ns is bound to port (TCP: listening), e.g. a server started."""
+    out = ns_run(ns, "ss", "-Hlun" if udp else "-Hltn", f"sport = :{port}")
+    return bool(out.stdout.strip())
+
+
 def tun_links(ns: str) -> list[str]:
     out = subprocess.run(
         ["ip", "-n", ns, "-o", "link", "show", "type", "tun"], capture_output=True, text=True
@@ -157,20 +313,24 @@ def tun_links(ns: str) -> list[str]:
 
 
 class Proc:
-    """A `python -m agent ...` process with its output in a file."""
+    """A `python -m agent ...` process with its output in a file (or the command `argv`
+    that runs one, e.g. as another user, with its own env and cwd)."""
 
-    def __init__(self, args: list[str], log_dir: Path, label: str) -> None:
+    def __init__(self, args: list[str], log_dir: Path, label: str,
+                 argv: list[str] | None = None, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
         self.args = args
         self.label = label
         self.log_path = log_dir / f"{label}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.pop("AMQP_URL", None)
+        if env is None:
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            env.pop("AMQP_URL", None)
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "agent", *args],
+            argv or [sys.executable, "-m", "agent", *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            cwd=ROOT,
+            cwd=cwd or ROOT,
             env=env,
         )
         self.pid = self.popen.pid
@@ -229,8 +389,8 @@ def procs(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[.
     """Start agent processes; all are stopped (by PID) at teardown. Logs shown on failure."""
     started: list[Proc] = []
 
-    def start(*args: str, label: str | None = None) -> Proc:
-        proc = Proc(list(args), tmp_path, label or f"p{len(started)}")
+    def start(*args: str, label: str | None = None, **how: Any) -> Proc:
+        proc = Proc(list(args), tmp_path, label or f"p{len(started)}", **how)
         started.append(proc)
         return proc
 
@@ -321,6 +481,10 @@ class Listener:
             self.conn.sleep(0.02)
         return None
 
+    def count(self) -> int:
+        """How many messages wait in the queue now."""
+        return int(self.ch.queue_declare(self.queue, passive=True).method.message_count)
+
     def publish(self, key: str, body: bytes, content_type: str | None = "application/json") -> None:
         props = pika.BasicProperties(content_type=content_type) if content_type else None
         self.ch.basic_publish("amq.topic", key, body, props)
@@ -330,6 +494,44 @@ class Listener:
             self.conn.close()
         except Exception:  # noqa: S110
             pass
+
+
+class PublishTrace:
+    """The broker's firehose for one vhost (`rabbitmqctl trace_on`): which channel of
+    which connection each message was published on, as the broker saw it. The trace queue
+    is bounded (oldest dropped): a stream's copies do not pile up in the broker."""
+
+    def __init__(self, url: str) -> None:
+        self.vhost = pika.URLParameters(url).virtual_host
+        rabbitmqctl("trace_on", "-p", self.vhost)
+        self.conn = pika.BlockingConnection(pika.URLParameters(url))
+        self.ch = self.conn.channel()
+        args = {"x-max-length-bytes": 16 * 1024 * 1024, "x-max-length": 20000}
+        self.queue = self.ch.queue_declare("", exclusive=True, arguments=args).method.queue
+        self.ch.queue_bind(self.queue, "amq.rabbitmq.trace", routing_key="publish.#")
+
+    def drain(self, key: str | None = None) -> list[tuple[str, int, bytes]]:
+        """(routing key, channel number, body) of each publish traced since the last
+        drain, in order; only those on `key` if given."""
+        out = []
+        while True:
+            method, props, body = self.ch.basic_get(self.queue, auto_ack=True)
+            if method is None:
+                return out
+            headers = props.headers or {}
+            routing_key = (headers.get("routing_keys") or [""])[0]
+            if key is None or routing_key == key:
+                out.append((routing_key, int(headers.get("channel", -1)), body))
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:  # noqa: S110
+            pass
+        try:
+            rabbitmqctl("trace_off", "-p", self.vhost)
+        except subprocess.SubprocessError:
+            pass  # the vhost is deleted anyway
 
 
 @pytest.fixture
@@ -350,14 +552,14 @@ NOBODY = 65534
 
 
 def _runtime_modules() -> list[str]:
-    """What `pip install agent` puts on a user's path: the package and the top-level
+    """What `pip install ip-over-amqp` puts on a user's path: the package and the top-level
     modules of its install_requires (read from the installed metadata, so a dependency
     added to or dropped from setup.py is followed here)."""
     from importlib.metadata import packages_distributions, requires
 
     wanted = {
         re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower().replace("_", "-")
-        for r in requires("agent") or []
+        for r in requires(DISTRIBUTION) or []
         if "extra ==" not in r
     }
     return ["agent"] + sorted(
@@ -377,11 +579,18 @@ class Unprivileged:
     def __init__(self, python: str, lib: Path) -> None:
         self.python, self.lib = python, lib
 
+    def env(self) -> dict[str, str]:
+        return {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": str(self.lib), "PYTHONNOUSERSITE": "1", "LANG": "C.UTF-8"}
+
+    def argv(self, *args: str) -> list[str]:
+        """`python -m agent ARGS`, for a process that becomes nobody by other means (setpriv);
+        start it with env() and cwd=self.lib.parent."""
+        return [self.python, "-s", "-m", "agent", *args]
+
     def popen(self, *args: str, **kw: object) -> subprocess.Popen[str]:
-        env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONUNBUFFERED": "1",
-               "PYTHONPATH": str(self.lib), "PYTHONNOUSERSITE": "1", "LANG": "C.UTF-8"}
         return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
-            [self.python, "-s", "-m", "agent", *args], env=env, cwd=self.lib.parent,
+            self.argv(*args), env=self.env(), cwd=self.lib.parent,
             user=NOBODY, group=NOBODY, extra_groups=[], text=True, **kw,
         )
 
@@ -532,9 +741,27 @@ def run_example(script: str, tag_prefix: str, tmp_path: Path,
 _E2E_FIXTURES = {"vhost", "netns", "procs", "session", "listener", "one_ns", "unprivileged"}
 
 
+def _cap_examples(items: list[pytest.Item], cap: int) -> None:
+    """At most `cap` examples per property test (AGENT_MAX_EXAMPLES): the extra
+    interpreters of scripts/pythons.sh check the code runs there; the properties run in
+    full on the main one. Hypothesis reads a test's settings from this attribute when it
+    runs (a profile cannot lower an explicit @settings(max_examples=...)); should it go,
+    the tests run in full, only slower."""
+    from hypothesis import settings
+
+    for item in items:
+        fn = getattr(item, "obj", None)
+        current = getattr(fn, "_hypothesis_internal_use_settings", None)
+        if isinstance(current, settings) and current.max_examples > cap:
+            fn._hypothesis_internal_use_settings = settings(current, max_examples=cap)  # type: ignore[union-attr]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark `e2e` every test that needs root or the broker, so that `-m "not e2e"` runs
     only tests that need neither (as any user, with no broker reachable)."""
+    cap = os.environ.get("AGENT_MAX_EXAMPLES", "")
+    if cap.isdigit() and int(cap) > 0:
+        _cap_examples(items, int(cap))
     for item in items:
         if item.get_closest_marker("e2e"):
             continue

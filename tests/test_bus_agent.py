@@ -16,6 +16,7 @@ STARTED_KEYS = {
     "ipv4_address", "ipv4_network", "ipv4_netmask", "re_route_packets_if",
     "re_route_packets_prefix", "re_route_packets_host",
     "x_agent_wire",  # our fast-wire offer; ioppytest peers ignore unknown fields
+    "x_agent_incarnation",  # new on each of the agent's connections (docs/wire-format.md)
 }
 
 
@@ -35,6 +36,9 @@ def test_ready_and_started_on_connect(session: Session, listener) -> None:  # ty
     assert (started["ipv6_prefix"], started["ipv6_host"], started["ipv4_address"]) == (
         "bbbb", "4", "10.2.0.4")
     assert started["ipv4_host"] == "10.2.0.4" and started["ipv4_netmask"] == "255.255.255.0"
+    # one incarnation named in both: the router tells a restarted agent by it
+    assert ready["x_agent_incarnation"] == started["x_agent_incarnation"]
+    assert len(ready["x_agent_incarnation"]) == 12
 
 
 def test_tun_start_answered_within_a_second(session: Session, listener) -> None:  # type: ignore[no-untyped-def]

@@ -16,10 +16,11 @@ import pika
 import pytest
 
 from agent.bus import pikaedge
-from agent.bus.connection import FAST_PROPS, JSON_PROPS, PACE_IDLE_S, Bus, QueueSpec, confirms_late
+from agent.bus.connection import FAST_PROPS, JSON_PROPS, Bus, QueueSpec
+from agent.bus.pacing import PACE_IDLE_S, PaceState, confirms_late
 from agent.bus.url import parse_url
 from agent.bus.wire import CONTENT_TYPE, FAST_CONTENT_TYPE
-from tests.conftest import Listener, until
+from tests.conftest import Listener, PublishTrace, until
 
 pytestmark = pytest.mark.e2e
 
@@ -88,9 +89,9 @@ def test_publishes_read_back_by_pika_unchanged(vhost: str) -> None:
     try:
         async def body(bus: Bus, _got: list) -> None:
             for payload, props in msgs:
-                assert bus.publish("dp.out", payload, props)
+                assert bus.publish("dp.out", payload, props) is None
             bus.flush()
-            await asyncio.sleep(0.5)
+            assert await until(lambda: listener.count() == len(msgs), 5)
 
         asyncio.run(_with_bus(url, ["dp.unused"], body))
         for payload, props in msgs:
@@ -109,39 +110,41 @@ def test_confirms_come_back_through_our_reader_and_open_the_window(vhost: str) -
     """confirm_window=2: once paced, our publishes go on the confirm channel and the
     broker confirms each (read by our reader, not pika); the bus learns its quickest
     confirm, and the window is open again once they are all confirmed. Before pace(), and
-    PACE_IDLE_S after the last pace() once all are confirmed: no confirms. The order of
+    PACE_IDLE_S after the last pace() once all are confirmed: no confirms, publishes on the
+    first channel (the broker's firehose says which channel each came by). The order of
     the messages is kept across both moves."""
     listener = Listener(vhost, ["dp.conf"])
+    trace = PublishTrace(vhost)
     try:
         async def body(bus: Bus, _got: list) -> None:
-            await until(lambda: bus._reader is not None and bus._paced_encoder is not None, 5)
+            await until(lambda: bus.path.reader is not None and bus.pacer.available, 5)
             assert bus.window_open and bus.in_flight == 0
-            assert bus.publish("dp.conf", b"before", FAST_PROPS)  # no confirms yet
+            assert bus.publish("dp.conf", b"before", FAST_PROPS) is None  # no confirms yet
             bus.flush()
-            await asyncio.sleep(0.2)
-            assert bus.in_flight == 0 and bus._min_confirm == float("inf")
+            assert await until(lambda: listener.count() == 1, 5)
+            assert bus.in_flight == 0 and bus.pacer.quickest == float("inf")
             bus.pace()  # batching starts: confirms on, once the first channel answered
-            assert bus.publish("dp.conf", b"moving", FAST_PROPS)  # still the first channel
+            assert bus.publish("dp.conf", b"moving", FAST_PROPS) is None  # still the 1st channel
             assert bus.in_flight == 0
-            await until(lambda: bus._confirming, 5)
+            await until(lambda: bus.pacer.state is PaceState.ON, 5)
             for i in range(50):
-                assert bus.publish("dp.conf", b"m%d" % i, FAST_PROPS)
+                assert bus.publish("dp.conf", b"m%d" % i, FAST_PROPS) is None
             assert bus.in_flight == 50
             bus.flush()
             await until(lambda: bus.in_flight == 0, 5)
-            assert bus.window_open and 0 < bus._min_confirm < 1
-            assert bus.publish("dp.conf", b"last", FAST_PROPS)
+            assert bus.window_open and 0 < bus.pacer.quickest < 1
+            assert bus.publish("dp.conf", b"last", FAST_PROPS) is None
             assert bus.in_flight == 1 and bus.window_open  # 1 < 2
             bus.flush()
             await until(lambda: bus.in_flight == 0, 5)
             # no pace() since: confirms off within two PACE_IDLE_S, publishes unconfirmed
-            await until(lambda: not bus._confirming, 3 * PACE_IDLE_S)
-            assert bus.publish("dp.conf", b"after", FAST_PROPS)
+            await until(lambda: bus.pacer.state is PaceState.OFF, 3 * PACE_IDLE_S)
+            assert bus.publish("dp.conf", b"after", FAST_PROPS) is None
             assert bus.in_flight == 0
             bus.flush()
             bus.pace()  # a stream again: on again, on the same confirm channel
-            await until(lambda: bus._confirming, 5)
-            assert bus.publish("dp.conf", b"again", FAST_PROPS)
+            await until(lambda: bus.pacer.state is PaceState.ON, 5)
+            assert bus.publish("dp.conf", b"again", FAST_PROPS) is None
             assert bus.in_flight == 1
             bus.flush()
             await until(lambda: bus.in_flight == 0, 5)
@@ -152,7 +155,13 @@ def test_confirms_come_back_through_our_reader_and_open_the_window(vhost: str) -
         got = [listener.get(timeout=5) for _ in want]
         assert [m[1] for m in got if m] == want
         assert listener.get(timeout=0.3) is None
+        channel = {body: ch for _key, ch, body in trace.drain("dp.conf")}
+        first, paced = channel[b"before"], channel[b"m0"]
+        assert first != paced
+        assert [body for body in want if channel[body] == first] == [b"before", b"moving", b"after"]
+        assert all(channel[body] == paced for body in want[2:-2] + [b"again"])
     finally:
+        trace.close()
         listener.close()
 
 
@@ -163,12 +172,12 @@ def test_heartbeats_pass_through_while_the_reader_owns_the_socket(vhost: str) ->
     url = vhost + "?heartbeat=1"
 
     async def body(bus: Bus, got: list) -> None:
-        await asyncio.sleep(0.2)
+        assert await until(lambda: bus.path.reader is not None, 5), "the reader did not take over"
         conn = bus._conn
         checker = conn._heartbeat_checker  # type: ignore[union-attr]
-        assert bus._reader is not None, "the reader did not take over"
         bytes0, beats0 = conn.bytes_received, checker._heartbeat_frames_received  # type: ignore[union-attr]
-        await asyncio.sleep(2.5)
+        # one every 0.5 s: three within 2.5 s
+        await until(lambda: checker._heartbeat_frames_received - beats0 >= 3, 2.5)
         assert checker._heartbeat_frames_received - beats0 >= 3
         assert conn.bytes_received - bytes0 >= 3 * 8  # type: ignore[union-attr]
         assert bus.up and bus._conn is conn and bus.reconnects == 0
@@ -190,9 +199,10 @@ def test_lean_path_is_active_on_the_pinned_pika(
 
     async def body(bus: Bus, got: list) -> None:
         await until(lambda: bus.lean, 5)
-        assert bus._reader is not None, "deliveries are not on our reader"
-        assert bus._writer is not None and bus._writer.lean, "publishes are not sent directly"
-        assert bus.publish("dp.lean", b"x")
+        assert bus.path.reader is not None, "deliveries are not on our reader"
+        writer = bus.path.writer
+        assert writer is not None and writer.lean, "publishes are not sent directly"
+        assert bus.publish("dp.lean", b"x") is None
         await until(lambda: bool(got), 5)
 
     got = asyncio.run(_with_bus(vhost, ["dp.lean"], body))
@@ -212,10 +222,10 @@ def test_without_pika_internals_the_bus_still_works(
     sent = [(f"dp.fb.{i}", bytes([i]) * (i * 100), CONTENT_TYPE) for i in range(20)]
 
     async def body(bus: Bus, got: list) -> None:
-        await asyncio.sleep(0.2)
+        await until(lambda: caplog.text.count("falls back") == 2, 5)  # both paths tried
         assert not bus.lean
         for key, payload, _ctype in sent:
-            assert bus.publish(key, payload, JSON_PROPS)
+            assert bus.publish(key, payload, JSON_PROPS) is None
         await until(lambda: len(got) >= len(sent), 10)
 
     got = asyncio.run(_with_bus(vhost + "?frame_max=4096", ["dp.fb.*"], body))

@@ -1,9 +1,11 @@
-"""Tests for agent.inspect.capture: pcapng writer and one-line packet summaries."""
+"""Tests for agent.inspect.pcapng (the writer) and agent.inspect.summary (one-line summaries)."""
 
 from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,14 +25,13 @@ from scapy.layers.inet6 import (
 )
 from scapy.utils import PcapNgReader, rdpcap
 
-from agent.inspect.capture import (
+from agent.inspect.pcapng import (
     LINKTYPE_ETHERNET,
     LINKTYPE_IEEE802_15_4_NOFCS,
     LINKTYPE_RAW,
     PcapNgWriter,
-    dump,
-    summarize,
 )
+from agent.inspect.summary import dump, summarize
 from tests.tools.pcap import TSHARK
 from tests.tools.pcap import read_raw as _raw_read
 from tests.tools.pcap import tshark_fields as _tshark_fields
@@ -472,7 +473,7 @@ def test_truncates_existing_file(tmp_path: Path) -> None:
 
 
 def test_summarize_falls_back_when_scapy_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    import agent.inspect.capture as capture
+    import agent.inspect.summary as capture
 
     def boom(data: bytes) -> str:
         raise IndexError("dissector bug")
@@ -486,3 +487,20 @@ def test_summarize_falls_back_when_scapy_fails(monkeypatch: pytest.MonkeyPatch) 
     odd = bytes(IPv6(src="bbbb::1", dst="bbbb::2", nh=43) / b"\x00")
     line = summarize(odd)
     assert line.startswith("IPv6 bbbb::1 > bbbb::2 ") and line.endswith(" 41 B")
+
+
+def test_no_log_filter_at_import_one_on_first_summary() -> None:
+    """Importing the summaries changes nothing in logging; the first summary (which loads
+    Scapy's optional dissectors) installs the filter on Scapy's logger, once."""
+    code = (
+        "import logging\n"
+        "import agent.inspect.summary as s, agent.inspect.taps, agent.inspect.sniff\n"
+        "scapy_log = logging.getLogger('scapy.runtime')\n"
+        "before = list(scapy_log.filters)\n"
+        "assert s._quiet_filter not in before, before\n"
+        "s.summarize(b\"\\x60\" + bytes(39))\n"
+        "s.summarize(b\"\\x60\" + bytes(39))\n"
+        "assert scapy_log.filters == [*before, s._quiet_filter], scapy_log.filters\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -209,6 +209,12 @@ def check_agent(words: tuple[str, ...]) -> None:
     while isinstance(cmd, click.Group):
         if args in ([], ["--help"], ["-h"]):
             return
+        if args[0].startswith("-"):  # the group's own flags (`agent --version`)
+            flags = {o for p in cmd.params if isinstance(p, click.Option) and p.is_flag
+                     for o in p.opts}
+            assert args[0] in flags, f"{path}: no option {args[0]}"
+            args = args[1:]
+            continue
         sub = cmd.commands.get(args[0])
         assert sub is not None, f"{path}: no subcommand {args[0]!r}"
         cmd, path, args = sub, f"{path} {args[0]}", args[1:]
@@ -316,6 +322,7 @@ def test_command_runs_as_written(cmd: Command) -> None:
         "agent connect --name agent_1 --wire fastest",
         "agent connect --name agent_1 --mtu 100",
         "agent routr",
+        "agent --versoin",
         "agent connect --name agent_1 extra",
         "agent sniff --url URL [--name NAME ...]",
         "python -m bench.tunnel --quik",

@@ -75,6 +75,9 @@ def test_bare_interface_gets_an_on_link_route_for_the_session(  # type: ignore[n
     out = ns_run(ns_c, "ping", "-6", "-c", "3", "-i", "0.3", "-W", "2", "bbbb::1")
     assert "3 received" in out.stdout, out.stdout + agent.output[-3000:]
     assert "does" not in agent.output or "have a route" not in agent.output
+    # the agent's own host reaches the device too, over the same route (from bbbb::2)
+    out = ns_run(ns_b, "ping", "-6", "-c", "3", "-i", "0.3", "-W", "2", DEVICE6)
+    assert "3 received" in out.stdout and "DUP" not in out.stdout, out.stdout
 
     # down and up again: the kernel deleted the route with the link; the agent adds it again
     ip("-n", ns_b, "link", "set", veth_b, "down")
@@ -121,7 +124,7 @@ def test_ctrl_c_during_start_up_removes_the_route(  # type: ignore[no-untyped-de
         )
         assert agent.wait_log(r"route cccc::/64 dev \S+ in namespace \S+ added"), agent.output
         assert "proto 172" in route_to_device(ns_b)
-        time.sleep(0.5)
+        time.sleep(0.5)  # a window in which an exit or a bus connection would show
         assert agent.running() and "published ready" not in agent.output, agent.output
         code, _ = agent.stop(signal.SIGINT)
     assert code == 0 and "Traceback" not in agent.output, agent.output

@@ -140,7 +140,7 @@ def test_stalled_agent_gets_a_bounded_queue_and_no_stale_packets(  # type: ignor
         for body in bodies[:600]:
             lst.publish(down, body)
         lst.conn.process_data_events(0)
-        time.sleep(TTL + 1.5)
+        time.sleep(TTL + 1.5)  # what is tested: the messages outlive the queue's TTL
     finally:
         agent.send(signal.SIGCONT)
     second = _settled(agent) - first

@@ -161,12 +161,13 @@ def uplink_packets(lst, seconds: float = 1.0) -> list[bytes]:  # type: ignore[no
 def test_ping_mote_over_slip_riot_framing(  # type: ignore[no-untyped-def]
     session: Session, line: Socat, peers, listener
 ) -> None:
-    """RIOT framing (no leading END) both ways; text, ?P and garbage on the line."""
+    """RIOT's old framing (no leading END) both ways, --slip-framing end-only; text, ?P and
+    garbage on the line."""
     peer = peers(line.a, "--garbage", "--interval", "0.5")
     uplink = listener(["fromAgent.coap_server.ip.tun.packet.raw"])
     session.start_router()
     session.start_agent("agent_1")
-    agent = start_serial_agent(session, line)
+    agent = start_serial_agent(session, line, "--slip-framing", "end-only")
     assert session.learned("agent_1", "coap_server")
     ns1 = session.ns["agent_1"]
     assert route_learned(ns1, "cccc::/64")
@@ -199,7 +200,8 @@ def test_ping_mote_over_slip_riot_framing(  # type: ignore[no-untyped-def]
 def test_leading_end_dialect_and_ipv4_network(  # type: ignore[no-untyped-def]
     session: Session, line: Socat, peers
 ) -> None:
-    """Contiki framing (END payload END) plus bare text lines; an IPv4 network behind."""
+    """Contiki framing (END payload END) both ways, the agent's default (the old flag
+    --slip-leading-end still says so), plus bare text lines; an IPv4 network behind."""
     peer = peers(line.a, "--leading-end", "--address", "cccc::1", "--address", "192.0.2.1")
     session.start_router()
     session.start_agent("agent_1")
@@ -359,6 +361,135 @@ def test_missing_or_busy_port_is_a_clear_error(  # type: ignore[no-untyped-def]
 # ------------------------------------------------------------------------------ 802.15.4
 
 
+# ------------------------------------------------------------------ a mote that boots, resets
+
+
+def one_ping(ns: str, dst: str, version: int = 6) -> bool:
+    """One echo request, waiting up to 2 s for its reply."""
+    return ns_run(ns, "ping", f"-{version}", "-c", "1", "-W", "2", dst).returncode == 0
+
+
+def reset(peer: Peer) -> None:
+    """The mote resets (SIGUSR1 to the simulator) and boots again."""
+    before = peer.text().count("reset")
+    peer.proc.send_signal(signal.SIGUSR1)
+    assert wait_for(lambda: peer.text().count("reset") == before + 1, 5), peer.text()
+
+
+@pytest.mark.parametrize("framing", ["both", "end-only"])
+def test_a_mote_that_resets_answers_the_very_next_ping(  # type: ignore[no-untyped-def]
+    session: Session, line: Socat, peers, framing: str
+) -> None:
+    """A mote's receiver after boot or reset discards up to the first END (the simulator
+    does as RIOT and Contiki-NG do). With the default framing (END payload END) the frame
+    right after a reset arrives; with end-only it is the one discarded."""
+    peer = peers(line.a, "--interval", "0", "--rs-delay", "-1")
+    session.start_router()
+    session.start_agent("agent_1")
+    agent = start_serial_agent(session, line, "--slip-framing", framing)
+    ns1 = session.ns["agent_1"]
+    assert route_learned(ns1, "cccc::/64")
+    for _ in range(3):
+        reset(peer)
+        if framing == "both":
+            assert one_ping(ns1, "cccc::1"), peer.text() + agent.output[-3000:]
+        else:  # the request is what the mote discards, the next one gets through
+            assert not one_ping(ns1, "cccc::1"), peer.text()
+            assert one_ping(ns1, "cccc::1"), peer.text() + agent.output[-3000:]
+    synced = [int(n) for n in re.findall(r"^synced (\d+)$", peer.text(), re.M)]
+    assert len(synced) == 3, peer.text()
+    if framing == "both":
+        assert synced == [0, 0, 0]  # the leading END: nothing of a frame was thrown away
+    else:
+        assert all(n > 40 for n in synced)  # a whole echo request each time
+    assert peer.text().count("echo6 bbbb::1") == 3
+
+
+def send_udp(ns: str, src: str, dst: str, ifname: str) -> None:
+    """One UDP datagram from src (bound to ifname: link-local sources need it) to dst:7."""
+    code = (
+        "import socket, sys; s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); "
+        "s.bind((sys.argv[1], 0, 0, socket.if_nametoindex(sys.argv[3]))); "
+        "s.sendto(b'scope test', (sys.argv[2], 7))"
+    )
+    out = ns_run(ns, sys.executable, "-c", code, src, dst, ifname)
+    assert out.returncode == 0, out.stderr
+
+
+def test_link_local_traffic_stays_on_its_link(  # type: ignore[no-untyped-def]
+    session: Session, line: Socat, peers, listener
+) -> None:
+    """The mote's Router Solicitations (fe80::cafe > ff02::2, after boot and each reset)
+    reach neither the bus nor agent_1's TUN; a datagram from agent_1's fe80::1 never
+    reaches the mote; global traffic does, both ways."""
+    peer = peers(line.a, "--interval", "0", "--rs-delay", "0.2", "--link-local", "fe80::cafe")
+    uplink = listener(["fromAgent.coap_server.ip.tun.packet.raw"])
+    session.start_router()
+    session.start_agent("agent_1")
+    agent = start_serial_agent(session, line)
+    ns1 = session.ns["agent_1"]
+    assert route_learned(ns1, "cccc::/64")
+    [tun1] = tun_links(ns1)
+    capture = subprocess.Popen(
+        ["ip", "netns", "exec", ns1, sys.executable, str(ROOT / "tests/tools/iface_capture.py"),
+         tun1, "4"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert capture.stdout is not None and capture.stdout.readline().strip() == "ready"
+        for _ in range(2):
+            sent = peer.text().count("rs fe80::cafe")
+            reset(peer)
+            assert wait_for(lambda n=sent: peer.text().count("rs fe80::cafe") == n + 1, 5)
+        assert one_ping(ns1, "cccc::1")
+        send_udp(ns1, "fe80::1", "cccc::1", tun1)  # link-local source: stays on agent_1's link
+        send_udp(ns1, "bbbb::1", "cccc::1", tun1)  # global: crosses
+        assert peer.wait_line(r"^udp bbbb::1 10$"), peer.text()
+        seen, _ = capture.communicate(timeout=20)
+    finally:
+        if capture.poll() is None:
+            capture.kill()
+            capture.wait()
+    mote_ll = bytes.fromhex("fe80" + "00" * 12 + "cafe")
+    into_tun = [bytes.fromhex(h) for d, h in (ln.split() for ln in seen.splitlines()) if d == "in"]
+    assert into_tun, "nothing reached agent_1's TUN at all"
+    assert not [p for p in into_tun if p[0] >> 4 == 6 and p[8:24] == mote_ll], seen
+    assert any(p[8:24] == bytes.fromhex("cccc" + "00" * 13 + "01") for p in into_tun)
+    packets = uplink_packets(uplink)
+    assert packets and not [p for p in packets if p[8:10] == b"\xfe\x80" or p[24] == 0xFF]
+    assert "udp fe80::1" not in peer.text()
+    code, _ = agent.stop(signal.SIGINT)
+    assert code == 0, agent.output
+    # the solicitations from the line (two at least: the one at boot may come before the
+    # agent opened the line), one datagram from the bus: counted, not forwarded
+    dropped = re.search(r"drop link-local\s+(\d+)", agent.output)
+    assert dropped and int(dropped.group(1)) >= 3, agent.output[-3000:]
+
+
+def test_the_serial_agents_own_host_reaches_its_mote(  # type: ignore[no-untyped-def]
+    session: Session, line: Socat, peers
+) -> None:
+    """No hand-made route: the agent routes its re-routed networks into its TUN on its own
+    host, IPv6 and IPv4, and they go with the TUN when it stops."""
+    peers(line.a, "--interval", "0", "--address", "cccc::1", "--address", "192.0.2.1")
+    session.start_router()
+    agent = start_serial_agent(
+        session, line, "--re-route-prefix", "192.0.2.0/24", "--ipv4-address", "10.2.0.5"
+    )
+    own = session.ns["coap_server"]
+    [tun] = tun_links(own)
+    routes6 = ns_run(own, "ip", "-6", "route", "show", "cccc::/64").stdout
+    routes4 = ns_run(own, "ip", "-4", "route", "show", "192.0.2.0/24").stdout
+    assert f"dev {tun}" in routes6 and f"dev {tun}" in routes4, routes6 + routes4
+    assert ping(own, "cccc::1", count=3), agent.output[-3000:]
+    assert ping(own, "192.0.2.1", count=3, version=4), agent.output[-3000:]
+    code, _ = agent.stop(signal.SIGTERM)
+    assert code == 0, agent.output
+    assert re.search(r"tun>serial\s+6\b", agent.output), agent.output[-3000:]
+    assert ns_run(own, "ip", "-6", "route", "show", "cccc::/64").stdout.strip() == ""
+    assert ns_run(own, "ip", "-4", "route", "show", "192.0.2.0/24").stdout.strip() == ""
+
+
 def slip(frame: bytes, leading_end: bool = False) -> bytes:
     body = frame.replace(b"\xdb", b"\xdb\xdd").replace(b"\xc0", b"\xdb\xdc") + b"\xc0"
     return b"\xc0" + body if leading_end else body
@@ -427,8 +558,9 @@ def test_802154_probe_mode(  # type: ignore[no-untyped-def]
             ),
         )
         lst.publish("toAgent.probe_1.802154.serial.packet.raw", b"not json")
-        received = read_at_least(fd, len(slip(down)))
-        assert received == slip(down), (received, agent.output)
+        # the default framing, END payload END, in this mode too
+        received = read_at_least(fd, len(slip(down, leading_end=True)))
+        assert received == slip(down, leading_end=True), (received, agent.output)
         assert agent.running()
         code, _ = agent.stop(signal.SIGINT)
         assert code == 0 and "Traceback" not in agent.output

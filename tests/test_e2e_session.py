@@ -14,13 +14,14 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import pika
 import pika.exceptions as pex
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
+from agent.router.status import STATUS_KEY
 from agent.session.mgmt import Management, MgmtError
 from tests.conftest import (
     ROOT,
@@ -195,6 +196,9 @@ def test_session_tunnel_sniff_and_refusals(
         text = refused(urls["observer"], _publish(key))
         assert text.startswith("403 ACCESS_REFUSED"), f"observer publishing {key}: {text}"
 
+    # agent status with the observer's account: the router answers, nothing else passes
+    _status_by_the_observer_only(urls, f)
+
     # the tunnel kept working, nobody was disconnected
     tunnel_works()
     for proc in (router, sniff):
@@ -214,6 +218,57 @@ def test_session_tunnel_sniff_and_refusals(
         assert "Traceback" not in proc.output and "reconnect" not in proc.output
 
 
+def _status(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", "status", *args],
+                          capture_output=True, text=True, timeout=30, cwd=ROOT)
+
+
+def _status_by_the_observer_only(urls: dict[str, str], f: dict[str, str]) -> None:
+    """The observer asks, the router answers; a participant can neither ask nor answer."""
+    res = _status("--url-file", f["observer"], "--json")
+    assert res.returncode == 0, res.stderr
+    answer = json.loads(res.stdout)
+    assert [a["name"] for a in answer["agents"]] == ["agent_1", "agent_2"]
+    assert {a["wire"] for a in answer["agents"]} == {"fast"}, answer
+    assert answer["routers"][0]["vhost"] == urlsplit(urls["router"]).path[1:]
+    res = _status("--url-file", f["agent_1"])
+    assert res.returncode == 1 and "ACCESS_REFUSED" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    # a forged answer: even knowing an asker's reply-to name (seen here by a listener
+    # of the admin account), neither a participant nor the observer may send to it
+    vhost = unquote(urlsplit(urls["router"]).path[1:])
+    admin = pika.BlockingConnection(pika.URLParameters(
+        f"amqp://guest:guest@127.0.0.1:5672/{quote(vhost, safe='')}"))
+    try:
+        spy = admin.channel()
+        queue = spy.queue_declare("", exclusive=True).method.queue
+        spy.queue_bind(queue, "amq.topic", STATUS_KEY)
+        asker = pika.BlockingConnection(pika.URLParameters(urls["observer"]))
+        ch = asker.channel()
+        ch.basic_consume("amq.rabbitmq.reply-to", lambda *a: None, auto_ack=True)
+        ch.basic_publish("amq.topic", STATUS_KEY, b"{}",
+                         pika.BasicProperties(reply_to="amq.rabbitmq.reply-to"))
+        method = None
+        for _ in range(100):
+            method, props, _body = spy.basic_get(queue, auto_ack=True)
+            if method is not None:
+                break
+            admin.sleep(0.02)
+        assert method is not None
+        reply_to = props.reply_to
+        assert reply_to.startswith("amq.rabbitmq.reply-to.")
+        for who in ("agent_1", "observer"):
+            text = refused(urls[who], _publish(reply_to, exchange="", body=b'{"agents": []}'))
+            assert text.startswith("403 ACCESS_REFUSED"), f"{who} answering: {text}"
+        # nor take the router's part: bind the request key, or declare its status queue
+        assert refused(urls["agent_1"], _bind("agent_1@agent", STATUS_KEY)).startswith("403")
+        assert refused(urls["agent_1"], lambda ch: ch.queue_declare(
+            "packetrouting@router.status", exclusive=True)).startswith("403")
+        asker.close()
+    finally:
+        admin.close()
+
+
 @needs_mgmt
 def test_refused_publish_after_connecting_ends_the_process_with_one_line(
     session_name: Callable[[], str], mgmt: Management, procs: Callable[..., Proc],
@@ -224,8 +279,9 @@ def test_refused_publish_after_connecting_ends_the_process_with_one_line(
     create(name, tmp_path / name, agents="agent_1")
     mgmt.put_topic_permissions(name, f"{name}.router", "amq.topic",
                                r"^toAgent\..*$",
-                               r"^(fromAgent\.\*\.ip\.tun\.(packet\.raw|started)"
-                               r"|routing\.lossy\.link\.start)$")
+                               r"^(fromAgent\.\*\.ip\.tun\.(packet\.raw|started|stopped)"
+                               r"|routing\.lossy\.link\.start|routing\.status\.request"
+                               r"|testingtool\.component\.ready)$")
     router = procs("router", "--url-file", str(tmp_path / name / "router.url"), label="router")
     assert router.wait(timeout=20) == 1, router.output
     errors = [ln for ln in router.output.splitlines() if "ERROR" in ln]
@@ -388,8 +444,8 @@ def test_802154_probe_with_an_agent_account(
                 pika.BasicProperties(content_type="application/json"))
         finally:
             conn.close()
-        received = read_at_least(fd, len(slip(down)))
-        assert received == slip(down), (received, probe.output)
+        received = read_at_least(fd, len(slip(down, leading_end=True)))  # the default framing
+        assert received == slip(down, leading_end=True), (received, probe.output)
         assert probe.running() and "refused" not in probe.output, probe.output
     finally:
         os.close(fd)

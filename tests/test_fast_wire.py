@@ -6,7 +6,6 @@ import asyncio
 import re
 import signal
 import subprocess
-import time
 
 import orjson
 import pytest
@@ -20,7 +19,17 @@ from agent.bus.port import BusPort
 from agent.bus.url import parse_url
 from agent.counters import Counters
 from agent.router.router import Router
-from tests.conftest import Session, needs_root, ns_run, ping, wait_for
+from tests.conftest import (
+    FakeBus,
+    PublishTrace,
+    Session,
+    listening,
+    needs_root,
+    ns_run,
+    ping,
+    until,
+    wait_for,
+)
 
 ip6 = st.binary(min_size=40, max_size=1500).map(lambda b: bytes([0x60]) + b[1:])
 ip4 = st.binary(min_size=20, max_size=1500).map(lambda b: bytes([0x45]) + b[1:])
@@ -53,29 +62,6 @@ def test_capability_fields() -> None:
     assert not wire.speaks_fast({})
     ready = orjson.loads(wire.encode_ready("packetrouting", **{wire.WIRE_FIELD: ["batch1"]}))
     assert ready["component"] == "packetrouting" and wire.speaks_fast(ready)
-
-
-class FakeBus:
-    up = True
-    drop_reason = ""
-    window_open = True  # the broker has confirmed enough of our messages
-    paced = 0
-
-    def pace(self) -> None:
-        self.paced += 1
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes, object]] = []
-
-    def publish(self, key: str, body: bytes, props: object = None) -> bool:
-        self.sent.append((key, body, props))
-        return True
-
-    def flush(self) -> None:
-        """What the real bus does after each read from the broker."""
-        hook = getattr(self, "before_flush", None)
-        if hook is not None:
-            hook()
 
 
 def test_busport_batches_one_loop_iteration() -> None:
@@ -113,10 +99,10 @@ def _fast_port_on_our_clock(
     (call it inside the running loop)."""
     now = [1000.0]
     asyncio.get_running_loop().time = lambda: now[0]  # type: ignore[method-assign]
-    monkeypatch.setattr(busport, "monotonic", lambda: now[0])
     bus = FakeBus()
     port = BusPort("fromAgent.a.ip.tun.packet.raw", Counters())
     port.bus = bus  # type: ignore[assignment]
+    port.batcher.clock = lambda: now[0]
     port.fast = True
     return now, bus, port
 
@@ -208,7 +194,7 @@ def test_router_transcodes_between_wires() -> None:
     async def go() -> None:
         router = Router(parse_url("amqp://guest:guest@127.0.0.1:1/x"))
         bus = FakeBus()
-        router.bus = bus  # type: ignore[assignment]
+        router.bus = router.batcher.bus = bus  # type: ignore[assignment]
         bus.before_flush = router._flush  # type: ignore[attr-defined]
         started = {"ipv6_host": "1", "ipv4_address": "10.2.0.1", wire.WIRE_FIELD: ["batch1"]}
         router._on_message("fromAgent.agent_1.ip.tun.started", orjson.dumps(started), None)
@@ -237,6 +223,7 @@ def test_router_transcodes_between_wires() -> None:
         bus.sent.clear()
         router._on_message("fromAgent.agent_3.ip.tun.started", orjson.dumps(
             {"ipv6_host": "3", wire.WIRE_FIELD: ["batch1"]}), None)
+        await asyncio.sleep(0)  # the router's ready for the new agent (one per loop turn)
         bus.sent.clear()
         to1_from3 = to1[:8] + bytes.fromhex("bbbb" + "00" * 13 + "03") + to1[24:]
         router._on_message("fromAgent.agent_3.ip.tun.packet.raw",
@@ -269,9 +256,11 @@ def test_router_transcodes_between_wires() -> None:
         bus.window_open = False  # type: ignore[misc]
         router._on_message("fromAgent.agent_3.ip.tun.packet.raw",
                            wire.encode_batch([to1_from3]), props)
+        loop = asyncio.get_running_loop()
+        held_at = loop.time()
         bus.flush()
-        await asyncio.sleep(busport.HOLD_MAX_S + 0.05)
-        assert len(bus.sent) == 1  # no confirm came: out after HOLD_MAX_S anyway
+        assert await until(lambda: len(bus.sent) == 1, 10 * busport.HOLD_MAX_S)
+        assert loop.time() - held_at >= busport.HOLD_MAX_S * 0.9  # no confirm came: out anyway
 
     asyncio.run(go())
 
@@ -328,34 +317,54 @@ CONFIRMS_ON = "publisher confirms on"
 @needs_root
 def test_confirms_turn_on_with_a_stream_not_with_pings(session: Session) -> None:
     """Lone packets (pings) never turn publisher confirms on; a TCP stream's batches do,
-    in the sending agent and the router, and the stream and later pings get through,
-    also once publishes moved back to the first channel after the stream."""
+    in the sending agent and the router, and the stream and later pings get through.
+    The broker's firehose shows the move: pings are published on the agent's first
+    channel, the stream's batches on its confirm channel, and once the stream is over
+    (PACE_IDLE_S without one, all confirmed) pings are on the first channel again."""
     router = session.start_router()
     a1 = session.start_agent("agent_1")
     session.start_agent("agent_2")
     assert session.learned("agent_1", "agent_2")
     assert a1.wait_log("uplink wire: fast", 10), a1.output
     ns1, ns2 = session.ns["agent_1"], session.ns["agent_2"]
-    assert ping(ns1, "bbbb::2", count=5)
-    assert CONFIRMS_ON not in a1.output and CONFIRMS_ON not in router.output
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", ns2, "iperf3", "-s", "-1", "-B", "bbbb::2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    trace = PublishTrace(session.url)
+    up = wire.uplink_key("agent_1")
     try:
-        time.sleep(0.5)
-        out = ns_run(ns1, "iperf3", "-c", "bbbb::2", "-t", "2", "-J", timeout=30)
-        assert out.returncode == 0, out.stdout[-2000:] + out.stderr
-        sent = orjson.loads(out.stdout)["end"]["sum_received"]["bytes"]
-        assert sent > 1_000_000, sent
+        assert ping(ns1, "bbbb::2", count=5)
+        assert CONFIRMS_ON not in a1.output and CONFIRMS_ON not in router.output
+        channels = {ch for _k, ch, _b in trace.drain(up)}
+        assert len(channels) == 1, channels  # ICMPv6 NS/NA may go too: all on one channel
+        (first,) = channels
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", ns2, "iperf3", "-s", "-1", "-B", "bbbb::2"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert wait_for(lambda: listening(ns2, 5201), 10), "iperf3 server did not start"
+            out = ns_run(ns1, "iperf3", "-c", "bbbb::2", "-t", "2", "-J", timeout=30)
+            assert out.returncode == 0, out.stdout[-2000:] + out.stderr
+            sent = orjson.loads(out.stdout)["end"]["sum_received"]["bytes"]
+            # a stream (hundreds of full segments, batches of many), whatever the load: the
+            # router logs each packet (-v) and the broker copies each message (the trace)
+            assert sent > 300_000, sent
+        finally:
+            if server.poll() is None:
+                server.kill()
+            server.wait()
+        assert wait_for(lambda: CONFIRMS_ON in a1.output, 5), a1.output[-2000:]
+        assert CONFIRMS_ON in router.output
+        assert a1.output.count(CONFIRMS_ON) == 1  # once per connection
+        stream = {ch for _k, ch, _b in trace.drain(up)}
+        assert stream - {first}, stream  # the batches went by the confirm channel
+
+        def pings_on_first_channel() -> bool:
+            assert ping(ns1, "bbbb::2", count=1)
+            return {ch for _k, ch, _b in trace.drain(up)} == {first}
+
+        # no stream: publishes go back to the first channel (within 2 PACE_IDLE_S)
+        assert wait_for(pings_on_first_channel, 4 * PACE_IDLE_S, interval=0.2)
+        assert ping(ns1, "bbbb::2", count=3)
+        assert {ch for _k, ch, _b in trace.drain(up)} == {first}
     finally:
-        if server.poll() is None:
-            server.kill()
-        server.wait()
-    assert wait_for(lambda: CONFIRMS_ON in a1.output, 5), a1.output[-2000:]
-    assert CONFIRMS_ON in router.output
-    assert a1.output.count(CONFIRMS_ON) == 1  # once per connection
-    assert ping(ns1, "bbbb::2", count=3)
-    time.sleep(2.5 * PACE_IDLE_S)  # no stream: publishes back on the first channel
-    assert ping(ns1, "bbbb::2", count=3)
+        trace.close()
     assert "Traceback" not in a1.output and "Traceback" not in router.output

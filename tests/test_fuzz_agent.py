@@ -18,50 +18,21 @@ from hypothesis import strategies as st
 
 from agent.bus import wire
 from agent.bus.url import parse_url
-from agent.config import default_plan
-from agent.node import Agent, AgentOptions
-from agent.port import LINKTYPE_RAW
+from agent.config import plan_from_bus
+from agent.node import Agent
 from agent.router.router import Router
-from agent.switch import BUS, TUN
+from agent.switch import TUN
+from tests.conftest import FakeTun, make_agent
 
-URL = parse_url("amqp://guest:guest@127.0.0.1:1/fuzz")
-
-
-class FakeTun:
-    """Stands in for the TUN port: records what would be written."""
-
-    name = "tun9"
-    fd = -1
-    linktype = LINKTYPE_RAW
-
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-        self.routes: list[Any] = []
-
-    def send(self, packet: bytes) -> str | None:
-        self.sent.append(packet)
-        return None
-
-    def flush(self) -> None:
-        pass
-
-    async def add_route(self, net: Any) -> bool:
-        self.routes.append(net)
-        return True
-
-    async def remove_route(self, net: Any) -> None:
-        self.routes.remove(net)
+URL = parse_url("amqp://guest:guest@127.0.0.1:1/fuzz")  # the router's: never connected
 
 
-def make_agent() -> tuple[Agent, FakeTun]:
-    plan = default_plan("agent_1")
-    agent = Agent(AgentOptions(name="agent_1", url=URL, plan=plan))
-    tun = FakeTun()
-    agent.tun = tun  # type: ignore[assignment]
-    agent.ports[TUN] = tun
-    assert plan is not None
-    agent.switch.set_local(plan.owns())
-    return agent, tun
+async def started_agent(tun: FakeTun | None = None) -> tuple[Agent, FakeTun]:
+    """agent_1 on fakes, started as `agent connect --name agent_1` starts (TUN up)."""
+    rig = make_agent("agent_1", tun=tun)
+    await rig.agent.start()
+    assert rig.agent.tun is rig.tun and rig.tun.plan is not None
+    return rig.agent, rig.tun
 
 
 json_scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(
@@ -150,8 +121,7 @@ def _quiet_logs():  # type: ignore[no-untyped-def]
        body=packet_bodies | start_bodies.map(dumps) | near_valid_starts.map(dumps))
 def test_agent_handlers_never_fail(key: str, body: bytes) -> None:
     async def go() -> None:
-        agent, tun = make_agent()
-        await agent.bus_port.open(agent.receive, BUS)
+        agent, tun = await started_agent()
         agent.bus_port.on_message(key, body, None)
         await agent.idle()  # let route tasks run: their errors count too
         assert agent.task_errors == []
@@ -167,23 +137,22 @@ def test_agent_handlers_never_fail(key: str, body: bytes) -> None:
 def test_bootstrap_from_any_tun_start_never_fails(body: bytes) -> None:
     """--wait-bootstrap: a tun.start's plan goes to the TUN set-up (a task) only if valid."""
     async def go() -> None:
-        agent, tun = make_agent()
-        await agent.bus_port.open(agent.receive, BUS)
-        agent.tun = None
-        del agent.ports[TUN]
-        agent.plan = None
-        brought_up: list[Any] = []
-
-        async def bring_up(plan: Any) -> None:  # stands in for the TUN set-up
-            assert plan.interfaces(), plan
-            brought_up.append(plan)
-            agent.tun, agent.plan = tun, plan  # type: ignore[assignment]
-
-        agent._bring_up_tun = bring_up  # type: ignore[method-assign]
+        rig = make_agent("agent_1", plan=None)  # --wait-bootstrap
+        agent = rig.agent
+        await agent.start()
+        assert agent.tun is None
         agent.bus_port.on_message("toAgent.agent_1.ip.tun.start", body, None)
         await agent.idle()  # the set-up runs as background work: its errors count too
         assert agent.task_errors == [] and agent.counters.drops["error"] == 0
-        assert len(brought_up) <= 1 and not agent._bootstrapping
+        assert not agent._bootstrapping
+        if rig.tun.plan is None:  # refused: no TUN, nothing announced
+            assert agent.tun is None and rig.bus.sent[-1:] == []
+        else:  # the TUN has a valid plan's addresses, and the agent said so
+            assert agent.tun is rig.tun and rig.tun.plan.interfaces()
+            key, started, _ = rig.bus.sent[-1]
+            assert key == "fromAgent.agent_1.ip.tun.started", key
+            said = plan_from_bus(orjson.loads(started))
+            assert said.interfaces() == rig.tun.plan.interfaces()
 
     _run(go)
 
@@ -194,7 +163,7 @@ def test_bootstrap_from_any_tun_start_never_fails(body: bytes) -> None:
     lambda b: bytes([0x45]) + b[1:]))
 def test_tun_side_bytes_never_fail(packet: bytes) -> None:
     async def go() -> None:
-        agent, _tun = make_agent()
+        agent, _tun = await started_agent()
         agent.forward(packet, TUN)
         assert agent.counters.drops["error"] == 0
         total = sum(agent.counters.drops.values()) + sum(agent.counters.packets.values())
@@ -221,8 +190,7 @@ def test_router_handlers_never_fail(key: str, body: bytes) -> None:
 def test_valid_downlink_reaches_tun() -> None:
     """The fuzz harness itself works: a good packet for us is written."""
     async def go() -> None:
-        agent, tun = make_agent()
-        await agent.bus_port.open(agent.receive, BUS)
+        agent, tun = await started_agent()
         pkt = bytes([0x60, 0, 0, 0, 0, 0, 59, 64]) + bytes.fromhex(
             "bbbb0000000000000000000000000002bbbb0000000000000000000000000001")
         down = agent.bus_port.on_message
@@ -241,13 +209,13 @@ class SlowTun(FakeTun):
     one route per network."""
 
     async def add_route(self, net: Any) -> bool:
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # the netlink round trip, during which more work queues
         if net in self.routes:
             return True
         return await super().add_route(net)
 
     async def remove_route(self, net: Any) -> None:
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # idem
         await super().remove_route(net)
 
 
@@ -255,10 +223,8 @@ def test_quick_announcements_leave_the_last_routes() -> None:
     """Two tun.started from one peer in one burst: the routes end as the second says, no
     stale route of the first; the route work is kept (not fire-and-forget) and in order."""
     async def go() -> None:
-        agent, _ = make_agent()
-        tun = SlowTun()
-        agent.tun = tun  # type: ignore[assignment]
-        agent.ports[TUN] = tun  # type: ignore[assignment]
+        agent, tun = await started_agent(SlowTun())
+        assert isinstance(tun, SlowTun)
         key = "fromAgent.agent_2.ip.tun.started"
         first = {"ipv6_host": "2", "re_route_packets_prefix": "cccc"}
         second = {"ipv6_host": "2", "re_route_packets_prefix": "dddd"}
@@ -276,8 +242,7 @@ def test_quick_announcements_leave_the_last_routes() -> None:
 def test_errors_in_background_work_are_kept() -> None:
     """A bug in route work is logged, counted and kept for the tests to see."""
     async def go() -> None:
-        agent, tun = make_agent()
-        await agent.bus_port.open(agent.receive, BUS)
+        agent, tun = await started_agent()
 
         async def broken(net: Any) -> bool:
             raise RuntimeError("bug")

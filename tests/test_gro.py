@@ -10,7 +10,6 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 
 import orjson
@@ -19,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.tun.gro import merge_segments
-from tests.conftest import Session, needs_root, ns_run, tun_links, wait_for
+from tests.conftest import Session, listening, needs_root, ns_run, tun_links, wait_for
 
 A4, B4 = ipaddress.ip_address("10.2.0.1").packed, ipaddress.ip_address("10.2.0.2").packed
 A6, B6 = ipaddress.ip_address("bbbb::1").packed, ipaddress.ip_address("bbbb::2").packed
@@ -222,10 +221,11 @@ def traffic(draw: st.DrawFn) -> tuple[list[bytes], int]:
 
 
 def _key(p: bytes) -> bytes:
-    """The address pair of an IPv4/IPv6 packet, b"other" for anything else."""
-    if len(p) >= 40 and p[0] == 0x45:
+    """The address pair of an IPv4/IPv6 TCP packet, b"other" for anything else (random
+    bytes that begin like an IPv6 header but hold no TCP header, among them)."""
+    if len(p) >= 40 and p[0] == 0x45 and p[9] == 6:
         return p[12:20]
-    if len(p) >= 40 and p[0] >> 4 == 6:
+    if len(p) >= 60 and p[0] >> 4 == 6 and p[6] == 6:
         return p[8:40]
     return b"other"
 
@@ -380,7 +380,7 @@ def test_iperf3_through_merging_agents(session: Session) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        time.sleep(0.5)
+        assert wait_for(lambda: listening(ns2, 5201), 10), "iperf3 server did not start"
         for extra in ([], ["-R"]):
             out = ns_run(ns1, "iperf3", "-c", "10.2.0.2", "-t", "2", "-J", *extra, timeout=30)
             assert out.returncode == 0, out.stdout[-2000:] + out.stderr

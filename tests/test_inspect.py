@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -17,11 +16,12 @@ from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 from agent.bus import wire
 from agent.bus.url import parse_url
 from agent.counters import Counters
-from agent.inspect.capture import LINKTYPE_IEEE802_15_4_NOFCS, LINKTYPE_RAW
 from agent.inspect.filter import Filter
+from agent.inspect.pcapng import LINKTYPE_IEEE802_15_4_NOFCS, LINKTYPE_RAW
 from agent.inspect.sniff import Sniffer, bindings, describe_plan, line
 from agent.inspect.taps import PcapTap, TraceTap, direction, install, router_line, trace_line
-from agent.node import Agent, AgentOptions
+from tests.conftest import FakeBus, FakePort, FakeTun, make_agent
+from tests.tools import wpan
 from tests.tools.pcap import TSHARK
 from tests.tools.pcap import read_raw as _read
 from tests.tools.pcap import tshark_fields as _tshark
@@ -36,18 +36,6 @@ ECHO_REP = bytes(
 )
 PING4 = bytes(IP(src="10.2.0.1", dst="10.2.0.2") / ICMP(id=7, seq=1) / (b"y" * 56))
 URL = parse_url("amqp://guest:guest@127.0.0.1:5672/unused")
-
-
-@dataclass
-class FakePort:
-    name: str
-    linktype: int = LINKTYPE_RAW
-
-    def send(self, packet: bytes) -> str | None:
-        return None
-
-    def flush(self) -> None:
-        pass
 
 
 PORTS = {"tun": FakePort("tun0"), "bus": FakePort("bus"), "eth1": FakePort("eth1")}
@@ -119,24 +107,25 @@ def test_router_lines_golden() -> None:
     assert router_line("agent_1", None, ECHO_REQ).startswith("agent_1 > - (spoofed source")
 
 
-def _agent(**kw: object) -> Agent:
-    return Agent(AgentOptions(name="agent_1", url=URL, accept_any=True, **kw))  # type: ignore[arg-type]
-
-
 def test_agent_hook_taps_only_when_asked(packet_log: list[str], tmp_path: Path) -> None:
-    agent = _agent()
-    install(agent, verbose=0, pcap=None)
-    assert agent.taps == []  # no -v, no --pcap: the per-packet path calls nothing
-    agent.ports["tun"] = FakePort("tun0")  # type: ignore[assignment]
-    install(agent, verbose=1)
-    agent.forward(ECHO_REQ, "tun")  # the bus is not connected: counted as a drop
-    agent.forward(ECHO_REP, "bus")
-    assert packet_log == [
-        "up   tun0>bus  IPv6 bbbb::1 > bbbb::2 ICMPv6 Echo Request (id 0x1c seq 3) 104 B",
-        "down bus>tun0  IPv6 bbbb::2 > bbbb::1 ICMPv6 Echo Reply (id 0x1c seq 3) 104 B",
-    ]
-    assert dict(agent.counters.drops) == {"bus down": 1}
-    assert dict(agent.counters.packets) == {"bus>tun": 1}
+    async def go() -> None:
+        rig = make_agent("agent_1", tun=FakeTun("tun0"), bus=FakeBus(up=False), accept_any=True)
+        agent = rig.agent
+        install(agent, verbose=0, pcap=None)
+        assert agent.taps == []  # no -v, no --pcap: the per-packet path calls nothing
+        await agent.start()
+        install(agent, verbose=1)
+        agent.forward(ECHO_REQ, "tun")  # the bus is not connected: counted as a drop
+        agent.forward(ECHO_REP, "bus")
+        assert packet_log == [
+            "up   tun0>bus  IPv6 bbbb::1 > bbbb::2 ICMPv6 Echo Request (id 0x1c seq 3) 104 B",
+            "down bus>tun0  IPv6 bbbb::2 > bbbb::1 ICMPv6 Echo Reply (id 0x1c seq 3) 104 B",
+        ]
+        assert dict(agent.counters.drops) == {"bus down": 1}
+        assert dict(agent.counters.packets) == {"bus>tun": 1}
+        assert rig.tun.sent == [ECHO_REP]
+
+    asyncio.run(go())
 
 
 # --------------------------------------------------------------------------- --pcap tap
@@ -347,6 +336,35 @@ def test_sniff_count_filter_and_pcap(tmp_path: Path) -> None:
     assert [(m.ifname.decode(), m.linktype) for _, m in _read(path)] == [
         ("fromAgent.agent_2.802154", 230)
     ]
+
+
+def _frame_msg(frame: bytes) -> bytes:
+    return orjson.dumps({"data": list(frame), "interface_name": "serial"})
+
+
+def test_sniff_reads_6lowpan_and_filters_on_the_inner_packet() -> None:
+    """`sniff --filter 'udp port 5683'` on probe frames: matched on the decompressed
+    IPv6 packet; fragments are reassembled per agent and direction, also when the
+    fragments before the last are filtered out."""
+    up = "fromAgent.probe_1.802154.serial.packet.raw"
+    down = "toAgent.probe_1.802154.serial.packet.raw"
+    frags, _ = wpan.fragmented(tag=21)
+    rd, _ = wpan.multicast_rd()
+    msgs = [(up, _frame_msg(f)) for f in (rd, wpan.ack(), frags[0], frags[1])]
+    msgs += [(down, _frame_msg(frags[2])), (up, _frame_msg(wpan.not_lowpan()))]
+    msgs += [(up, _frame_msg(frags[2]))]
+    rows, s = _sniff(msgs, packet_filter=Filter("udp port 5683"))
+    assert rows == [
+        "probe_1       up    802.15.4 0x1234 > 0xffff 6LoWPAN IPHC fe80::ff:fe00:1234 > ff02::1a "
+        f"UDP 5683 > 5683 CoAP NON GET /rd {len(rd)} B",
+        "probe_1       up    802.15.4 00:12:4b:00:0a:0b:0c:0d > 00:12:4b:00:0e:0f:10:11 6LoWPAN "
+        "FRAGN tag 21 offset 152 size 188 reassembled IPHC fe80::212:4b00:a0b:c0d > "
+        f"fe80::212:4b00:e0f:1011 UDP 61616 > 5683 CoAP CON POST /big {len(frags[2])} B",
+    ]  # the last fragment sent down alone completes nothing
+    assert s.counters.drops["filtered out"] == 5
+    rows, _ = _sniff(msgs[:2], full_dump=True)
+    assert "('Uri-Path', b'rd')" in "\n".join(rows)  # the CoAP layer of the dump
+    assert any(r.endswith("up    802.15.4 Ack seq 9 3 B") for r in rows)
 
 
 def test_sniff_line_layout() -> None:

@@ -25,6 +25,7 @@ from agent.ipheader import (
     destination,
     is_group,
     is_link_local_or_unspecified,
+    is_link_scope,
     source,
     to_address,
 )
@@ -400,3 +401,45 @@ def test_remove_value_matches_brute_force(entries: list[tuple[Any, str]], gone: 
     for net in reference:
         ip = net.network_address
         assert table.lookup(ip.version, ip.packed) == reference_lookup(expected, ip)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("fe80::1", True),
+        ("febf::ffff", True),
+        ("fec0::1", False),
+        ("ff02::2", True),  # all routers: a router solicitation
+        ("ff02::1:ff00:1", True),  # solicited node: neighbour discovery
+        ("ff01::1", True),  # interface-local
+        ("ff12::1", True),  # transient, link scope
+        ("ff05::fd", False),  # site scope
+        ("ff0e::1", False),  # global scope
+        ("::", True),
+        ("::1", False),
+        ("cccc::1", False),
+        ("169.254.1.2", True),
+        ("169.255.0.1", False),
+        ("224.0.0.251", True),  # mDNS: local network control block
+        ("224.0.1.1", False),
+        ("255.255.255.255", True),
+        ("0.0.0.0", True),
+        ("192.0.2.1", False),
+    ],
+)
+def test_is_link_scope(text: str, expected: bool) -> None:
+    ip = ipaddress.ip_address(text)
+    assert is_link_scope(ip.version, ip.packed) is expected
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address),
+                 st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address)))
+def test_link_scope_agrees_with_ipaddress(ip: Any) -> None:
+    if isinstance(ip, ipaddress.IPv6Address):
+        scope = ip.packed[1] & 0x0F  # of a multicast address
+        want = ip.is_link_local or ip.is_unspecified or (ip.is_multicast and scope <= 2)
+    else:
+        want = ip.is_link_local or ip.is_unspecified or ip in ipaddress.ip_network("224.0.0.0/24")
+        want = want or ip == ipaddress.IPv4Address("255.255.255.255")
+    assert is_link_scope(ip.version, ip.packed) is want

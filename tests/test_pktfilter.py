@@ -240,7 +240,8 @@ def test_wpan_matches_only_802154_frames() -> None:
     either = Filter("wpan or less 10")
     assert either.matches(frame, wpan=True)
     assert not Filter("not wpan").matches(frame, wpan=True)
-    # IP words cannot be applied to 802.15.4 by libpcap: such frames do not pass
+    # IP words cannot be applied to 802.15.4 by libpcap: without the decompressed packet
+    # (agent.inspect.sixlowpan, tests/test_sixlowpan.py) such frames do not pass
     assert not Filter("icmp6 or wpan").matches(frame, wpan=True)
     assert Filter("icmp6 or wpan").matches(PACKETS[0])
 

@@ -19,8 +19,10 @@ from scapy.layers.inet6 import UDP, IPv6
 from agent.bus import wire
 from tests.conftest import (
     ROOT,
+    Proc,
     Session,
     broker_up,
+    listening,
     needs_root,
     ns_run,
     ping,
@@ -30,6 +32,12 @@ from tests.conftest import (
 )
 
 pytestmark = [pytest.mark.e2e, needs_root]
+
+
+def _tun_to_bus(agent: Proc) -> int:
+    """Packets the agent sent up so far (its SIGUSR1 counters line)."""
+    m = agent.status(r"tun>bus (\d+)p")
+    return int(m.group(1)) if m else 0
 
 
 def _vhost_of(url: str) -> str:
@@ -52,7 +60,7 @@ def _assert_resumes(session: Session, fault, back_within: float = 10.0) -> None:
     ns1 = session.ns["agent_1"]
     pinger = _ping_loop(ns1, "bbbb::2", 30)
     try:
-        time.sleep(2)
+        time.sleep(2)  # replies before the fault: the silence is measured against them
         fault_done_at = fault()
         out, _ = pinger.communicate(timeout=60)
     finally:
@@ -96,7 +104,7 @@ def test_survives_broker_restart(session: Session) -> None:
     def fault() -> float:
         try:
             rabbitmqctl("stop_app")
-            time.sleep(3)
+            time.sleep(3)  # the fault: the broker stays down this long
         finally:
             rabbitmqctl("start_app")  # whatever happened: the shared broker comes back
         return time.time()
@@ -198,12 +206,13 @@ def test_sigint_under_full_load(session: Session) -> None:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = None
     try:
-        time.sleep(0.5)
+        assert wait_for(lambda: listening(ns2, 5201), 10), "iperf3 server did not start"
         client = subprocess.Popen(
             ["ip", "netns", "exec", ns1, "iperf3", "-c", "bbbb::2", "-t", "20", "-u", "-b", "50M"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        time.sleep(3)
+        # the tunnel is loaded: thousands of packets went up
+        assert wait_for(lambda: _tun_to_bus(a1) >= 2000, 15), a1.output[-2000:]
         assert client.poll() is None, "iperf3 is not running"  # still loading the tunnel
         code, took = a1.stop(signal.SIGINT)
         assert code == 0, a1.output

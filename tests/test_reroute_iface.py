@@ -83,9 +83,11 @@ LOCAL = {ipaddress.ip_address(a).packed for a in ("cccc::2", "bbbb::2", "10.2.0.
         (IPv6(src="cccc::1", dst="bbbb::2") / UDP(), "for the host"),  # the kernel answers
         (IPv6(src="cccc::1", dst="cccc::2") / UDP(), "for the host"),
         (IP(src="192.0.2.1", dst="192.0.2.2") / ICMP(), "for the host"),
-        (IPv6(src="fe80::1", dst="fe80::2") / UDP(), "link scope"),
-        (IPv6(src="cccc::1", dst="ff02::1:ff00:2") / UDP(), "link scope"),  # ND solicitation
-        (IP(src="192.0.2.1", dst="255.255.255.255") / UDP(), "link scope"),
+        (IPv6(src="fe80::1", dst="fe80::2") / UDP(), "not from the network"),
+        (IPv6(src="cccc::1", dst="ff02::1:ff00:2") / UDP(), "multicast"),  # ND solicitation
+        (IP(src="192.0.2.1", dst="255.255.255.255") / UDP(), "multicast"),
+        # link-local scope is the switch's rule (DROP_LINK_LOCAL), for every re-route port
+        (IPv6(src="cccc::1", dst="fe80::2") / UDP(), None),
         (IPv6(src="dddd::1", dst="bbbb::1") / UDP(), "not from the network"),
         (IP(src="198.51.100.1", dst="10.2.0.1") / UDP(), "not from the network"),
     ],
@@ -137,23 +139,24 @@ def test_reroute_options_win_over_the_plan() -> None:
 
 
 def _parse(monkeypatch: pytest.MonkeyPatch, *args: str) -> Any:
-    """The AgentOptions that `agent connect args` would run with."""
+    """The Setup (agent.assembly) that `agent connect args` would build and run."""
+    import agent.assembly
     import agent.cli as cli_module
-    import agent.node
 
     seen: dict[str, Any] = {}
 
-    class FakeAgent:
-        def __init__(self, opts: Any) -> None:
-            seen["opts"] = opts
+    def build(setup: Any) -> Any:
+        seen["setup"] = setup
 
-        async def run(self) -> int:
+        async def run() -> int:
             return 0
 
-    monkeypatch.setattr(agent.node, "Agent", FakeAgent)
+        return run
+
+    monkeypatch.setattr(agent.assembly, "build", build)
     monkeypatch.setattr(cli_module, "setup_logging", lambda *a: None)
     result = CliRunner().invoke(cli_module.cli, ["connect", "--url", "amqp://h/", *args])
-    return result, seen.get("opts")
+    return result, seen.get("setup")
 
 
 @pytest.mark.parametrize("long", [False, True])
@@ -165,8 +168,8 @@ def test_cli_options_and_aliases(monkeypatch: pytest.MonkeyPatch, long: bool) ->
     )
     assert result.exit_code == 0, result.output
     assert opts.reroute == RerouteOptions((CCCC, DOC4), "1", "eth1")
-    assert opts.plan.reroute_prefixes == (CCCC, DOC4)
-    assert opts.plan.reroute_if == "eth1" and opts.plan.reroute_host == "1"
+    assert opts.address.reroute_prefixes == (CCCC, DOC4)
+    assert opts.address.reroute_if == "eth1" and opts.address.reroute_host == "1"
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 
@@ -13,7 +15,7 @@ import pytest
 from agent.bus import wire
 from agent.bus.connection import CONTROL_QUEUE_ARGUMENTS, agent_queue, control_queue_name
 from bench.many_agents import pings as _pings
-from tests.conftest import Listener, Session, needs_root, ns_run, wait_for
+from tests.conftest import ROOT, Listener, Session, needs_root, ns_run, wait_for
 
 pytestmark = [pytest.mark.e2e, needs_root]
 
@@ -97,6 +99,19 @@ def test_router_ready_answered_once_per_epoch(session: Session, listener) -> Non
     assert lst.get(timeout=5) is not None and lst.get(timeout=5) is not None
 
 
+def _depth(url: str, queue: str) -> int:
+    """Messages in a queue of url's vhost now (rabbitmqctl asks the queue itself; a
+    passive declare of another connection's exclusive queue would be refused)."""
+    vhost = url.rsplit("/", 1)[1]
+    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "messages"],
+                         capture_output=True, text=True, timeout=60)
+    for line in out.stdout.splitlines():
+        name, _, count = line.rpartition("\t")
+        if name == queue and count.isdigit():
+            return int(count)
+    return 0
+
+
 def test_announcement_survives_a_data_queue_full_of_packets(
     session: Session, listener  # type: ignore[no-untyped-def]
 ) -> None:
@@ -118,7 +133,9 @@ def test_announcement_survives_a_data_queue_full_of_packets(
         lst.publish("fromAgent.agent_9.ip.tun.started", orjson.dumps(started))
         for _ in range(1500):  # more than the data queue's x-max-length after it
             lst.publish("toAgent.agent_1.ip.tun.packet.raw", body)
-        lst.conn.sleep(0.5)
+        # all of them in the broker: the data queue full, the announcement beside it
+        assert wait_for(lambda: _depth(session.url, "agent_1@agent") >= 1000
+                        and _depth(session.url, "agent_1@agent.control") >= 1, 20)
     finally:
         os.kill(proc.pid, signal.SIGCONT)
     assert wait_for(lambda: "cccc::/64" in ns_run(ns, "ip", "-6", "route").stdout, 10), (
@@ -143,3 +160,13 @@ def test_many_agents_reach_each_other_right_after_start(session: Session) -> Non
     jobs += [(session.ns[f"agent_{i}"], "bbbb::1") for i in range(2, n + 1)]
     failed = _pings(jobs)
     assert not failed, failed
+    # the router's session model has them all, each on the fast wire, with its address
+    out = subprocess.run([sys.executable, "-m", "agent", "status", "--url", session.url,
+                          "--json"], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    rows = {a["name"]: a for a in orjson.loads(out.stdout)["agents"]}
+    assert sorted(rows) == sorted(names)
+    for i in range(1, n + 1):
+        row = rows[f"agent_{i}"]
+        assert f"bbbb::{i}" in row["addresses"] and row["wire"] == "fast", row
+        assert row["packets_in"] >= 1 and row["packets_out"] >= 1, row

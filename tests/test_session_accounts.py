@@ -13,6 +13,7 @@ from agent.bus import wire
 from agent.bus.connection import agent_queue, control_queue_name
 from agent.bus.url import parse_url
 from agent.inspect import sniff
+from agent.router.status import STATUS_KEY, STATUS_QUEUE
 from agent.session.accounts import (
     AccountError,
     account_url,
@@ -33,7 +34,7 @@ exchanges = st.sampled_from(["amq.topic", "session.x", "ex-1:2"])
 
 def agent_publishes(n: str) -> list[str]:
     return [wire.READY_KEY, wire.uplink_key(n), wire.started_key(n), wire.serial_uplink_key(n),
-            wire.serial_started_key(n)]
+            wire.serial_started_key(n), wire.stopped_key(n)]
 
 
 def agent_binds(n: str) -> list[str]:
@@ -72,8 +73,12 @@ def test_the_router_routes_to_any_agent_and_binds_what_it_binds(a: str, x: str, 
     g = router_grant("s05", x, compat)
     assert g.allows("configure", "packetrouting@router") and g.allows("write", x)
     assert all(g.allows(w, "packetrouting@router.control") for w in ("configure", "write", "read"))
-    for key in ("fromAgent.*.ip.tun.packet.raw", "fromAgent.*.ip.tun.started", wire.LOSSY_KEY):
+    for key in ("fromAgent.*.ip.tun.packet.raw", "fromAgent.*.ip.tun.started",
+                "fromAgent.*.ip.tun.stopped", wire.READY_KEY, wire.LOSSY_KEY, STATUS_KEY):
         assert g.allows("topic_read", key)
+    # agent status: its own queue, and the replies by the default exchange (direct reply-to)
+    assert all(g.allows(w, STATUS_QUEUE) for w in ("configure", "write", "read"))
+    assert g.allows("write", "amq.default")
     assert g.allows("topic_write", wire.downlink_key(a)) and g.allows("topic_write", wire.READY_KEY)
     for key in (wire.uplink_key(a), wire.started_key(a), wire.start_key(a), "#",
                 "toAgent.#.ip.tun.packet.raw", "toAgent.*.ip.tun.packet.raw"):
@@ -90,10 +95,17 @@ def test_the_observer_binds_what_sniff_binds_and_publishes_nothing(some: list[st
     for key in sniff.bindings(some):
         assert g.allows("topic_read", key), key
     assert re.fullmatch(g.configure, "0123456789abcdef@sniff")
-    assert not g.allows("write", x) and not g.allows("configure", "agent_1@agent")
+    assert not g.allows("configure", "agent_1@agent")
     assert not g.allows("read", "agent_1@agent") and not g.allows("read", "packetrouting@router")
-    for key in ("testingtool.component.ready", "fromAgent.agent_1.ip.tun.packet.raw"):
+    # it publishes on the exchange (agent status) the one request key, nothing else, and
+    # never by the default exchange (straight into a queue, or a reply to an asker)
+    assert g.allows("write", x) and g.allows("topic_write", STATUS_KEY)
+    assert not g.allows("write", "amq.default")
+    for key in ("testingtool.component.ready", "fromAgent.agent_1.ip.tun.packet.raw",
+                "fromAgent.agent_1.ip.tun.stopped", "toAgent.agent_1.ip.tun.start",
+                STATUS_KEY + ".x", "x" + STATUS_KEY):
         assert not g.allows("topic_write", key)
+    assert not any(g.allows(w, STATUS_QUEUE) for w in ("configure", "write", "read"))
 
 
 def test_sniff_queue_matches_the_observer_account() -> None:

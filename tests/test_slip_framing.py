@@ -6,7 +6,7 @@ import ipaddress
 import os
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
@@ -22,6 +22,7 @@ from agent.slip.framing import (
     classify,
     encode_frame,
     escape,
+    ip_length,
     prefix_answer,
     split_text,
     unescape,
@@ -402,7 +403,28 @@ def ip_packets(draw: st.DrawFn) -> bytes:
 @settings(max_examples=300, deadline=None)
 @given(text=printable_line, packet=ip_packets())
 def test_text_line_then_packet_is_split_exactly(text: bytes, packet: bytes) -> None:
+    # A frame that is itself exactly one IP packet by its own header is never split (the
+    # next tests): such a frame reads both ways, see the test after this one.
+    assume(ip_length(text + packet) != len(text + packet))
     assert split_text(text + packet) == (text, packet)
+
+
+AMBIGUOUS_TEXT = b"`\r\n"  # 0x60: the first byte of an IPv6 header
+
+
+@example(payload=b"\x00" * 8 + b"\n" + b"\x00" * 8)  # what hypothesis once found
+@given(payload=st.binary(min_size=17, max_size=17))
+def test_a_frame_that_reads_both_ways_is_kept_whole(payload: bytes) -> None:
+    """'`' CR LF and a 37-byte IPv4 packet are also exactly one 40-byte IPv6 packet (payload
+    length 0: the IPv4 header's second and third bytes). The rule that protects real
+    packets holding 0x0A wins: the frame is not split, it goes on as the IPv6 packet it
+    says it is (and the IPv6 stack that gets it drops it)."""
+    packet = bytes(IP(src="10.2.0.1", dst="192.0.2.1") / payload)
+    assert len(packet) == 37
+    frame = AMBIGUOUS_TEXT + packet
+    assert ip_length(frame) == len(frame) == 40
+    assert split_text(frame) is None
+    assert classify(frame) is FrameKind.IPV6
 
 
 @settings(max_examples=300, deadline=None)

@@ -18,9 +18,9 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 
 from agent.bus import wire
-from agent.bus.url import parse_url
 from agent.config import AddressPlan, parse_reroute_prefix
-from agent.node import Agent, AgentOptions
+from agent.counters import Counters
+from agent.node import Agent
 from agent.reroute.options import RerouteOptions
 from agent.slip.framing import SlipDecoder
 from agent.slip.link import SerialLink, answer_prefix, text_line
@@ -35,7 +35,7 @@ from agent.slip.options import (
 from agent.slip.port import SerialPortError, SerialSettings
 from agent.slip.probe import data_slip
 from agent.switch import routes
-from tests.conftest import until
+from tests.conftest import make_agent, until
 
 END = b"\xc0"
 CCCC = parse_reroute_prefix("cccc")
@@ -71,26 +71,16 @@ def read_master(master: int) -> bytes:
         return b""
 
 
-def make_agent(plan: AddressPlan | None = None, reroute: RerouteOptions | None = None) -> Agent:
-    return Agent(
-        AgentOptions(
-            name="mote_gw",
-            url=parse_url("amqp://guest:guest@localhost/"),
-            plan=plan,
-            reroute=reroute or RerouteOptions(),
-        )
-    )
-
-
 def serial_agent(
     link_path: Path, reroute: RerouteOptions | None = None, **settings: object
 ) -> tuple[Agent, SerialLink]:
     """An agent with a serial port on link_path, assembled as `agent connect` does."""
     choice = serial_choice({"serial_port": str(link_path)})
-    agent = make_agent(reroute=serial_reroute(choice, reroute or RerouteOptions()))
-    link = SerialLink(SerialSettings(str(link_path), **settings), agent.counters)  # type: ignore[arg-type]
-    agent.add_port(link)
-    return agent, link
+    counters = Counters()
+    link = SerialLink(SerialSettings(str(link_path), **settings), counters)  # type: ignore[arg-type]
+    rig = make_agent("mote_gw", plan=None, others=(link,), counters=counters,
+                     reroute=serial_reroute(choice, reroute or RerouteOptions()))
+    return rig.agent, link
 
 
 def ping6(dst: str, src: str = "bbbb::1") -> bytes:
@@ -190,6 +180,33 @@ def test_802154_mode_takes_port_and_baudrate_from_env(monkeypatch: pytest.Monkey
     )
 
 
+@pytest.mark.parametrize(
+    "given, leading_end",
+    [
+        ({}, True),  # the default: END payload END
+        ({"slip_framing": "both"}, True),
+        ({"slip_framing": "end-only"}, False),  # RIOT before its 2024 SLIP rewrite
+        ({"slip_leading_end": True}, True),  # the old flag: what is now the default
+    ],
+)
+def test_slip_framing_option(given: dict[str, object], leading_end: bool) -> None:
+    choice = serial_choice({"serial_port": "/dev/ttyUSB0", **given})
+    assert choice is not None and choice.settings.leading_end is leading_end
+
+
+def test_slip_framing_contradictions_are_one_line_errors() -> None:
+    with pytest.raises(SerialOptionError, match="contradicts") as err:
+        serial_choice(
+            {"serial_port": "/dev/ttyUSB0", "slip_leading_end": True, "slip_framing": "end-only"}
+        )
+    assert "\n" not in str(err.value)
+    with pytest.raises(SerialOptionError, match="one of: both, end-only") as err:
+        serial_choice({"serial_port": "/dev/ttyUSB0", "slip_framing": "none"})
+    assert err.value.option == "--slip-framing"
+    with pytest.raises(SerialOptionError, match="--slip-framing needs a serial device"):
+        serial_choice({"slip_framing": "end-only"})
+
+
 def test_ip_mode_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(BAUDRATE_ENV, raising=False)
     choice = serial_choice(
@@ -246,10 +263,46 @@ def test_attach_missing_device_is_serial_port_error(tmp_path: Path) -> None:
     choice = serial_choice({"serial_port": str(tmp_path / "ttyUSB7")})
     assert choice is not None
     with pytest.raises(SerialPortError, match="does not exist"):
-        serial_link(choice, make_agent().counters)
+        serial_link(choice, Counters())
 
 
 # ----------------------------------------------------------------------------- the link
+
+
+class RecordingTun:
+    """Stands in for agent.tun.device.Tun: the routes the agent adds into it."""
+
+    def __init__(self) -> None:
+        self.routes: list[object] = []
+
+    async def add_route(self, network: object) -> bool:
+        self.routes.append(network)
+        return True
+
+
+def test_own_networks_behind_the_line_are_routed_into_the_tun(
+    pty_path: tuple[Path, int],
+) -> None:
+    """The agent's own host reaches the mote through the TUN (there is no interface of its
+    own to the line); an interface port's networks get no such route (the interface
+    leads there itself)."""
+    link_path, _master = pty_path
+    v4 = parse_reroute_prefix("192.0.2.0/24")
+    agent, _link = serial_agent(link_path, RerouteOptions((CCCC, v4), "1"))
+    tun = RecordingTun()
+    asyncio.run(agent._route_own_networks(tun, routes(None, agent.opts.reroute)))  # type: ignore[arg-type]
+    assert tun.routes == [CCCC, v4]
+    by_iface = make_agent(reroute=RerouteOptions((CCCC,), "1", "eth1")).agent
+    table = routes(None, by_iface.opts.reroute)
+    assert table == {CCCC: "eth1"}
+
+    class Eth1:
+        name = "eth1"
+
+    by_iface.iface = Eth1()  # type: ignore[assignment]
+    tun = RecordingTun()
+    asyncio.run(by_iface._route_own_networks(tun, table))  # type: ignore[arg-type]
+    assert tun.routes == []
 
 
 def test_attach_routes_prefixes_and_amends_plans(pty_path: tuple[Path, int]) -> None:
@@ -319,7 +372,7 @@ def test_frames_from_the_line(pty_path: tuple[Path, int]) -> None:
 
     asyncio.run(main())
     assert forwarded == [(reply6, "serial"), (reply4, "serial")]
-    assert bytes(got) == b"!P\xcc\xcc" + b"\x00" * 6 + END
+    assert bytes(got) == END + b"!P\xcc\xcc" + b"\x00" * 6 + END
     c = agent.counters
     assert c.packets["serial>log"] == 1 and c.packets["serial ?P>!P"] == 1
     assert c.drops["serial other"] == 1
@@ -332,12 +385,12 @@ async def run_agent_briefly(
 ) -> None:
     """Open the link as the agent does, feed the line, collect what the link writes."""
     await link.open(agent.receive, "serial")
-    await asyncio.sleep(0.05)
+    assert await until(lambda: link.port.is_open)
     for chunk in chunks:
         os.write(master, chunk)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # each chunk a read of its own, as from a slow line
     await until(lambda: got.extend(read_master(master)) or len(got) >= 11, timeout=2)
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)  # a window in which anything more written would show
     got.extend(read_master(master))
     await link.close()
     assert not link.port.is_open

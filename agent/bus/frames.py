@@ -222,18 +222,21 @@ class FrameReader:
             else:
                 events.append(Passthrough(buf[pos : end + 1]))
             pos = end + 1
-        if pos < n:
-            rest = buf[pos:]
-            self._chunks = [rest]
-            self._have = len(rest)
-            # a whole frame: its 7-byte header, payload and frame-end (8 bytes at least)
-            size = _FRAME_HEAD.unpack_from(rest)[2] if len(rest) >= 7 else 0
-            if size + FRAME_OVERHEAD > self.frame_max:
-                raise FrameError(f"frame of {size} B over frame_max {self.frame_max}")
-            self._need = size + FRAME_OVERHEAD
-        else:
-            self._have = 0
+        self._keep(buf[pos:] if pos < n else b"")
         return events
+
+    def _keep(self, rest: bytes) -> None:
+        """The start of a frame not complete yet (or b""): kept until the rest comes."""
+        if not rest:
+            self._have = 0
+            return
+        self._chunks = [rest]
+        self._have = len(rest)
+        # a whole frame: its 7-byte header, payload and frame-end (8 bytes at least)
+        size = _FRAME_HEAD.unpack_from(rest)[2] if len(rest) >= 7 else 0
+        if size + FRAME_OVERHEAD > self.frame_max:
+            raise FrameError(f"frame of {size} B over frame_max {self.frame_max}")
+        self._need = size + FRAME_OVERHEAD
 
     def _deliver(self, buf: bytes, start: int, end: int) -> None:
         try:

@@ -30,6 +30,9 @@ FAST_CONTENT_TYPE = "application/x-ip-packet-batch"
 FAST_WIRE = "batch1"
 WIRE_FIELD = "x_agent_wire"  # in tun.started and in the router's ready: wires understood
 EPOCH_FIELD = "x_router_epoch"  # in the router's ready: new each time it (re)connects
+# in our agents' ready, tun.started and tun.stopped: new on each of the agent's bus
+# connections (agent.router.session tells incarnations apart by it)
+INCARNATION_FIELD = "x_agent_incarnation"
 MAX_BATCH_BYTES = 60000
 
 IP_PACKET_KIND = "ip.tun.packet.raw"
@@ -68,6 +71,11 @@ def start_key(name: str) -> str:
 
 def started_key(name: str) -> str:
     return f"fromAgent.{name}.ip.tun.started"
+
+
+def stopped_key(name: str) -> str:
+    """Our agent's goodbye as it stops (agent.router.session forgets it at once)."""
+    return f"fromAgent.{name}.ip.tun.stopped"
 
 
 def serial_uplink_key(name: str) -> str:
@@ -199,6 +207,15 @@ class Ready:
 
 
 @dataclass(slots=True)
+class TunStopped:
+    """fromAgent.<name>.ip.tun.stopped: our agent stops (ours only; ioppytest has none)."""
+
+    agent: str
+    uplink: bool
+    fields: dict[str, Any]
+
+
+@dataclass(slots=True)
 class SerialStarted:
     """fromAgent.<name>.802154.serial.started: the probe's serial port is open."""
 
@@ -231,13 +248,14 @@ class Other:
 
 
 Message = (
-    Packets | Frames | TunStart | TunStarted | Ready | SerialStarted | Terminate | LossyLinkStart
-    | Other
+    Packets | Frames | TunStart | TunStarted | TunStopped | Ready | SerialStarted | Terminate
+    | LossyLinkStart | Other
 )
 
 _AGENT_KINDS: dict[str, type] = {
     "ip.tun.start": TunStart,
     "ip.tun.started": TunStarted,
+    "ip.tun.stopped": TunStopped,
     "802154.serial.started": SerialStarted,
 }
 
@@ -271,10 +289,10 @@ def encode(msg: Message) -> tuple[str, bytes, str]:
         extra = {k: v for k, v in msg.fields.items() if k not in ("_api_version", "component")}
         extra.pop("description", None)
         return READY_KEY, encode_ready(msg.component, **extra), CONTENT_TYPE
-    if isinstance(msg, TunStarted | TunStart | SerialStarted):
-        kind = {TunStarted: "ip.tun.started", TunStart: "ip.tun.start"}.get(
-            type(msg), "802154.serial.started"
-        )
+    if isinstance(msg, TunStarted | TunStart | TunStopped | SerialStarted):
+        kind = {
+            TunStarted: "ip.tun.started", TunStart: "ip.tun.start", TunStopped: "ip.tun.stopped"
+        }.get(type(msg), "802154.serial.started")
         way = "fromAgent" if msg.uplink else "toAgent"
         body = orjson.dumps({"_api_version": API_VERSION, **msg.fields})
         return f"{way}.{msg.agent}.{kind}", body, CONTENT_TYPE
@@ -500,6 +518,18 @@ def router_epoch(msg: dict[str, Any]) -> str | None:
     """The epoch in a router's ready (None: a router that does not send one)."""
     epoch = msg.get(EPOCH_FIELD)
     return epoch if isinstance(epoch, str) and epoch else None
+
+
+def incarnation(msg: dict[str, Any]) -> str | None:
+    """The agent incarnation a ready/tun.started/tun.stopped names (None: not one of ours)."""
+    value = msg.get(INCARNATION_FIELD)
+    return value if isinstance(value, str) and 0 < len(value) <= 64 else None
+
+
+def encode_tun_stopped(name: str, incarnation_id: str) -> bytes:
+    return orjson.dumps(
+        {"_api_version": API_VERSION, "name": name, INCARNATION_FIELD: incarnation_id}
+    )
 
 
 def encode_tun_started(name: str, plan: AddressPlan, **extra: Any) -> bytes:

@@ -12,8 +12,13 @@ Two words of the agent's own are translated before libpcap sees the expression:
   ``coap`` is 5683 and ``coaps`` 5684 (the names need not be in /etc/services);
 * ``wpan``: 802.15.4 frames (the serial probe mode). On IP packets it is false; an
   802.15.4 frame is run through the expression compiled for link type
-  IEEE802_15_4_NOFCS with ``wpan`` true, and fails the filter when libpcap cannot
-  compile it for that link type (IP words: libpcap does not look inside 6LoWPAN).
+  IEEE802_15_4_NOFCS with ``wpan`` true when libpcap can compile it for that link type
+  (``wpan``, ``greater 40``...). An expression with IP words (``udp port 5683``,
+  ``coap``, ``host fe80::1``) cannot be: libpcap does not look inside 6LoWPAN. Such an
+  expression is then run, with ``wpan`` true, on the IPv6 packet the frame carries,
+  decompressed (agent.inspect.sixlowpan; a fragmented datagram on the frame that
+  completes it). A frame without a whole IPv6 packet (an ack, a fragment that does not
+  complete its datagram, an undecodable frame) fails it.
 
 Host names are resolved when the filter is compiled, as tcpdump does.
 """
@@ -145,15 +150,27 @@ class Filter:
             raise FilterError(f"{exc} in {text!r}") from None
         self._ip = ip
         self._filter = lib.bpf_filter
+        self._inner: _Bpf | None = None
         try:
             self._wpan: _Bpf | None = _Bpf(lib, translate(text, wpan=True), DLT_IEEE802_15_4_NOFCS)
-        except FilterError:
-            self._wpan = None  # IP words: no 802.15.4 frame passes
+        except FilterError:  # IP words: run on the IPv6 packet inside 802.15.4 frames
+            self._wpan = None
+            self._inner = _Bpf(lib, translate(text, wpan=True), raw)
 
-    def matches(self, packet: bytes, wpan: bool = False) -> bool:
+    @property
+    def needs_inner(self) -> bool:
+        """True if an 802.15.4 frame is matched on the IPv6 packet inside it."""
+        return self._wpan is None
+
+    def matches(self, packet: bytes, wpan: bool = False, inner: bytes | None = None) -> bool:
+        """``packet``: raw IP, or (``wpan``) an 802.15.4 frame, then ``inner`` is the
+        decompressed IPv6 packet it carries, if any (used when needs_inner)."""
         if wpan:
-            prog = self._wpan
-            if prog is None:
+            if self._wpan is not None:
+                prog = self._wpan
+            elif self._inner is not None and inner is not None:
+                prog, packet = self._inner, inner
+            else:
                 return False
             return bool(self._filter(prog.insns, packet, len(packet), len(packet)))
         return bool(self._filter(self._ip.insns, packet, len(packet), len(packet)))

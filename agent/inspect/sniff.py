@@ -13,7 +13,9 @@ Control messages (tun.start, tun.started, ready, serial.started, terminate) and 
 messages get a readable line too; they are not counted by `--count` nor filtered.
 `--pcap` writes the packets to pcapng, one interface per agent and direction, named
 after the routing key (`fromAgent.agent_1`, `toAgent.agent_1`; 802.15.4 frames of the
-serial mode on `fromAgent.<name>.802154` with linktype 230). Logs go to stderr.
+serial mode on `fromAgent.<name>.802154` with linktype 230). 802.15.4 frames are read down
+to the IPv6 packet inside (6LoWPAN, agent.inspect.sixlowpan), and `--filter`'s IP words
+match that packet. Logs go to stderr.
 
 Stops on SIGINT/SIGTERM, after `--count` packets, or on `testingtool.terminate`.
 """
@@ -29,16 +31,13 @@ from typing import Any, TextIO
 
 from agent.bus import wire
 from agent.bus.connection import Bus, QueueSpec
+from agent.bus.dispatch import dispatcher
 from agent.bus.url import Urls
 from agent.config import ConfigError, plan_from_bus
-from agent.inspect.capture import (
-    LINKTYPE_IEEE802_15_4_NOFCS,
-    LINKTYPE_RAW,
-    PcapNgWriter,
-    dump,
-    summarize,
-)
 from agent.inspect.filter import Filter
+from agent.inspect.pcapng import LINKTYPE_IEEE802_15_4_NOFCS, LINKTYPE_RAW, PcapNgWriter
+from agent.inspect.sixlowpan import WpanDecoder, dump_wpan
+from agent.inspect.summary import dump, summarize
 from agent.service import Service
 from agent.soon import Soon
 
@@ -73,15 +72,11 @@ def line(now: float, who: str, way: str, text: str) -> str:
     return f"{timestamp(now)} {who:<{WHO_WIDTH}} {way:<4}  {text}"
 
 
-def summarize_wpan(frame: bytes) -> str:
-    """One line for an 802.15.4 frame (serial mode); never raises."""
-    try:
-        from scapy.layers.dot15d4 import Dot15d4
-
-        text = Dot15d4(frame).summary()
-    except Exception:
-        text = "802.15.4 (undecodable)"
-    return f"{_printable(text)} {len(frame)} B"
+def _who(agent: str | None, uplink: bool) -> tuple[str, str]:
+    """The agent and the direction a line shows ("?" and "" for keys of no agent)."""
+    if agent is None:
+        return "?", ""
+    return _printable(agent, 40), "up" if uplink else "down"
 
 
 def describe_plan(msg: dict[str, Any]) -> str:
@@ -125,8 +120,10 @@ class Sniffer(Service):
         self.packets = 0
         self.writer = PcapNgWriter(pcap, autoflush=False) if pcap else None  # OSError to caller
         self._ifaces: dict[tuple[str, str, int], int] = {}
+        self._decoders: dict[tuple[str, str], WpanDecoder] = {}  # 802.15.4, per stream
         self._done = False
         self._flush_soon = Soon(self._flush)
+        self._dispatch = dispatcher(self._show, self.counters, log, self._malformed)
         self.bus = Bus(
             url,
             exchange,
@@ -207,6 +204,13 @@ class Sniffer(Service):
             pass
         self.stop()
 
+    def _decoder(self, agent: str, way: str) -> WpanDecoder:
+        """One decoder (fragment table) per agent and direction: a stream of frames."""
+        decoder = self._decoders.get((agent, way))
+        if decoder is None:
+            decoder = self._decoders[(agent, way)] = WpanDecoder()
+        return decoder
+
     def _capture(self, agent: str, way: str, packet: bytes, now: float, wpan: bool) -> None:
         writer = self.writer
         if writer is None or writer.closed:
@@ -225,62 +229,71 @@ class Sniffer(Service):
     # -- messages -----------------------------------------------------------------------
 
     def _on_message(self, key: str, body: bytes, content_type: str | None) -> None:
-        if self._done:
-            return
+        if not self._done:
+            self._dispatch(key, body, content_type)
+
+    def _malformed(self, key: str, exc: wire.WireError) -> None:
+        topic = wire.topic(key)
+        who, way = _who(topic.agent, topic.uplink)
+        self._emit(line(time.time(), who, way, f"malformed message on {_printable(key)}: {exc}"))
+
+    def _show(self, msg: wire.Message) -> None:
+        """One line per message (agent.bus.dispatch counts and logs what this raises)."""
         now = time.time()
-        who, way = "?", ""
-        try:
-            topic = wire.topic(key)
-            if topic.agent is not None:
-                who = _printable(topic.agent, 40)
-                way = "up" if topic.uplink else "down"
-            msg = wire.parse(key, body, content_type)
-            if isinstance(msg, wire.Terminate):
-                desc = msg.fields.get("description")
-                self._emit(line(now, "testingtool", "", f"terminate: {_printable(desc)}"))
-                log.info("testingtool.terminate received; stopping")
-                self.stop()
-            elif isinstance(msg, wire.Ready):
-                if self.names and msg.component not in self.names:
-                    return
-                self._emit(line(now, _printable(msg.component, 40), "up", "ready"))
-            elif isinstance(msg, wire.Packets):  # JSON, or our fast wire (several a message)
-                for packet in msg.packets():
-                    if self._done:
-                        break
-                    self._packet(msg.agent, who, way, packet, now, wpan=False)
-            elif isinstance(msg, wire.Frames):
-                self._packet(msg.agent, who, way, msg.frame(), now, wpan=True)
-            elif isinstance(msg, wire.TunStart | wire.TunStarted):
-                text = describe_plan(msg.fields)
-                self._emit(line(now, who, way, f"{topic.kind[3:]}: {text}"))
-            elif isinstance(msg, wire.SerialStarted):
+        if isinstance(msg, wire.Terminate):
+            desc = msg.fields.get("description")
+            self._emit(line(now, "testingtool", "", f"terminate: {_printable(desc)}"))
+            log.info("testingtool.terminate received; stopping")
+            self.stop()
+        elif isinstance(msg, wire.Ready):
+            if self.names and msg.component not in self.names:
+                return
+            self._emit(line(now, _printable(msg.component, 40), "up", "ready"))
+        elif isinstance(msg, wire.Packets):  # JSON, or our fast wire (several a message)
+            who, way = _who(msg.agent, msg.uplink)
+            for packet in msg.packets():
+                if self._done:
+                    break
+                self._packet(msg.agent, who, way, packet, now, wpan=False)
+        elif isinstance(msg, wire.Frames):
+            who, way = _who(msg.agent, msg.uplink)
+            self._packet(msg.agent, who, way, msg.frame(), now, wpan=True)
+        elif isinstance(msg, wire.TunStart | wire.TunStarted | wire.SerialStarted):
+            who, way = _who(msg.agent, msg.uplink)
+            if isinstance(msg, wire.SerialStarted):
                 port = _printable(msg.fields.get("port"))
                 baud = _printable(msg.fields.get("boudrate"))
-                self._emit(line(now, who, way, f"serial.started: {port} at {baud} baud"))
-            elif topic.agent is None:
-                self._emit(line(now, "?", "", f"{_printable(key)} ({len(body)} B)"))
+                text = f"serial.started: {port} at {baud} baud"
             else:
-                self._emit(line(now, who, way, f"{_printable(topic.kind)} ({len(body)} B)"))
-        except wire.WireError as exc:
-            self.counters.drop(exc.reason)
-            self._emit(line(now, who, way, f"malformed message on {_printable(key)}: {exc}"))
-        except Exception:  # a formatting bug must not end the capture
-            self.counters.drop("error")
-            log.exception("error handling a message on %s", key)
+                kind = "tun.start" if isinstance(msg, wire.TunStart) else "tun.started"
+                text = f"{kind}: {describe_plan(msg.fields)}"
+            self._emit(line(now, who, way, text))
+        elif isinstance(msg, wire.Other):
+            if msg.topic.agent is None:
+                self._emit(line(now, "?", "", f"{_printable(msg.topic.kind)} ({msg.size} B)"))
+            else:
+                who, way = _who(msg.topic.agent, msg.topic.uplink)
+                text = f"{_printable(msg.topic.kind)} ({msg.size} B)"
+                self._emit(line(now, who, way, text))
 
     def _packet(
         self, agent: str, who: str, way: str, packet: bytes, now: float, wpan: bool
     ) -> None:
-        if self.filter is not None and not self.filter.matches(packet, wpan):
+        inner, text = None, ""
+        if wpan:  # decoded before the filter: fragments are remembered even if filtered out
+            decoded = self._decoder(agent, way).decode(packet)
+            text, inner = f"{decoded.text} {len(packet)} B", decoded.ipv6
+        if self.filter is not None and not self.filter.matches(packet, wpan, inner):
             self.counters.drop("filtered out")
             return
         self.counters.count(f"{agent}>" if way == "up" else f">{agent}", len(packet))
         self.packets += 1
-        text = summarize_wpan(packet) if wpan else summarize(packet)
+        if not wpan:
+            text = summarize(packet)
         self._emit(line(now, who, way, text))
         if self.full_dump:
-            self._emit("\n".join("    " + row for row in dump(packet).splitlines()))
+            full = dump_wpan(packet, inner) if wpan else dump(packet)
+            self._emit("\n".join("    " + row for row in full.splitlines()))
         try:
             self._capture(agent, way, packet, now, wpan)
         except (OSError, ValueError) as exc:

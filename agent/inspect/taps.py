@@ -15,15 +15,14 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from agent.inspect.capture import (
+from agent.inspect.pcapng import (
     INBOUND,
     LINKTYPE_IEEE802_15_4_NOFCS,
     LINKTYPE_RAW,
     OUTBOUND,
     PcapNgWriter,
-    dump,
-    summarize,
 )
+from agent.inspect.summary import dump, summarize
 from agent.soon import Soon
 
 if TYPE_CHECKING:
@@ -94,6 +93,34 @@ class TraceTap:
 
     def close(self) -> None:
         """Nothing pending: each line is logged as it comes."""
+
+
+class WpanTrace:
+    """`-v` in the 802.15.4 probe mode: one line per frame, read down to the IPv6 packet
+    inside (agent.inspect.sixlowpan), `up   serial>bus 802.15.4 0x1234 > 0xffff 6LoWPAN
+    IPHC ...`; `-vv` adds the dump. Fragments are reassembled per direction."""
+
+    def __init__(self, full_dump: bool = False, logger: logging.Logger = trace) -> None:
+        from agent.inspect.sixlowpan import WpanDecoder  # Scapy: only when asked for
+
+        self.full_dump = full_dump
+        self.log = logger
+        self._decoders = {"up": WpanDecoder(), "down": WpanDecoder()}
+
+    def line(self, frame: bytes, way: str) -> tuple[str, bytes | None]:
+        decoded = self._decoders["up" if way == "up" else "down"].decode(frame)
+        path = "serial>bus" if way == "up" else "bus>serial"
+        return f"{way:<4} {path} {decoded.text} {len(frame)} B", decoded.ipv6
+
+    def __call__(self, frame: bytes, way: str) -> None:
+        line, ipv6 = self.line(frame, way)
+        if self.full_dump:
+            from agent.inspect.sixlowpan import dump_wpan
+
+            self.log.info("%s\n%s", line, dump_wpan(frame, ipv6))
+        else:
+            self.log.info("%s", line)
+
 
 class PcapTap:
     """`--pcap FILE`: every forwarded packet, written twice like `tcpdump -i any` sees a

@@ -19,19 +19,16 @@ Sockets (all made inside the agent's namespace, driven by the agent's loop, no t
   unreachability, as for any packet it sends. Nothing is added to the neighbour table by
   the agent.
 
-Routes: when no route to a re-route network leads out of the interface (the kernel's
-lookup for the network's address, restricted to the interface as the send socket's is,
-fails or picks another interface: a bare cable with only link-local addresses), the agent
-adds an on-link route for it there (`ip route add NET dev IFACE proto 172`), logs it and
-deletes that route, and only that one, when it stops; when the link comes back up (taking
-it down deletes its IPv6 routes) the check is made again. A route the user made is never
-changed: if adding ours fails because one exists, that is logged and left alone.
+Routes: when no route to a re-route network leads out of the interface (a bare cable with
+only link-local addresses), the agent adds an on-link route for it there and deletes it
+when it stops (agent.reroute.onlink).
 
 What enters the switch from the interface (`accept_from_link`): unicast packets for this
 host's link-layer address, from an address inside a re-route network, to an address that
-is neither link-local, multicast nor one of this namespace's own addresses (those are the
-kernel's, which answers them itself). Neighbour discovery, ARP, router advertisements and
-anything else link-local therefore never reach the bus.
+is neither multicast nor one of this namespace's own addresses (those are the kernel's,
+which answers them itself). Link-local scope (neighbour discovery, router solicitations,
+fe80::/10, 169.254.0.0/16) is the switch's rule, the same for every re-route port
+(`agent.switch.DROP_LINK_LOCAL`): it never reaches the bus.
 
 If the kernel of the namespace forwards a family itself (forwarding sysctl on), packets of
 that family from the interface are left to it: it routes them into the TUN, where the
@@ -45,23 +42,19 @@ import errno
 import fcntl
 import ipaddress
 import logging
-import os
 import socket
 import struct
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.config import AddressPlan, ConfigError, IPNetwork
-from agent.ipheader import PrefixTable, destination, is_group, is_link_local_or_unspecified, source
+from agent.ipheader import PrefixTable, destination, is_group, source
 from agent.port import LINKTYPE_RAW, Deliver
 from agent.reroute.checksum import complete_checksum
+from agent.reroute.onlink import OnLinkRoutes
 from agent.switch import iface_port_name
 from agent.tun.netns import Netlink, entered
-
-if TYPE_CHECKING:
-    from pyroute2 import AsyncIPRoute
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +75,6 @@ MAX_BATCH = 64
 WATCH_INTERVAL = 1.0
 ADDRESS_REFRESH = 5  # watch ticks between two reads of the namespace's addresses
 RCVBUF = 1 << 20
-RTPROT_AGENT = 172  # the `proto` of the on-link routes the agent adds (and deletes)
 
 # link states
 UP, DOWN, NO_CARRIER, GONE = "up", "down", "no carrier", "gone"
@@ -105,8 +97,8 @@ def accept_from_link(packet: bytes, networks: PrefixTable[bool], local: set[byte
     if dst is None or src is None:
         return "not ip"
     version, addr = dst
-    if is_group(version, addr) or is_link_local_or_unspecified(version, addr):
-        return "link scope"
+    if is_group(version, addr):
+        return "multicast"
     if addr in local:
         return "for the host"
     if networks.lookup(*src) is None:
@@ -153,6 +145,48 @@ def kernel_forwarding(ifname: str) -> set[int]:
     return out
 
 
+def state_word(state: str) -> str:
+    return "down" if state == DOWN else "without carrier" if state == NO_CARRIER else state
+
+
+def state_message(ifname: str, where: str, state: str) -> str:
+    """Why an interface cannot be used at start (one line)."""
+    if state == GONE:
+        return f"re-route interface {ifname} does not exist{where}"
+    if state == DOWN:
+        return f"re-route interface {ifname}{where} is down (ip link set {ifname} up)"
+    return f"re-route interface {ifname}{where} has no carrier (cable? peer up?)"
+
+
+def open_sockets(ifname: str) -> tuple[socket.socket, dict[int, socket.socket]]:
+    """The receive socket and the send socket per IP version of an interface (made in the
+    current namespace)."""
+    rx = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0)
+    tx: dict[int, socket.socket] = {}
+    try:
+        rx.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+        try:
+            rx.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        except OSError:
+            pass  # older kernels: outgoing copies are filtered below
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        rx.bind((ifname, ETH_P_ALL))
+        rx.setblocking(False)
+        for version, family in ((4, socket.AF_INET), (6, socket.AF_INET6)):
+            s = socket.socket(family, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.IPPROTO_RAW)
+            tx[version] = s
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
+            if version == 6:
+                s.setsockopt(socket.IPPROTO_IPV6, IPV6_HDRINCL, 1)
+            s.setblocking(False)
+    except BaseException:
+        rx.close()
+        for s in tx.values():
+            s.close()
+        raise
+    return rx, tx
+
+
 def _describe(nets: Iterable[IPNetwork]) -> str:
     return ", ".join(str(n) for n in nets) or "nothing"
 
@@ -197,9 +231,7 @@ class IfacePort:
         self._watch: asyncio.Task[None] | None = None
         self._send_errors: set[int] = set()
         self._where = f" in namespace {netns}" if netns else ""
-        # on-link routes we made, with the interface index then (removed on stop)
-        self.added_routes: list[tuple[IPNetwork, int]] = []
-        self._closing = False
+        self.onlink = OnLinkRoutes(ifname, self._where, self.prefixes)  # removed on stop
 
     # -- open / start / close -------------------------------------------------------------
 
@@ -213,14 +245,15 @@ class IfacePort:
             with entered(self.netns):
                 state, index = link_state(self.ifname)
                 if state != UP:
-                    raise IfaceError(self._state_message(state))
+                    raise IfaceError(state_message(self.ifname, self._where, state))
                 self._open_sockets()
                 self.kernel_forwards = kernel_forwarding(self.ifname)
-                self._netlink = Netlink()
+                self._netlink = self.onlink.netlink = Netlink()
         except PermissionError:
             self._close_sockets()
             raise IfaceError(
-                f"not permitted to open re-route interface {self.ifname} (run as root)"
+                f"not permitted to open re-route interface {self.ifname}: needs root, or "
+                "CAP_NET_RAW besides CAP_NET_ADMIN"
             ) from None
         except (OSError, ConfigError) as exc:
             self._close_sockets()
@@ -230,37 +263,14 @@ class IfacePort:
 
     def _open_sockets(self) -> None:
         """Make the receive and send sockets (inside the namespace)."""
-        rx = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0)
-        tx: dict[int, socket.socket] = {}
-        try:
-            rx.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
-            try:
-                rx.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-            except OSError:
-                pass  # older kernels: outgoing copies are filtered below
-            rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-            rx.bind((self.ifname, ETH_P_ALL))
-            rx.setblocking(False)
-            for version, family in ((4, socket.AF_INET), (6, socket.AF_INET6)):
-                s = socket.socket(family, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.IPPROTO_RAW)
-                tx[version] = s
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.ifname.encode())
-                if version == 6:
-                    s.setsockopt(socket.IPPROTO_IPV6, IPV6_HDRINCL, 1)
-                s.setblocking(False)
-        except BaseException:
-            rx.close()
-            for s in tx.values():
-                s.close()
-            raise
-        self._rx, self._tx = rx, tx
+        self._rx, self._tx = open_sockets(self.ifname)
 
     async def open(self, deliver: Deliver, key: str) -> None:
         """Start reading on the running loop (after check()): packets go to deliver."""
         self._loop = asyncio.get_running_loop()
         self.deliver, self.key = deliver, key
         await self._refresh_addresses()
-        await self._ensure_routes()
+        await self.onlink.ensure(self.index)
         self._add_reader()
         self._watch = self._loop.create_task(self._watch_loop())
         log.info(
@@ -278,64 +288,6 @@ class IfacePort:
                 self.ifname,
             )
 
-    async def _leads_out(self, ipr: AsyncIPRoute, net: IPNetwork) -> bool:
-        """True if the kernel routes net's address out of our interface (as the send socket,
-        bound to it, would be routed)."""
-        try:
-            found = await ipr.route("get", dst=str(net.network_address), oif=self.index)
-        except NetlinkError:
-            return False  # e.g. IPv6 with no route at all: network unreachable
-        return any(msg.get("RTA_OIF") == self.index for msg in found)
-
-    async def _ensure_routes(self) -> None:
-        """Add an on-link route for each re-route network no route leads out of us to."""
-        if self._netlink is None or not self._netlink.is_open:
-            return
-        ipr = await self._netlink.ipr()
-        for net in self.prefixes:
-            if self._closing:
-                return
-            if await self._leads_out(ipr, net):
-                continue
-            try:
-                await ipr.route("add", dst=str(net), oif=self.index, proto=RTPROT_AGENT)
-            except NetlinkError as exc:
-                log.warning(
-                    "no route to %s leads out of %s%s, and adding one failed: %s (left as it is)",
-                    net,
-                    self.ifname,
-                    self._where,
-                    os.strerror(exc.code),
-                )
-                continue
-            self.added_routes = [(n, i) for n, i in self.added_routes if n != net]
-            self.added_routes.append((net, self.index))
-            log.info(
-                "route %s dev %s%s added (on-link: no route to it led out of %s); "
-                "removed when the agent stops",
-                net,
-                self.ifname,
-                self._where,
-                self.ifname,
-            )
-        if self._closing:  # stopped while we were adding: take them away again
-            await self.remove_routes()
-
-    async def remove_routes(self) -> None:
-        """Delete the on-link routes we added (matched by network, interface and proto)."""
-        self._closing = True
-        if not self.added_routes or self._netlink is None or not self._netlink.is_open:
-            return
-        ipr = await self._netlink.ipr()
-        while self.added_routes:
-            net, index = self.added_routes.pop()
-            try:
-                await ipr.route("del", dst=str(net), oif=index, proto=RTPROT_AGENT)
-            except NetlinkError as exc:
-                log.debug("route %s dev %s already gone: %s", net, self.ifname, exc)
-                continue
-            log.info("route %s dev %s removed", net, self.ifname)
-
     def routed(self, networks: Sequence[IPNetwork]) -> None:
         """Nothing to do: the interface takes its networks from the plan (on-link routes)."""
 
@@ -343,7 +295,7 @@ class IfacePort:
         """Nothing waits: every send() is one sendto()."""
 
     async def close(self) -> None:
-        await self.remove_routes()  # the on-link routes we added, if any
+        await self.onlink.remove()  # the on-link routes we added, if any
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
@@ -470,7 +422,7 @@ class IfacePort:
                 self._set_state(*self._probe())
                 if self.state == UP and before != UP:
                     # taking a link down deletes its IPv6 routes, ours too: add it again
-                    await self._ensure_routes()
+                    await self.onlink.ensure(self.index)
                 if tick % ADDRESS_REFRESH == 0 and self.state != GONE:
                     await self._refresh_addresses()
             except Exception:  # the watch must not die and take the port with it
@@ -518,39 +470,31 @@ class IfacePort:
                 "re-route interface %s%s is %s: packets for %s are dropped until it is up",
                 self.ifname,
                 self._where,
-                self._state_word(state),
+                state_word(state),
                 _describe(self.prefixes),
             )
 
-    @staticmethod
-    def _state_word(state: str) -> str:
-        return "down" if state == DOWN else "without carrier" if state == NO_CARRIER else state
-
-    def _state_message(self, state: str) -> str:
-        if state == GONE:
-            return f"re-route interface {self.ifname} does not exist{self._where}"
-        if state == DOWN:
-            return (
-                f"re-route interface {self.ifname}{self._where} is down "
-                f"(ip link set {self.ifname} up)"
-            )
-        return f"re-route interface {self.ifname}{self._where} has no carrier (cable? peer up?)"
-
     async def _refresh_addresses(self) -> None:
         """The addresses of this namespace: packets for them are the kernel's to answer."""
-        if self._netlink is None or not self._netlink.is_open:
-            return
-        try:
-            ipr = await self._netlink.ipr()
-            local: set[bytes] = set()
-            async for msg in await ipr.addr("dump"):
-                value = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")  # not a peer's
-                if value:
-                    local.add(ipaddress.ip_address(value).packed)
-        except (NetlinkError, OSError, ValueError) as exc:
-            log.debug("cannot read the addresses of the namespace: %s", exc)
-            return
-        self.local = local
+        if self._netlink is not None and self._netlink.is_open:
+            local = await namespace_addresses(self._netlink)
+            if local is not None:
+                self.local = local
+
+
+async def namespace_addresses(netlink: Netlink) -> set[bytes] | None:
+    """Every address of the namespace netlink belongs to (None if they cannot be read)."""
+    try:
+        ipr = await netlink.ipr()
+        local: set[bytes] = set()
+        async for msg in await ipr.addr("dump"):
+            value = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")  # not a peer's
+            if value:
+                local.add(ipaddress.ip_address(value).packed)
+    except (NetlinkError, OSError, ValueError) as exc:
+        log.debug("cannot read the addresses of the namespace: %s", exc)
+        return None
+    return local
 
 
 def _nowhere(packets: list[bytes], came_from: str) -> None:

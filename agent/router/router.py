@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.bus import wire
-from agent.bus.connection import FAST_PROPS, Bus, QueueSpec, queue_arguments
-from agent.bus.port import CONFIRM_WINDOW, HOLD_MAX_S, PACE_FROM
+from agent.bus.batcher import CONFIRM_WINDOW, Batcher
+from agent.bus.connection import Bus, QueueSpec, queue_arguments
+from agent.bus.dispatch import dispatcher
 from agent.bus.url import AmqpUrl, Urls
 from agent.config import ConfigError, plan_from_bus
 from agent.ipheader import (
@@ -28,6 +29,7 @@ from agent.ipheader import (
 )
 from agent.logs import labelled
 from agent.lossy import LOSSY_KEY, LossyCommandError, LossyLink, packets_to_drop_in
+from agent.router.edge import SessionEdge
 from agent.service import Service
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,12 @@ class RoutingTable:
             return
         owned.add(network)
         self._table.add(network, agent)
+
+    def forget(self, agent: str) -> None:
+        """An agent's incarnation ended: its addresses and networks are free again."""
+        for network in self.agents.pop(agent, ()):
+            if self._table.lookup_exact(network) == agent:
+                self._table.remove(network)
 
     def learn_started(self, agent: str, body: dict[str, Any]) -> None:
         """Addresses and announced networks from an agent's tun.started."""
@@ -151,19 +159,18 @@ class Router(Service):
         self.url = url
         self.table = table or RoutingTable()
         self.fast_wire = fast_wire  # offer our fast wire to agents that announce it
-        self.fast_agents: set[str] = set()
-        self._pending: dict[str, list[bytes]] = {}
-        self._pending_bytes = 0
-        self._window_hold: asyncio.TimerHandle | None = None
-        self._epoch = ""
         self.lossy = LossyLink()  # ioppytest's routing.lossy.link.start (agent.lossy)
+        self._on_message = dispatcher(self._handle, self.counters, self.log, self._malformed)
         self.bus = Bus(
             url,
             exchange,
             QueueSpec(
                 name="packetrouting@router",
                 bindings=["fromAgent.*.ip.tun.packet.raw"],
-                control=["fromAgent.*.ip.tun.started", LOSSY_KEY],
+                control=[
+                    "fromAgent.*.ip.tun.started", "fromAgent.*.ip.tun.stopped", wire.READY_KEY,
+                    LOSSY_KEY,
+                ],
                 arguments=queue_arguments(max_length=10000),
                 prefetch=512,
                 in_use_message="a packet router is already running on this vhost",
@@ -176,9 +183,16 @@ class Router(Service):
             label=label,
             confirm_window=CONFIRM_WINDOW,
         )
-        # downlink batches are sent when the bus sends (after each read from the broker,
-        # same loop turn): the packets of several uplink messages for one target share one
+        # downlink batches (agent.bus.batcher) are sent when the bus sends (after each
+        # read from the broker, same loop turn): the packets of several uplink messages
+        # for one target share one
+        self.batcher = Batcher(self.bus, self.counters, sent_path="tx fast")
         self.bus.before_flush = self._flush
+        # the session: one record per agent incarnation (agent.router.session), `agent status`
+        self.edge = SessionEdge(
+            self.bus, self.counters, self.table.forget, self._announce, self.log, fast_wire
+        )
+        self.fast_agents = self.edge.session.fast  # the agents sent the fast wire
 
     # -- start / stop (the run loop is agent.service.Service.run) -------------------------
 
@@ -189,20 +203,21 @@ class Router(Service):
         self.bus.start()
 
     async def cleanup(self) -> None:
-        self._flush(force=True)
+        self.edge.close()
+        self.batcher.publish()
         await self.bus.close(timeout=1.0)
 
     def _announce(self) -> None:
-        extra: dict[str, Any] = {wire.EPOCH_FIELD: self._epoch}
+        extra: dict[str, Any] = {wire.EPOCH_FIELD: self.edge.session.epoch}
         if self.fast_wire:
             extra[wire.WIRE_FIELD] = [wire.FAST_WIRE]
         self.bus.publish(wire.READY_KEY, wire.encode_ready(wire.ROUTER_COMPONENT, **extra))
 
     def _on_up(self) -> None:
         # a new epoch on every connection: agents answer it once with their tun.started
-        # (our queue is new, what they said while we were away is lost)
-        self._epoch = os.urandom(6).hex()  # what secrets.token_hex does, without hashlib's RSS
-        self._announce()
+        # (our queue is new, what they said while we were away is lost; the session starts
+        # from nothing). os.urandom: what secrets.token_hex does, without hashlib's RSS
+        self.edge.up(os.urandom(6).hex())
         self.log.info("active on %s; announced as %s", self.bus.url.where, wire.ROUTER_COMPONENT)
 
     def _on_standby(self) -> None:
@@ -211,40 +226,39 @@ class Router(Service):
             self.bus.url.where,
         )
 
-    def _on_message(self, key: str, body: bytes, content_type: str | None) -> None:
-        agent: str | None = None
-        try:
-            msg = wire.parse(key, body, content_type)
-            if isinstance(msg, wire.Packets) and msg.uplink:
-                agent = msg.agent
-                if msg.fast:
-                    packets = msg.packets()
-                    self.counters.count("rx fast", len(body))
-                    for packet in packets:
-                        self._forward(agent, packet, None, len(packet))
-                else:
-                    self.counters.count("rx json", len(body))
-                    head, size = wire.peek_packet(body)  # no full parse to route it
-                    self._forward(agent, head, body, size)
-            elif isinstance(msg, wire.TunStarted) and msg.uplink:
-                agent = msg.agent
-                try:
-                    self.table.learn_started(agent, msg.fields)
-                except ConfigError as exc:
-                    raise wire.WireError(f"invalid tun.started: {exc}") from None
-                self.log.info("learned %s", agent)
-                self._learn_wire(agent, msg)
-            elif isinstance(msg, wire.LossyLinkStart):
-                self._on_lossy(msg)
-            elif wire.topic(key).agent is None:
-                raise wire.WireError(f"unexpected routing key {key!r}")
-        except wire.WireError as exc:
-            self.counters.drop(exc.reason)
-            who = agent or wire.topic(key).agent or key
-            self.log.warning("dropped a message from %s: %s", who, exc)
-        except Exception:
-            self.counters.drop("error")
-            self.log.exception("error handling a message on %s", key)
+    def _handle(self, msg: wire.Message) -> None:
+        """One delivery, typed (agent.bus.dispatch counts and logs what this raises)."""
+        if isinstance(msg, wire.Packets) and msg.uplink:
+            agent, body = msg.agent, msg.body
+            if msg.fast:
+                packets = msg.packets()
+                self.counters.count("rx fast", len(body))
+                for packet in packets:
+                    self._forward(agent, packet, None, len(packet))
+            else:
+                self.counters.count("rx json", len(body))
+                head, size = wire.peek_packet(body)  # no full parse to route it
+                self._forward(agent, head, body, size)
+        elif isinstance(msg, wire.TunStarted) and msg.uplink:
+            self.edge.started(msg)  # a new incarnation forgets the old one's addresses
+            try:
+                self.table.learn_started(msg.agent, msg.fields)
+            except ConfigError as exc:
+                raise wire.WireError(f"invalid tun.started: {exc}") from None
+            self.log.info("learned %s", msg.agent)
+        elif isinstance(msg, wire.Ready):
+            self.edge.ready(msg)
+        elif isinstance(msg, wire.TunStopped) and msg.uplink:
+            self.edge.stopped(msg)
+        elif isinstance(msg, wire.LossyLinkStart):
+            self._on_lossy(msg)
+        elif isinstance(msg, wire.Other) and msg.topic.agent is None:
+            raise wire.WireError(f"unexpected routing key {msg.topic.kind!r}")
+        elif isinstance(msg, wire.Terminate):  # not bound: not for us
+            raise wire.WireError(f"unexpected routing key {wire.TERMINATE_KEY!r}")
+
+    def _malformed(self, key: str, exc: wire.WireError) -> None:
+        self.log.warning("dropped a message from %s: %s", wire.topic(key).agent or key, exc)
 
     def _on_lossy(self, msg: wire.LossyLinkStart) -> None:
         try:
@@ -257,17 +271,6 @@ class Router(Service):
             self.log.info("lossy link: %d packet(s) were still to drop", self.lossy.pending)
         self.lossy.start(count)
         self.log.info("lossy link: dropping the next %d packet(s) from any agent", count)
-
-    def _learn_wire(self, agent: str, msg: wire.TunStarted) -> None:
-        """Which wire to send this agent; tell a newly fast agent that we read it too."""
-        if self.fast_wire and msg.fast:
-            if agent not in self.fast_agents:
-                self.fast_agents.add(agent)
-                # its uplink switches to the fast wire on our ready; the others have seen
-                # this epoch already and do not answer it
-                self._announce()
-        else:
-            self.fast_agents.discard(agent)
 
     def _forward(self, agent: str, packet: bytes, json_body: bytes | None, size: int) -> None:
         """One packet from agent: check, decide, send to each target on its own wire.
@@ -309,49 +312,22 @@ class Router(Service):
             if target in self.fast_agents:
                 if not full:
                     packet, full = wire.decode_packet(json_body), True  # type: ignore[arg-type]
-                self._pending.setdefault(target, []).append(packet)
-                self._pending_bytes += len(packet) + 2
+                self.batcher.add(wire.downlink_key(target), packet)
                 self.counters.count(f">{target}", size)
                 continue
             if json_body is None:
                 json_body = wire.encode_packet(packet, "tun0")
-            if self.bus.publish(wire.downlink_key(target), json_body):
+            reason = self.bus.publish(wire.downlink_key(target), json_body, None)
+            if reason is None:
                 self.counters.count(f">{target}", size)
                 self.counters.count("tx json", len(json_body))
             else:
-                self.counters.drop(self.bus.drop_reason or "bus down")
+                self.counters.drop(reason)
 
-    def _release(self) -> None:
-        """Held batches leave now (HOLD_MAX_S passed without the broker's confirm)."""
-        self._window_hold = None
-        self._flush(force=True)
-        self.bus.flush()
-
-    def _flush(self, force: bool = False) -> None:
-        """Send each fast target the packets queued for it, as few messages as fit."""
-        if not self._pending:
-            return
-        if not force and not self.bus.window_open and self._pending_bytes < wire.MAX_BATCH_BYTES:
-            # the broker has not confirmed our last messages: hold the batches (they grow)
-            # until its next confirm (each read from the broker flushes) or HOLD_MAX_S
-            if self._window_hold is None:
-                self._window_hold = asyncio.get_running_loop().call_later(
-                    HOLD_MAX_S, self._release
-                )
-            return
-        if self._window_hold is not None:
-            self._window_hold.cancel()
-            self._window_hold = None
-        pending, self._pending, self._pending_bytes = self._pending, {}, 0
-        for target, packets in pending.items():
-            if len(packets) >= PACE_FROM:
-                self.bus.pace()  # batching matters now: confirms on (once)
-            key = wire.downlink_key(target)
-            for body, count in wire.batches(packets):
-                if self.bus.publish(key, body, FAST_PROPS):
-                    self.counters.count("tx fast", len(body))
-                else:
-                    self.counters.drops[self.bus.drop_reason or "bus down"] += count
+    def _flush(self) -> None:
+        """Bus.before_flush: send each fast target the packets queued for it, as few
+        messages as fit, unless the broker is behind (agent.bus.batcher holds them)."""
+        self.batcher.flush()
 
 
 def _trace(label: str, agent: str, targets: list[str] | None, packet: bytes) -> None:

@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
 from agent.bus import wire
+from agent.router.status import STATUS_KEY, STATUS_QUEUE  # `agent status` (agent.router.edge)
 
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 WORD = r"[A-Za-z0-9_-]+"  # one routing-key word (an agent name), as a broker regex
 SNIFF_QUEUE_RE = r"[0-9a-f]{16}@sniff"  # agent.inspect.sniff: `<16 random hex digits>@sniff`
 ROUTER_QUEUE = "packetrouting@router"  # agent.router.router
+DEFAULT_EXCHANGE = "amq.default"  # what the broker checks for a publish to exchange ""
 RESERVED = ("router", "observer")  # account names of the session's non-agents
 MARKER = "agent session"  # vhost description prefix: this vhost is ours to delete
 
@@ -116,7 +118,7 @@ def agent_grant(
         write=_any(*queues, x),
         read=_any(*queues, x),
         topic_write=_any(
-            rf"fromAgent\.{n}\.ip\.tun\.(packet\.raw|started)",
+            rf"fromAgent\.{n}\.ip\.tun\.(packet\.raw|started|stopped)",
             rf"fromAgent\.{n}\.802154\.serial\.(packet\.raw|started)",
             ready,
         ),
@@ -130,24 +132,32 @@ def agent_grant(
 
 
 def router_grant(session: str, exchange: str = "amq.topic", compat: bool = False) -> Grant:
-    """Our router: queue `packetrouting@router`, binds every agent's packets and
-    tun.started and routing.lossy.link.start, publishes packets to any agent (so agents
-    added later need no change) and its ready. compat: also ioppytest's router
+    """Our router: queue `packetrouting@router`, binds every agent's packets, tun.started
+    and tun.stopped, every ready and routing.lossy.link.start, publishes packets to any
+    agent (so agents added later need no change) and its ready. `agent status`: its queue
+    `packetrouting@router.status` bound to routing.status.request, and the replies, which
+    go by the default exchange to the asker's direct reply-to (write on `amq.default`:
+    only the router may answer, docs/security.md). compat: also ioppytest's router
     (`<key>@packet_router` queues, one per agent)."""
     x = _lit(exchange)
-    queues = [_lit(ROUTER_QUEUE), _lit(f"{ROUTER_QUEUE}.control")]
+    queues = [_lit(ROUTER_QUEUE), _lit(f"{ROUTER_QUEUE}.control"), _lit(STATUS_QUEUE)]
     if compat:
         queues.append(rf"fromAgent\.{WORD}\.ip\.tun\.packet\.raw@packet_router")
     configure = [*queues, *declared(exchange, compat)]
     # every agent's packets and tun.started; the coordinator's lossy-context command
-    reads = [r"fromAgent\.\*\.ip\.tun\.(packet\.raw|started)", _lit(wire.LOSSY_KEY)]
+    reads = [
+        r"fromAgent\.\*\.ip\.tun\.(packet\.raw|started|stopped)",
+        _lit(wire.READY_KEY),
+        _lit(wire.LOSSY_KEY),
+        _lit(STATUS_KEY),
+    ]
     if compat:
         reads.append(rf"fromAgent\.{WORD}\.ip\.tun\.packet\.raw")
     return Grant(
         account="router",
         user=user_name(session, "router"),
         configure=_any(*configure),
-        write=_any(*queues, x),
+        write=_any(*queues, x, _lit(DEFAULT_EXCHANGE)),
         read=_any(*queues, x),
         topic_write=_any(rf"toAgent\.{WORD}\.ip\.tun\.packet\.raw", _lit(wire.READY_KEY)),
         topic_read=_any(*reads),
@@ -156,15 +166,16 @@ def router_grant(session: str, exchange: str = "amq.topic", compat: bool = False
 
 def observer_grant(session: str, exchange: str = "amq.topic") -> Grant:
     """`agent sniff`: its own exclusive queue, binds fromAgent/toAgent of all or some
-    agents, ready and terminate; publishes nothing (no write on any exchange)."""
+    agents, ready and terminate. `agent status`: publishes its request, and nothing else
+    (the one routing key; the answer comes by direct reply-to, which needs no permission)."""
     x = _lit(exchange)
     return Grant(
         account="observer",
         user=user_name(session, "observer"),
         configure=_any(SNIFF_QUEUE_RE, *declared(exchange)),
-        write=_any(SNIFF_QUEUE_RE),  # bind needs write on the queue; no exchange: no publish
+        write=_any(SNIFF_QUEUE_RE, x),  # bind needs write on the queue; publish on x...
         read=_any(SNIFF_QUEUE_RE, x),
-        topic_write="^$",
+        topic_write=_any(_lit(STATUS_KEY)),  # ...of the status request only
         topic_read=_any(
             rf"(fromAgent|toAgent)\.(#|{WORD}\.#)",
             _lit(wire.READY_KEY),

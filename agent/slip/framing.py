@@ -14,7 +14,7 @@ Decoder behaviour (see :class:`SlipDecoder`):
   :attr:`DecoderStats.empty`.
 * Bytes received before the first ``END`` are treated as an ordinary frame: the
   decoder cannot tell a line joined mid-frame from a peer that never sends a leading
-  ``END`` (RIOT). Such a partial frame is delivered if it is a valid escape sequence
+  ``END`` (RIOT, tunslip6). Such a partial frame is delivered if it is a valid escape sequence
   (:func:`classify` will then normally say ``OTHER`` or ``TEXT``), and dropped as
   invalid or too big otherwise.
 * A frame with an invalid escape (``ESC`` followed by anything other than
@@ -93,8 +93,10 @@ _PRINTABLE = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
 def encode_frame(payload: bytes, leading_end: bool = False) -> bytes:
     """SLIP-encode one payload: ``payload END``, or ``END payload END`` with ``leading_end``.
 
-    The trailing-only form is the default because RIOT's SLIP driver discards frames
-    starting with ``END``.
+    The serial line sends ``END payload END`` unless told otherwise
+    (``SerialSettings.leading_end``, ``--slip-framing``): the leading ``END`` ends whatever
+    a mote that just booted or reset holds (noise, half a frame), so the frame after it is
+    not lost; current RIOT and Contiki-NG ignore the empty frame it makes (docs/serial.md).
     """
     body = escape(bytes(payload)) + _END_BYTE
     return _END_BYTE + body if leading_end else body

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,9 @@ BAUDRATE_ENV = "FINTEROP_CONNECTOR_BAUDRATE"
 MODE_IP = "ip"
 MODE_802154 = "802154"
 MIN_BAUD, MAX_BAUD = 50, 4_000_000
+FRAMING_BOTH = "both"  # END payload END: the default (RFC 1055; current RIOT, Contiki-NG)
+FRAMING_END_ONLY = "end-only"  # payload END: RIOT before its 2024 SLIP rewrite
+FRAMINGS = (FRAMING_BOTH, FRAMING_END_ONLY)
 
 
 
@@ -67,6 +70,20 @@ def _env_baudrate() -> int | None:
     return value
 
 
+def _framing(values: dict[str, Any]) -> str:
+    """--slip-framing (default both); the old --slip-leading-end flag means both."""
+    framing = values.get("slip_framing") or FRAMING_BOTH
+    if framing not in FRAMINGS:
+        raise SerialOptionError(
+            f"unknown SLIP framing {framing!r} (one of: {', '.join(FRAMINGS)})", "--slip-framing"
+        )
+    if values.get("slip_leading_end") and framing != FRAMING_BOTH:
+        raise SerialOptionError(
+            "--slip-leading-end (END payload END) contradicts --slip-framing end-only: give one"
+        )
+    return str(framing)
+
+
 def serial_choice(values: dict[str, Any], mtu: int = 1500) -> SerialChoice | None:
     """Validate the serial options; None when no serial device is used."""
     mode = values.get("serial_mode") or MODE_IP
@@ -82,6 +99,7 @@ def serial_choice(values: dict[str, Any], mtu: int = 1500) -> SerialChoice | Non
                 ("--xonxoff", "xonxoff"),
                 ("--slip-pace-us", "slip_pace_us"),
                 ("--slip-leading-end", "slip_leading_end"),
+                ("--slip-framing", "slip_framing"),
             )
             if values.get(key)
         ]
@@ -104,7 +122,7 @@ def serial_choice(values: dict[str, Any], mtu: int = 1500) -> SerialChoice | Non
         rtscts=bool(values.get("rtscts")),
         xonxoff=bool(values.get("xonxoff")),
         pace_us=int(values.get("slip_pace_us") or 0),
-        leading_end=bool(values.get("slip_leading_end")),
+        leading_end=_framing(values) == FRAMING_BOTH,
         mtu=mtu,
     )
     return SerialChoice(mode, settings)
@@ -140,10 +158,13 @@ def probe_runner(
     exchange: str,
     ca_file: str | None,
     stats_interval: float,
+    trace: Callable[[bytes, str], None] | None = None,
 ) -> Coroutine[Any, Any, int]:
-    """802.15.4 mode: open the device (SerialPortError if it cannot be); the probe's run()."""
+    """802.15.4 mode: open the device (SerialPortError if it cannot be); the probe's run().
+    ``trace``: `-v`'s per-frame lines (agent.inspect.taps.WpanTrace), None without -v."""
     from agent.slip.probe import SerialProbe
 
     probe = SerialProbe(name, url, choice.settings, exchange, ca_file, stats_interval)
+    probe.trace = trace
     probe.open()  # SerialPortError: missing, busy, not a tty
     return probe.run()

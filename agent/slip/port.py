@@ -52,7 +52,7 @@ class SerialSettings:
     rtscts: bool = False
     xonxoff: bool = False
     pace_us: int = 0  # pause between frames on write (0: none)
-    leading_end: bool = False  # send END payload END instead of payload END
+    leading_end: bool = True  # END payload END (False: payload END, --slip-framing end-only)
     mtu: int = DEFAULT_MTU  # decoded frames above this are dropped
     queue_frames: int = QUEUE_FRAMES
 

@@ -12,9 +12,11 @@ the bus is up (first connection, reconnection, port reopened after an unplug).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from agent.bus import wire
 from agent.bus.connection import Bus, agent_queue
+from agent.bus.dispatch import dispatcher
 from agent.bus.url import Urls
 from agent.service import Service
 from agent.slip.framing import encode_frame
@@ -49,6 +51,8 @@ class SerialProbe(Service):
         self._uplink_key = wire.serial_uplink_key(name)
         self._downlink_key = wire.serial_downlink_key(name)
         self._started_key = wire.serial_started_key(name)
+        # `-v`: called with (frame, "up" / "down") for each frame (agent.inspect.taps.WpanTrace)
+        self.trace: Callable[[bytes, str], None] | None = None
         self.port = SerialPort(
             settings, self._on_frame, on_open=self._on_port_open, on_drop=self._on_drop
         )
@@ -56,7 +60,7 @@ class SerialProbe(Service):
             url,
             exchange,
             agent_queue(name, [self._downlink_key]),
-            on_message=self._on_message,
+            on_message=dispatcher(self._on_message, self.counters, log),
             on_up=self._on_bus_up,
             on_fatal=self.on_fatal,
             ca_file=ca_file,
@@ -86,10 +90,13 @@ class SerialProbe(Service):
 
     def _on_frame(self, frame: bytes) -> None:
         body = wire.encode_serial_packet(frame, data_slip(frame), INTERFACE_NAME)
-        if self.bus.publish(self._uplink_key, body):
+        reason = self.bus.publish(self._uplink_key, body, None)
+        if reason is None:
             self.counters.count("serial>bus", len(frame))
+            if self.trace is not None:
+                self.trace(frame, "up")
         else:
-            self.counters.drop("bus down")
+            self.counters.drop(reason)
 
     def _on_drop(self, reason: str, count: int) -> None:
         self.counters.drops[f"serial {reason}"] += count
@@ -100,27 +107,24 @@ class SerialProbe(Service):
 
     def _publish_started(self) -> None:
         body = wire.encode_serial_started(self.name, self.settings.device, self.settings.baudrate)
-        self.bus.publish(self._started_key, body)
+        self.bus.publish(self._started_key, body, None)
 
     # -- bus -> serial -------------------------------------------------------------------
 
     def _on_bus_up(self) -> None:
-        self.bus.publish(wire.READY_KEY, wire.encode_ready(self.name))
+        self.bus.publish(wire.READY_KEY, wire.encode_ready(self.name), None)
         log.info("connected to %s; published ready", self.bus.url.where)
         if self.port.is_open:
             self._publish_started()
 
-    def _on_message(self, key: str, body: bytes, content_type: str | None) -> None:
-        try:
-            msg = wire.parse(key, body, content_type)
-            if not isinstance(msg, wire.Frames) or msg.uplink or msg.agent != self.name:
-                return
-            frame = msg.frame()
-        except wire.WireError as exc:
-            self.counters.drop(exc.reason)
-            log.warning("dropped a malformed message on %s: %s", key, exc)
+    def _on_message(self, msg: wire.Message) -> None:
+        """One delivery, typed (agent.bus.dispatch counts and logs what this raises)."""
+        if not isinstance(msg, wire.Frames) or msg.uplink or msg.agent != self.name:
             return
+        frame = msg.frame()
         if self.port.send(frame):
             self.counters.count("bus>serial", len(frame))
+            if self.trace is not None:
+                self.trace(frame, "down")
         else:
             self.counters.drop("serial queue full" if self.port.is_open else "serial down")

@@ -14,11 +14,13 @@ import fcntl
 import logging
 import os
 import socket
+import stat
 import struct
 from collections.abc import Sequence
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from agent.caps import check_connect
 from agent.config import AddressPlan, IPNetwork
 from agent.counters import Counters
 from agent.port import LINKTYPE_RAW, Deliver
@@ -33,6 +35,7 @@ IFF_NO_PI = 0x1000
 IFA_F_NODAD = 0x02
 READ_SIZE = 65536
 MAX_BATCH = 64
+TUN_DEVICE = "/dev/net/tun"
 
 
 class TunError(Exception):
@@ -47,14 +50,42 @@ def _write_sysctl(path: str, value: str) -> None:
         log.debug("cannot set %s: %s", path, exc)
 
 
+def open_device(path: str = TUN_DEVICE) -> int:
+    """Open the TUN clone device (non-blocking); TunError with what to do if it cannot be."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise TunError(f"{path} is missing: load the tun module (modprobe tun)") from None
+    except PermissionError:
+        try:
+            st = os.stat(path)
+            mode = f"mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid}"
+        except OSError as exc:
+            mode = exc.strerror or "cannot stat it"
+        raise TunError(
+            f"not permitted: {path} is not accessible to uid {os.geteuid()} ({mode}): run "
+            f"as root, or make it mode 0666 as Debian, Ubuntu and Fedora ship it "
+            f"(see docs/services.md)"
+        ) from None
+    except OSError as exc:
+        raise TunError(f"cannot open {path}: {exc.strerror}") from None
+
+
+def check_device(path: str = TUN_DEVICE) -> None:
+    """Fail early (TunError) if the TUN clone device cannot be opened; opening it alone
+    creates nothing."""
+    os.close(open_device(path))
+
+
 def open_tun(name: str | None, netns: str | None) -> tuple[int, str, Netlink, str | None]:
     """Create a TUN device (in netns if given).
 
     Returns (tun fd, ifname, a netlink socket of the same namespace, netns). The netlink
     socket is made here, on this thread, so that no child process is forked for it.
     """
-    if os.geteuid() != 0:
-        raise TunError("the agent must run as root to create a TUN device (try sudo -E)")
+    problem = check_connect(netns)
+    if problem:
+        raise TunError(problem)
     if netns is not None:
         netns_path(netns)  # clear error if missing
     with entered(netns):
@@ -66,19 +97,17 @@ def open_tun(name: str | None, netns: str | None) -> tuple[int, str, Netlink, st
             else:
                 where = f" in namespace {netns}" if netns else ""
                 raise TunError(f"interface name {name!r} is already taken{where}")
-        try:
-            fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise TunError("/dev/net/tun is missing: load the tun module (modprobe tun)") from None
-        except PermissionError:
-            raise TunError("permission denied on /dev/net/tun (need CAP_NET_ADMIN)") from None
+        fd = open_device()
         try:
             ifr = struct.pack("16sH", (name or "").encode(), IFF_TUN | IFF_NO_PI)
             ifr = fcntl.ioctl(fd, TUNSETIFF, ifr)
         except OSError as exc:
             os.close(fd)
             if exc.errno == errno.EPERM:
-                raise TunError("not permitted to create a TUN (need CAP_NET_ADMIN)") from None
+                raise TunError(
+                    "not permitted to create a TUN: needs root or CAP_NET_ADMIN"
+                    + (f" in namespace {netns}" if netns else "")
+                ) from None
             raise TunError(f"cannot create TUN {name or ''}: {exc.strerror}") from None
         ifname = ifr[:16].rstrip(b"\0").decode()
         # Per-interface settings only: never process-wide sysctls.
@@ -146,7 +175,10 @@ class Tun:
             await ipr.route("add", dst=str(network), oif=self.index)
         except NetlinkError as exc:
             if network in self._routes:
-                self._routes.remove(network)
+                self._routes.remove(network)  # not ours to delete later
+            if exc.code == errno.EEXIST:
+                log.info("route %s exists already: left as it is", network)
+                return True
             log.warning("cannot add route %s dev %s: %s", network, self.name, os.strerror(exc.code))
             return False
         log.info("route %s dev %s added", network, self.name)

@@ -240,6 +240,10 @@ class PingLog:
         times = [start, *[t for t in self.replies() if start <= t <= end], end]
         return max(b - a for a, b in zip(times, times[1:], strict=False))
 
+    def count_since(self, since: float) -> int:
+        """Replies that came after `since`."""
+        return sum(t > since for t in self.replies())
+
     def flowing_since(self, since: float) -> bool:
         """At least 5 replies came in the last second, all after `since`."""
         now = time.time()

@@ -6,6 +6,18 @@ It opens DEVICE (one end of a socat pty pair, or a real serial port), speaks SLI
 its own small RFC 1055 codec (deliberately not the agent's) and behaves like a Contiki
 border router or a RIOT node:
 
+* boots as a mote does: its receiver does not know where it is in the byte stream, so
+  it discards everything up to the first END (RIOT's UNKNOWN state; Contiki-NG's slip.c
+  glues what came before the first END to the frame it ends, which then fails), and,
+  0.5 s (--rs-delay) after boot, sends one Router Solicitation from its link-local
+  address (fe80::<id>) to ff02::2, as GNRC and Contiki-NG's IPv6 stacks do;
+  --no-boot-discard and --rs-delay -1 turn these off;
+* SIGUSR1 is a reset (a watchdog, the reset button): what it was receiving is lost, it
+  boots again (discard until END, a Router Solicitation, the ?P prefix request again),
+  and says ``reset``;
+* no neighbour discovery: SLIP has no link-layer addresses, the mote never sends a
+  Neighbour Solicitation and answers none;
+
 * answers ICMPv6/ICMP echo requests and UDP datagrams to --udp-port (echo) addressed
   to one of its --address es;
 * every --interval seconds writes a Contiki-like debug text line and, until answered,
@@ -18,7 +30,9 @@ border router or a RIOT node:
 
 Events go to stdout, one line each, flushed: ``ready``, ``prefix <16 hex digits>``,
 ``echo6 <src>``, ``echo4 <src>``, ``udp <src> <length>``, ``frame <length> <hex>`` (any
-other frame), ``gone`` (the line hung up; the peer then exits).
+other frame), ``synced <n>`` (the first END after boot or reset, n bytes discarded before
+it), ``rs <src>`` (a Router Solicitation sent), ``reset``, ``gone`` (the line hung up;
+the peer then exits).
 """
 
 from __future__ import annotations
@@ -27,13 +41,14 @@ import argparse
 import ipaddress
 import os
 import select
+import signal
 import sys
 import termios
 import time
 import tty
 
 from scapy.layers.inet import ICMP, IP, UDP
-from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
+from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6ND_RS, IPv6
 
 END, ESC, ESC_END, ESC_ESC = 0xC0, 0xDB, 0xDC, 0xDD
 
@@ -57,16 +72,28 @@ def slip_encode(payload: bytes, leading_end: bool) -> bytes:
 
 
 class SlipReader:
-    """RFC 1055 RECV_PACKET, incremental; frames with a bad escape are dropped."""
+    """RFC 1055 RECV_PACKET, incremental; frames with a bad escape are dropped.
 
-    def __init__(self) -> None:
+    With `discarding` (a receiver that just booted), every byte up to the first END is
+    thrown away (`discarded` counts them); the END ends the discarding, not a frame."""
+
+    def __init__(self, discarding: bool = False) -> None:
         self.buf = bytearray()
         self.escaped = False
         self.bad = False
+        self.discarding = discarding
+        self.discarded = 0
 
     def feed(self, data: bytes) -> list[bytes]:
         frames = []
         for byte in data:
+            if self.discarding:
+                if byte == END:
+                    self.discarding = False
+                    say(f"synced {self.discarded}")
+                else:
+                    self.discarded += 1
+                continue
             if byte == END:
                 if self.buf and not self.bad:
                     frames.append(bytes(self.buf))
@@ -92,14 +119,35 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
+def router_solicitation(link_local: str) -> bytes:
+    """What an IPv6 host sends when its interface comes up (RFC 4861 6.3.7): no source
+    link-layer address option, SLIP has no link-layer addresses."""
+    return bytes(IPv6(src=link_local, dst="ff02::2", hlim=255) / ICMPv6ND_RS())
+
+
 class Mote:
     def __init__(self, fd: int, args: argparse.Namespace) -> None:
         self.fd = fd
         self.args = args
         self.addresses = {ipaddress.ip_address(a) for a in args.address}
+        self.link_local = args.link_local
         self.reader = SlipReader()
         self.prefix: bytes | None = None
         self.replies = 0
+        self.solicit_at: float | None = None
+        self.boot()
+
+    def boot(self) -> None:
+        """Power on or reset: receive state unknown, nothing of the last life kept."""
+        self.reader = SlipReader(discarding=self.args.boot_discard)
+        self.prefix = None
+        if self.args.rs_delay >= 0:
+            self.solicit_at = time.monotonic() + self.args.rs_delay
+
+    def solicit(self) -> None:
+        self.solicit_at = None
+        self.write(router_solicitation(self.link_local))
+        say(f"rs {self.link_local}")
 
     def write(self, payload: bytes) -> None:
         self.write_raw(slip_encode(payload, self.args.leading_end))
@@ -179,33 +227,42 @@ class Mote:
                 return bytes(IP(src=pkt4.dst, dst=pkt4.src, ttl=64) / udp / data)
         return None
 
-    def run(self) -> int:
+    def run(self, wakeup: int) -> int:
         say("ready")
         next_hello = time.monotonic() + self.args.delay
         while True:
-            timeout = None
+            deadlines = [self.solicit_at] if self.solicit_at is not None else []
             if self.args.interval > 0:
-                timeout = max(0.0, next_hello - time.monotonic())
-            readable, _, _ = select.select([self.fd], [], [], timeout)
-            if readable:
+                deadlines.append(next_hello)
+            timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+            readable, _, _ = select.select([self.fd, wakeup], [], [], timeout)
+            if wakeup in readable:
+                if signal.SIGUSR1 in os.read(wakeup, 64):
+                    self.boot()
+                    say("reset")
+                    next_hello = time.monotonic() + self.args.delay
+            if self.fd in readable:
                 try:
                     data = os.read(self.fd, 65536)
                 except BlockingIOError:
-                    continue
+                    data = None
                 except OSError:
                     data = b""
-                if not data:
+                if data is not None and not data:
                     say("gone")
                     return 0
-                for frame in self.reader.feed(data):
+                for frame in self.reader.feed(data or b""):
                     self.on_frame(frame)
-            if self.args.interval > 0 and time.monotonic() >= next_hello:
-                try:
+            now = time.monotonic()
+            try:
+                if self.solicit_at is not None and now >= self.solicit_at:
+                    self.solicit()
+                if self.args.interval > 0 and now >= next_hello:
                     self.hello()
-                except OSError:
-                    say("gone")
-                    return 0
-                next_hello = time.monotonic() + self.args.interval
+                    next_hello = time.monotonic() + self.args.interval
+            except OSError:
+                say("gone")
+                return 0
 
 
 def main() -> int:
@@ -218,14 +275,27 @@ def main() -> int:
     parser.add_argument("--chatty", type=int, default=0, help="text line after every Nth reply")
     parser.add_argument("--interval", type=float, default=1.0, help="0: no hello lines")
     parser.add_argument("--delay", type=float, default=0.5, help="before the first hello")
+    parser.add_argument(
+        "--boot-discard",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after boot and reset, discard input up to the first END (default: on)",
+    )
+    parser.add_argument(
+        "--rs-delay", type=float, default=0.5, help="Router Solicitation after boot (-1: none)"
+    )
+    parser.add_argument("--link-local", default="fe80::2", help="the mote's fe80:: address")
     args = parser.parse_args()
     if not args.address:
         args.address = ["cccc::1"]
     fd = os.open(args.device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    wakeup, wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake, warn_on_full_buffer=False)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: None)  # a reset: see Mote.run
     try:
         if os.isatty(fd):
             tty.setraw(fd, termios.TCSANOW)
-        return Mote(fd, args).run()
+        return Mote(fd, args).run(wakeup)
     except KeyboardInterrupt:
         return 0
     finally:
