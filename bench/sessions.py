@@ -44,6 +44,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -237,10 +238,12 @@ def tcp_state(ns: str) -> dict[str, str]:
 
 
 def iperf3_together(
-    tunnels: list[Tunnel], cc: str, seconds: float, tcp: list[dict[str, str]] | None = None
+    tunnels: list[Tunnel], cc: str, seconds: float, tcp: list[dict[str, str]] | None = None,
+    during: Callable[[], object] | None = None,
 ) -> list[dict[str, Any]]:
     """iperf3 TCP agent_1 -> agent_2 in each session, all at once; Mbit/s or an error each.
-    tcp: filled with each sender's TCP state (tcp_state) half way through."""
+    tcp: filled with each sender's TCP state (tcp_state) half way through. during: called
+    once the clients are started (e.g. a ping through another session meanwhile)."""
     with Stack() as local:
         for t in tunnels:
             start_iperf3_server(local, t.ns_b, t.logdir)
@@ -254,6 +257,8 @@ def iperf3_together(
             for t in tunnels
         ]
         local.push("stop iperf3 clients", lambda: [c.kill() for c in clients if c.poll() is None])
+        if during is not None:
+            during()
         if tcp is not None:
             time.sleep(seconds / 2)
             tcp.extend(tcp_state(t.ns_a) for t in tunnels)
