@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from agent.bus import wire
 from agent.counters import Counters
 
 Handler = Callable[[str, bytes, "str | None"], None]  # the Bus's on_message
-Log = logging.Logger | logging.LoggerAdapter[logging.Logger]
+if TYPE_CHECKING:  # Python 3.10 cannot subscript LoggerAdapter at run time
+    Log = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
 
 def dispatcher(
