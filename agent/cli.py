@@ -326,7 +326,7 @@ def cli() -> None:
 def _check_privileges(netns: str | None, reroute_if: str | None) -> None:
     """Capabilities rather than uid 0 (CAP_NET_ADMIN; CAP_SYS_ADMIN for --netns; CAP_NET_RAW
     for --re-route-if) and /dev/net/tun, before anything starts: one line if missing."""
-    from agent.caps import check_connect
+    from agent.tun.caps import check_connect
     from agent.tun.device import TunError, check_device
 
     problem = check_connect(netns, reroute_if)

@@ -1,4 +1,4 @@
-"""Capabilities instead of uid 0 (agent.caps), and `agent --version` (pure: no root)."""
+"""Capabilities instead of uid 0 (agent.tun.caps), and `agent --version` (pure: no root)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 import agent
 from agent import DISTRIBUTION
-from agent.caps import (
+from agent.cli import cli
+from agent.tun.caps import (
     CAP_NET_ADMIN,
     CAP_NET_RAW,
     CAP_SYS_ADMIN,
@@ -21,7 +22,6 @@ from agent.caps import (
     holds,
     parse_cap_eff,
 )
-from agent.cli import cli
 from tests.conftest import ROOT
 
 STATUS = """Name:\tpython3

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.caps import CAP_NET_ADMIN, parse_cap_eff
+from agent.tun.caps import CAP_NET_ADMIN, parse_cap_eff
 from tests.conftest import (
     NOBODY,
     Proc,

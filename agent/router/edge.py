@@ -153,6 +153,13 @@ class SessionEdge:
         elif code in (None, 200, 405):  # closed by us after a declare-ok, or locked: alive
             self.session.alive(name, monotonic())
 
+    def standby(self) -> None:
+        """Another router is active: leave `agent status` to it (our status queue, exclusive,
+        would keep its answers from being asked)."""
+        channel, self._status_channel = self._status_channel, None
+        if channel is not None and channel.is_open:
+            channel.close()
+
     # -- agent status -------------------------------------------------------------------
 
     def _on_status_channel(self, channel: Any) -> None:

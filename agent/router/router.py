@@ -221,6 +221,7 @@ class Router(Service):
         self.log.info("active on %s; announced as %s", self.bus.url.where, wire.ROUTER_COMPONENT)
 
     def _on_standby(self) -> None:
+        self.edge.standby()
         self.log.info(
             "another router is active on this vhost; standing by on %s to take over when it goes",
             self.bus.url.where,

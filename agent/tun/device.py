@@ -20,10 +20,10 @@ from collections.abc import Sequence
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from agent.caps import check_connect
 from agent.config import AddressPlan, IPNetwork
 from agent.counters import Counters
 from agent.port import LINKTYPE_RAW, Deliver
+from agent.tun.caps import check_connect
 from agent.tun.gro import merge_segments
 from agent.tun.netns import Netlink, entered, netns_path
 
